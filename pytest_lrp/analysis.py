@@ -1,0 +1,208 @@
+"""Running one rule's analyzer on one model, in a TensorFlow graph of its own.
+
+A fresh graph per analysis keeps the cost of each analyzer build flat (builds
+in one shared graph get slower with every analyzer already in it) and leaves
+the process in eager mode, so the user's own TensorFlow tests keep working.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .errors import LrpUsageError
+from .modelfile import ModelFile
+from .rulefile import Rule
+from .tf_runtime import innvestigate, tensorflow
+
+
+@dataclass
+class LayerRelevance:
+    """Relevance total at the output of one layer, per sample."""
+
+    name: str
+    cls: str
+    inbound: tuple  # indices of the layers feeding this one, in the same list
+    totals: np.ndarray = field(repr=False)
+
+
+@dataclass
+class Analysis:
+    model: ModelFile
+    rule: Rule
+    inputs: np.ndarray = field(repr=False)
+    heatmaps: np.ndarray = field(repr=False)
+    outputs: np.ndarray = field(repr=False)  # explained outputs, softmax stripped
+    neurons: np.ndarray
+    targets: np.ndarray
+    softmax_stripped: bool
+    layers: list = field(default_factory=list, repr=False)  # input first, output last
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self.heatmaps.reshape(len(self.heatmaps), -1).sum(axis=1, dtype=np.float64)
+
+    @property
+    def errors(self) -> np.ndarray:
+        return np.abs(self.sums - self.targets)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        return self.rule.tolerance.bound(self.targets)
+
+    @property
+    def relative_errors(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.targets != 0, self.errors / np.abs(self.targets), np.where(self.errors == 0, 0.0, np.inf))
+
+    @property
+    def failing(self) -> np.ndarray:
+        # NaN compares False, so a non-finite sum is counted as failing explicitly.
+        return ~(self.errors <= self.bounds)
+
+    @property
+    def worst(self) -> int:
+        """The sample furthest outside (or least inside) its tolerance."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = np.where(self.bounds > 0, self.errors / self.bounds, np.where(self.errors > 0, np.inf, 0.0))
+        excess = np.where(np.isfinite(self.sums), excess, np.inf)
+        return int(np.argmax(excess))
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.heatmaps)))
+
+    def assert_conserved(self) -> None:
+        """Raise (failing the test with the worst sample's numbers) unless every sample is within tolerance."""
+        from .conservation import check_conservation
+
+        check_conservation(self)
+
+
+def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> Analysis:
+    with warnings.catch_warnings():
+        # TensorFlow's and Keras' deprecation chatter from inside innvestigate is
+        # not something a user of the plugin can act on.
+        warnings.simplefilter("ignore")
+        return _analyze(model, rule, x, reference_outputs)
+
+
+def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> Analysis:
+    tf = tensorflow()
+    inn = innvestigate()
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            keras_model = model.rebuild()
+            model.check_same_outputs(keras_model.predict(x, verbose=0), reference_outputs)
+            explained, stripped = _without_softmax(keras_model, inn)
+            outputs = np.asarray(explained.predict(x, verbose=0), dtype=np.float64).reshape(len(x), -1)
+            neurons = _neurons(rule, outputs, model)
+            analyzer = _create_analyzer(inn, rule, explained)
+            if rule.neuron_selection == "max_activation":
+                heatmaps = analyzer.analyze(x)
+            else:
+                heatmaps = analyzer.analyze(x, neuron_selection=int(rule.neuron_selection))
+            layers = _layer_relevance(analyzer, explained)
+            reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
+    finally:
+        del graph
+        gc.collect()
+    heatmaps = np.asarray(heatmaps)
+    selected = outputs[np.arange(len(x)), neurons]
+    return Analysis(
+        model=model,
+        rule=rule,
+        inputs=x,
+        heatmaps=heatmaps,
+        outputs=outputs,
+        neurons=neurons,
+        targets=_targets(rule, selected, reference, neurons),
+        softmax_stripped=stripped,
+        layers=layers,
+    )
+
+
+def _without_softmax(keras_model, inn):
+    last = keras_model.layers[-1]
+    if inn.backend.checks.contains_activation(last, "softmax"):
+        return inn.model_wo_softmax(keras_model), True
+    return keras_model, False
+
+
+def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:
+    if rule.neuron_selection == "max_activation":
+        return np.argmax(outputs, axis=1)
+    index = int(rule.neuron_selection)
+    if index >= outputs.shape[1]:
+        raise LrpUsageError(
+            f"rule '{rule.id}': key 'neuron_selection': output index {index} is out of range; "
+            f"{model.path} has {outputs.shape[1]} outputs"
+        )
+    return np.full(len(outputs), index)
+
+
+def keeps_layer_relevance(analyzer_name: str) -> bool:
+    # Only the relevance-propagating analyzers return the per-layer tensors
+    # correctly; input_t_gradient crashes with reverse_keep_tensors=True.
+    return analyzer_name.split(".")[0] in ("lrp", "deep_taylor")
+
+
+def _create_analyzer(inn, rule: Rule, keras_model):
+    analyzer_class = inn.analyzer.analyzers[rule.analyzer]
+    kwargs = dict(rule.params)
+    kwargs["neuron_selection_mode"] = "max_activation" if rule.neuron_selection == "max_activation" else "index"
+    if keeps_layer_relevance(rule.analyzer):
+        kwargs["reverse_keep_tensors"] = True
+    try:
+        return analyzer_class(keras_model, **kwargs)
+    except TypeError as exc:
+        if "argument" in str(exc):
+            raise LrpUsageError(f"rule '{rule.id}': key 'params': analyzer '{rule.analyzer}' rejects them ({exc})") from None
+        raise
+
+
+def _layer_relevance(analyzer, keras_model) -> list:
+    kept = getattr(analyzer, "_reversed_tensors", None)
+    if not kept:
+        return []
+    layers = keras_model.layers
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    totals = {}
+    for (node_id, _tensor_id), array in kept:
+        if node_id >= 0:
+            array = np.asarray(array)
+            totals[node_id] = array.reshape(len(array), -1).sum(axis=1, dtype=np.float64)
+    result = []
+    for i, layer in enumerate(layers):
+        if i not in totals:
+            continue
+        inbound = tuple(
+            index[id(inbound_layer)]
+            for node in layer.inbound_nodes[:1]
+            for inbound_layer in _as_list(node.inbound_layers)
+            if id(inbound_layer) in index
+        )
+        result.append(LayerRelevance(name=layer.name, cls=type(layer).__name__, inbound=inbound, totals=totals[i]))
+    return result
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _reference_outputs(rule: Rule, keras_model, x: np.ndarray) -> np.ndarray:
+    reference = np.broadcast_to(np.asarray(rule.params.get("reference_inputs", 0.0), dtype=np.float32), x.shape)
+    return np.asarray(keras_model.predict(np.ascontiguousarray(reference), verbose=0), dtype=np.float64).reshape(len(x), -1)
+
+
+def _targets(rule: Rule, selected: np.ndarray, reference: Optional[np.ndarray], neurons: np.ndarray) -> np.ndarray:
+    if rule.target == "positive_output":
+        return np.maximum(selected, 0.0)
+    if rule.target == "output_minus_reference":
+        return selected - reference[np.arange(len(neurons)), neurons]
+    return selected

@@ -1,0 +1,56 @@
+"""Fixtures for hand-written tests that use the plugin's machinery."""
+
+from __future__ import annotations
+
+import pytest
+
+from .errors import LrpUsageError
+from .rulefile import rule_from_marker
+from .workbench import NO_MODEL, workbench_key
+
+
+def parametrize_models(metafunc: pytest.Metafunc) -> None:
+    """A test using ``lrp_model`` runs once per configured model."""
+    workbench = metafunc.config.stash[workbench_key]
+    try:
+        names = workbench.model_names()
+    except LrpUsageError as exc:
+        raise pytest.Collector.CollectError(str(exc)) from None
+    if names:
+        metafunc.parametrize("lrp_model", list(names), ids=list(names.values()), indirect=True)
+    else:
+        metafunc.parametrize("lrp_model", [pytest.param(None, marks=pytest.mark.skip(reason=NO_MODEL))], ids=["no-model"], indirect=True)
+
+
+@pytest.fixture
+def lrp_model(request):
+    """The model under test (a ``ModelFile``: ``.path``, ``.name``, ``.keras_model``, ``.predict(x)``)."""
+    return _usage(lambda: request.config.stash[workbench_key].model(request.param))
+
+
+@pytest.fixture
+def lrp_inputs(request, lrp_model):
+    """The inputs for ``lrp_model`` (float32 array) from --lrp-inputs / the rule file, or seeded random ones."""
+    return _usage(lambda: request.config.stash[workbench_key].inputs(lrp_model))
+
+
+@pytest.fixture
+def lrp_analysis(request, lrp_model, lrp_inputs):
+    """The analysis of ``lrp_inputs`` with the rule of the test's ``lrp_rule`` marker.
+
+    Holds ``heatmaps``, ``outputs``, ``targets``, ``sums``, ``errors``, ``bounds``
+    and ``layers``; ``assert_conserved()`` applies the rule's tolerance.
+    """
+    marker = request.node.get_closest_marker("lrp_rule")
+    if marker is None:
+        pytest.fail("lrp_analysis needs a rule: mark the test with @pytest.mark.lrp_rule('lrp.z', ...)", pytrace=False)
+    workbench = request.config.stash[workbench_key]
+    rule = _usage(lambda: rule_from_marker(request.node.nodeid, marker.args, marker.kwargs))
+    return _usage(lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs))
+
+
+def _usage(compute):
+    try:
+        return compute()
+    except LrpUsageError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -1,0 +1,69 @@
+"""The inputs the analyzers explain: from a .npy/.npz file, or seeded random."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import LrpUsageError
+
+DEFAULT_RANDOM_SAMPLES = 8
+
+
+def load_inputs(path: Optional[Path], input_shape: tuple, samples: Optional[int], seed: int) -> np.ndarray:
+    if path is None:
+        return random_inputs(input_shape, samples or DEFAULT_RANDOM_SAMPLES, seed)
+    x = _read_array(Path(path))
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise LrpUsageError(f"{path}: holds no samples (shape {x.shape})")
+    if samples is not None:
+        if samples > x.shape[0]:
+            raise LrpUsageError(f"{path}: {samples} samples asked for, but the file holds {x.shape[0]}")
+        x = x[:samples]
+    if not _fits(x.shape, input_shape):
+        raise LrpUsageError(
+            f"{path}: inputs of shape {x.shape} do not fit the model's input shape {_shape(input_shape)}"
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise LrpUsageError(f"{path}: inputs must be numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
+        raise LrpUsageError(f"{path}: {bad} of {len(x)} samples contain NaN or Inf")
+    return x
+
+
+def random_inputs(input_shape: tuple, samples: int, seed: int) -> np.ndarray:
+    dims = tuple(d if d is not None else 1 for d in input_shape[1:])
+    return np.random.default_rng(seed).random((samples,) + dims, dtype=np.float32)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise LrpUsageError(f"{path}: inputs file not found")
+    try:
+        # allow_pickle=False: an input file must never run code.
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise LrpUsageError(f"{path}: cannot be read as .npy or .npz ({type(exc).__name__}: {exc})") from None
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        names = list(data.files)
+        if "x" in names:
+            return data["x"]
+        if len(names) == 1:
+            return data[names[0]]
+    raise LrpUsageError(f"{path}: has arrays {names}; name the inputs 'x' or keep only one array")
+
+
+def _fits(shape: tuple, input_shape: tuple) -> bool:
+    expected = tuple(input_shape[1:])
+    got = tuple(shape[1:])
+    return len(got) == len(expected) and all(e is None or e == g for e, g in zip(expected, got))
+
+
+def _shape(input_shape: tuple) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in input_shape) + ")"

@@ -1,0 +1,54 @@
+"""The tests generated from a rule file: one per (check, model, rule)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conservation import check_conservation
+from .errors import LrpCheckFailed, LrpUsageError
+from .workbench import NO_MODEL, workbench_key
+
+CHECKS = {"conservation": check_conservation}
+
+
+class RulesFile(pytest.File):
+    def collect(self):
+        workbench = self.config.stash[workbench_key]
+        try:
+            rule_file = workbench.rule_file
+            names = workbench.model_names()
+        except LrpUsageError as exc:
+            raise self.CollectError(str(exc)) from None
+        for check in CHECKS:
+            if not names:
+                for rule in rule_file.rules:
+                    item = LrpItem.from_parent(self, name=f"{check}[{rule.id}]", check=check, model_path=None, rule=rule)
+                    item.add_marker(pytest.mark.skip(reason=NO_MODEL))
+                    yield item
+            for path, model_name in names.items():
+                for rule in rule_file.rules:
+                    yield LrpItem.from_parent(self, name=f"{check}[{model_name}-{rule.id}]", check=check, model_path=path, rule=rule)
+
+
+class LrpItem(pytest.Item):
+    def __init__(self, *, check, model_path, rule, **kwargs):
+        super().__init__(**kwargs)
+        self.check, self.model_path, self.rule = check, model_path, rule
+        self.analysis = None
+        self.add_marker(pytest.mark.lrp)
+        if rule.xfail:
+            # raises=: only a failed check counts as the expected failure; a crash stays an error.
+            self.add_marker(pytest.mark.xfail(reason=rule.xfail.reason, strict=rule.xfail.strict, raises=LrpCheckFailed))
+
+    def runtest(self):
+        workbench = self.config.stash[workbench_key]
+        self.analysis = workbench.analysis(self.model_path, self.rule)
+        CHECKS[self.check](self.analysis)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, (LrpCheckFailed, LrpUsageError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.check} of rule '{self.rule.id}' ({self.rule.analyzer})"

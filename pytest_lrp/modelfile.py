@@ -1,0 +1,101 @@
+"""Loading a model file once, and rebuilding it inside a fresh TensorFlow graph.
+
+innvestigate 2.x needs graph mode. Loading a `.keras` file inside a graph
+silently gives fresh, untrained weights, and a SavedModel folder fails to
+predict there (measured; see the project notes). So every file is loaded the
+normal (eager) way once, and each analysis rebuilds the model from its config
+and weights inside its own graph; `check_same_outputs` then proves the rebuilt
+copy is the model in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LrpUsageError
+from .tf_runtime import tensorflow
+
+# Graph and eager kernels may differ in summation order; anything beyond float32
+# noise means different weights.
+SAME_OUTPUT_RTOL = 1e-4
+
+
+@dataclass
+class ModelFile:
+    path: Path
+    name: str
+    keras_model: object = field(repr=False)
+    config: dict = field(repr=False)
+    weights: list = field(repr=False)
+    sequential: bool
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.keras_model.input_shape)
+
+    @property
+    def output_shape(self) -> tuple:
+        return tuple(self.keras_model.output_shape)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Outputs of the model as loaded from the file (eagerly, final activation included)."""
+        return np.asarray(self.keras_model(x, training=False))
+
+    def rebuild(self):
+        """A copy of the model in the current (graph) context, with the file's weights."""
+        keras = tensorflow().keras
+        cls = keras.Sequential if self.sequential else keras.Model
+        model = cls.from_config(self.config)
+        model.set_weights(self.weights)
+        return model
+
+    def check_same_outputs(self, rebuilt_outputs: np.ndarray, reference: np.ndarray) -> None:
+        difference = float(np.max(np.abs(rebuilt_outputs - reference))) if reference.size else 0.0
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+        if not np.isfinite(difference) or difference > SAME_OUTPUT_RTOL * (1.0 + scale):
+            raise LrpUsageError(
+                f"{self.path}: the copy of the model rebuilt for analysis predicts differently from the file "
+                f"loaded normally (max difference {difference:.3g}); refusing to explain a model with other weights"
+            )
+
+
+def load_model_file(path: Path, name: str) -> ModelFile:
+    path = Path(path)
+    if not path.exists():
+        raise LrpUsageError(f"{path}: model file not found")
+    tf = tensorflow()
+    if not tf.executing_eagerly():
+        # Under a global disable_eager_execution() a .keras file loads with untrained weights.
+        raise LrpUsageError(
+            f"{path}: TensorFlow eager execution is disabled in this process; pytest-lrp runs the analyses in their "
+            "own graphs, so remove the global tf.compat.v1.disable_eager_execution() call"
+        )
+    try:
+        model = tf.keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # h5py, keras and TF raise many unrelated types for a bad file
+        raise LrpUsageError(f"{path}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise LrpUsageError(
+            f"{path}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "pytest-lrp supports models with one input and one output"
+        )
+    try:
+        config = model.get_config()
+    except Exception as exc:
+        raise LrpUsageError(f"{path}: the model has no config to rebuild it from ({_first_line(exc)})") from None
+    return ModelFile(
+        path=path,
+        name=name,
+        keras_model=model,
+        config=config,
+        weights=model.get_weights(),
+        sequential=isinstance(model, tf.keras.Sequential),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no details"

@@ -1,0 +1,120 @@
+"""Command-line options, their ini keys, and how the effective settings are resolved.
+
+Precedence: command line, then ini file, then the rule file's ``defaults``.
+Relative paths are taken relative to where they were written: the invocation
+directory for the command line, the ini file's folder for the ini, the rule
+file's folder for the rule file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from .errors import LrpUsageError
+
+DEFAULT_RULES = "rules.yaml"
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    ini: str
+    help: str
+    ini_type: str = "string"
+    action: str = "store"
+
+
+OPTIONS = (
+    Option("--lrp-model", "lrp_model", "Keras model to explain: .h5/.hdf5, .keras or a SavedModel folder (repeatable).", "args", "append"),
+    Option("--lrp-rules", "lrp_rules", f"rule file (default: {DEFAULT_RULES} in the rootdir)."),
+    Option("--lrp-inputs", "lrp_inputs", "inputs: .npy, or .npz (the array named 'x', or its only array)."),
+    Option("--lrp-samples", "lrp_samples", "use the first N inputs."),
+    Option("--lrp-seed", "lrp_seed", "seed for random inputs in the model's input shape when no inputs are given."),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lrp", "layer-wise relevance propagation (pytest-lrp)")
+    for option in OPTIONS:
+        dest = option.ini
+        group.addoption(option.flag, action=option.action, dest=dest, default=None, help=option.help)
+        parser.addini(option.ini, option.help, type=option.ini_type, default=[] if option.ini_type == "args" else None)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One resolved value and where it came from (for error messages)."""
+
+    value: object
+    source: str
+
+
+class Settings:
+    """Values from the command line and ini file; the rule file fills in the rest."""
+
+    def __init__(self, config: pytest.Config):
+        self._config = config
+        self.invocation_dir = Path(config.invocation_params.dir)
+        self.ini_dir = Path(config.inipath).parent if config.inipath else Path(config.rootpath)
+
+    def _raw(self, option: Option):
+        cli = getattr(self._config.option, option.ini, None)
+        if cli not in (None, []):
+            return cli, option.flag, self.invocation_dir
+        ini = self._config.getini(option.ini)
+        if ini not in (None, [], ""):
+            return ini, f"ini key {option.ini}", self.ini_dir
+        return None, None, None
+
+    def _option(self, name: str) -> Option:
+        return next(o for o in OPTIONS if o.ini == name)
+
+    @property
+    def rules_path(self) -> Path:
+        value, _, base = self._raw(self._option("lrp_rules"))
+        if value is None:
+            return Path(self._config.rootpath) / DEFAULT_RULES
+        return (base / value).resolve()
+
+    def models(self, rule_file=None) -> list:
+        value, _, base = self._raw(self._option("lrp_model"))
+        if value is not None:
+            return [(base / v).resolve() for v in value]
+        return [Path(m).resolve() for m in (rule_file.models if rule_file else [])]
+
+    @property
+    def rules_configured(self) -> bool:
+        return self._raw(self._option("lrp_rules"))[0] is not None
+
+    @property
+    def models_given(self) -> bool:
+        return self._raw(self._option("lrp_model"))[0] is not None
+
+    def inputs(self, rule_file=None) -> Optional[Path]:
+        value, _, base = self._raw(self._option("lrp_inputs"))
+        if value is not None:
+            return (base / value).resolve()
+        return Path(rule_file.inputs).resolve() if rule_file and rule_file.inputs else None
+
+    def samples(self, rule_file=None) -> Optional[int]:
+        return self._number("lrp_samples", rule_file.samples if rule_file else None, minimum=1)
+
+    def seed(self, rule_file=None) -> int:
+        seed = self._number("lrp_seed", rule_file.seed if rule_file else None, minimum=0)
+        return 0 if seed is None else seed
+
+    def _number(self, name: str, fallback, minimum: int):
+        value, source, _ = self._raw(self._option(name))
+        if value is None:
+            return fallback
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise LrpUsageError(f"{source}: expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise LrpUsageError(f"{source}: expected a whole number >= {minimum}, got {number}")
+        return number

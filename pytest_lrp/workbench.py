@@ -1,0 +1,101 @@
+"""Run-wide state: the rule file, loaded models, inputs and finished analyses.
+
+Everything expensive is computed once per pytest process and shared by the
+generated tests and the fixtures of hand-written tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from .errors import LrpUsageError
+from .options import Settings
+from .rulefile import Rule, RuleFile, load_rule_file
+
+NO_MODEL = (
+    "no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file, or list defaults.models in the rule file"
+)
+
+workbench_key = pytest.StashKey["Workbench"]()
+
+
+class Workbench:
+    def __init__(self, config: pytest.Config):
+        self.settings = Settings(config)
+        self.rules_path = self.settings.rules_path
+        self._rule_file: Optional[RuleFile] = None
+        self._models: dict = {}
+        self._inputs: dict = {}
+        self._references: dict = {}
+        self._analyses: dict = {}
+
+    @property
+    def rule_file(self) -> Optional[RuleFile]:
+        """The parsed rule file, or None when the default one does not exist."""
+        if self._rule_file is None and (self.rules_path.exists() or self.settings.rules_configured):
+            self._rule_file = load_rule_file(self.rules_path)
+        return self._rule_file
+
+    def model_paths(self) -> list:
+        return self.settings.models(self.rule_file)
+
+    def model_names(self) -> dict:
+        """Short, unique names for test ids: the file stem, or folder.stem where stems collide."""
+        paths = self.model_paths()
+        stems = [p.stem for p in paths]
+        return {p: (p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}.{p.stem}") for p in paths}
+
+    def model(self, path: Path):
+        from .modelfile import load_model_file
+
+        path = Path(path)
+        if path not in self._models:
+            try:
+                self._models[path] = load_model_file(path, self.model_names().get(path, path.stem))
+            except LrpUsageError as exc:
+                self._models[path] = exc  # every test of a broken model reports the same line, loaded once
+        found = self._models[path]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def inputs(self, model) -> np.ndarray:
+        from .inputs import load_inputs
+
+        if model.path not in self._inputs:
+            rule_file = self.rule_file
+            self._inputs[model.path] = load_inputs(
+                self.settings.inputs(rule_file), model.input_shape, self.settings.samples(rule_file), self.settings.seed(rule_file)
+            )
+        return self._inputs[model.path]
+
+    def analysis(self, model_path: Path, rule: Rule, x: Optional[np.ndarray] = None):
+        from .analysis import analyze
+
+        model = self.model(model_path)
+        x = self.inputs(model) if x is None else np.asarray(x, dtype=np.float32)
+        key = (model.path, _rule_key(rule), _digest(x))
+        if key not in self._analyses:
+            self._analyses[key] = analyze(model, rule, x, self._reference_outputs(model, x))
+        return self._analyses[key]
+
+    def _reference_outputs(self, model, x: np.ndarray) -> np.ndarray:
+        key = (model.path, _digest(x))
+        if key not in self._references:
+            self._references[key] = model.predict(x)
+        return self._references[key]
+
+
+def _rule_key(rule: Rule) -> tuple:
+    params = json.dumps(rule.params, sort_keys=True, default=repr)
+    return (rule.analyzer, params, rule.target, rule.neuron_selection)
+
+
+def _digest(x: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(x).tobytes() + str(x.shape).encode()).hexdigest()
