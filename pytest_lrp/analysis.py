@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import LrpUsageError
+from .errors import LrpUsageError, shown
 from .modelfile import ModelFile
 from .rulefile import Rule
 from .tf_runtime import innvestigate, tensorflow
@@ -140,8 +140,8 @@ def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:
     index = int(rule.neuron_selection)
     if index >= outputs.shape[1]:
         raise LrpUsageError(
-            f"rule '{rule.id}': key 'neuron_selection': output index {index} is out of range; "
-            f"{model.path} has {outputs.shape[1]} outputs"
+            f"{rule.where('neuron_selection')}: output index {index} is out of range; "
+            f"{shown(model.path)} has {outputs.shape[1]} outputs"
         )
     return np.full(len(outputs), index)
 
@@ -156,13 +156,15 @@ def _create_analyzer(inn, rule: Rule, keras_model):
     analyzer_class = inn.analyzer.analyzers[rule.analyzer]
     kwargs = dict(rule.params)
     kwargs["neuron_selection_mode"] = "max_activation" if rule.neuron_selection == "max_activation" else "index"
-    if keeps_layer_relevance(rule.analyzer):
+    # innvestigate 2.1.2 crashes sorting the kept tensors in "index" mode
+    # (duplicate keys make it compare arrays), so layers are kept for max_activation only.
+    if keeps_layer_relevance(rule.analyzer) and rule.neuron_selection == "max_activation":
         kwargs["reverse_keep_tensors"] = True
     try:
         return analyzer_class(keras_model, **kwargs)
     except TypeError as exc:
         if "argument" in str(exc):
-            raise LrpUsageError(f"rule '{rule.id}': key 'params': analyzer '{rule.analyzer}' rejects them ({exc})") from None
+            raise LrpUsageError(f"{rule.where('params')}: analyzer '{rule.analyzer}' rejects them ({exc})") from None
         raise
 
 

@@ -10,3 +10,15 @@ class LrpUsageError(Exception):
 
 class LrpCheckFailed(AssertionError):
     """A property (conservation, ...) does not hold; the message explains the numbers."""
+
+
+def shown(path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    import os
+
+    text = str(path)
+    try:
+        relative = os.path.relpath(text)
+    except ValueError:  # another drive on Windows
+        return text
+    return text if relative.startswith("..") else relative

@@ -53,4 +53,5 @@ def _usage(compute):
     try:
         return compute()
     except LrpUsageError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no "during handling" chain

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import LrpUsageError
+from .errors import LrpUsageError, shown
 
 DEFAULT_RANDOM_SAMPLES = 8
 
@@ -17,21 +17,21 @@ def load_inputs(path: Optional[Path], input_shape: tuple, samples: Optional[int]
         return random_inputs(input_shape, samples or DEFAULT_RANDOM_SAMPLES, seed)
     x = _read_array(Path(path))
     if x.ndim == 0 or x.shape[0] == 0:
-        raise LrpUsageError(f"{path}: holds no samples (shape {x.shape})")
+        raise LrpUsageError(f"{shown(path)}: holds no samples (shape {x.shape})")
     if samples is not None:
         if samples > x.shape[0]:
-            raise LrpUsageError(f"{path}: {samples} samples asked for, but the file holds {x.shape[0]}")
+            raise LrpUsageError(f"{shown(path)}: {samples} samples asked for, but the file holds {x.shape[0]}")
         x = x[:samples]
     if not _fits(x.shape, input_shape):
         raise LrpUsageError(
-            f"{path}: inputs of shape {x.shape} do not fit the model's input shape {_shape(input_shape)}"
+            f"{shown(path)}: inputs of shape {x.shape} do not fit the model's input shape {_shape(input_shape)}"
         )
     if not np.issubdtype(x.dtype, np.number):
-        raise LrpUsageError(f"{path}: inputs must be numbers, got dtype {x.dtype}")
+        raise LrpUsageError(f"{shown(path)}: inputs must be numbers, got dtype {x.dtype}")
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         bad = int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
-        raise LrpUsageError(f"{path}: {bad} of {len(x)} samples contain NaN or Inf")
+        raise LrpUsageError(f"{shown(path)}: {bad} of {len(x)} samples contain NaN or Inf")
     return x
 
 
@@ -42,12 +42,12 @@ def random_inputs(input_shape: tuple, samples: int, seed: int) -> np.ndarray:
 
 def _read_array(path: Path) -> np.ndarray:
     if not path.exists():
-        raise LrpUsageError(f"{path}: inputs file not found")
+        raise LrpUsageError(f"{shown(path)}: inputs file not found")
     try:
         # allow_pickle=False: an input file must never run code.
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise LrpUsageError(f"{path}: cannot be read as .npy or .npz ({type(exc).__name__}: {exc})") from None
+        raise LrpUsageError(f"{shown(path)}: cannot be read as .npy or .npz ({type(exc).__name__}: {exc})") from None
     if isinstance(data, np.ndarray):
         return data
     with data:
@@ -56,7 +56,7 @@ def _read_array(path: Path) -> np.ndarray:
             return data["x"]
         if len(names) == 1:
             return data[names[0]]
-    raise LrpUsageError(f"{path}: has arrays {names}; name the inputs 'x' or keep only one array")
+    raise LrpUsageError(f"{shown(path)}: has arrays {names}; name the inputs 'x' or keep only one array")
 
 
 def _fits(shape: tuple, input_shape: tuple) -> bool:

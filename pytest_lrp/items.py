@@ -51,4 +51,4 @@ class LrpItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        return self.path, None, f"{self.check} of rule '{self.rule.id}' ({self.rule.analyzer})"
+        return self.path, 0, f"{self.name} ({self.rule.analyzer})"

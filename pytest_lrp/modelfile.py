@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LrpUsageError
+from .errors import LrpUsageError, shown
 from .tf_runtime import tensorflow
 
 # Graph and eager kernels may differ in summation order; anything beyond float32
@@ -57,7 +57,7 @@ class ModelFile:
         scale = float(np.max(np.abs(reference))) if reference.size else 0.0
         if not np.isfinite(difference) or difference > SAME_OUTPUT_RTOL * (1.0 + scale):
             raise LrpUsageError(
-                f"{self.path}: the copy of the model rebuilt for analysis predicts differently from the file "
+                f"{shown(self.path)}: the copy of the model rebuilt for analysis predicts differently from the file "
                 f"loaded normally (max difference {difference:.3g}); refusing to explain a model with other weights"
             )
 
@@ -65,27 +65,27 @@ class ModelFile:
 def load_model_file(path: Path, name: str) -> ModelFile:
     path = Path(path)
     if not path.exists():
-        raise LrpUsageError(f"{path}: model file not found")
+        raise LrpUsageError(f"{shown(path)}: model file not found")
     tf = tensorflow()
     if not tf.executing_eagerly():
         # Under a global disable_eager_execution() a .keras file loads with untrained weights.
         raise LrpUsageError(
-            f"{path}: TensorFlow eager execution is disabled in this process; pytest-lrp runs the analyses in their "
+            f"{shown(path)}: TensorFlow eager execution is disabled in this process; pytest-lrp runs the analyses in their "
             "own graphs, so remove the global tf.compat.v1.disable_eager_execution() call"
         )
     try:
         model = tf.keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # h5py, keras and TF raise many unrelated types for a bad file
-        raise LrpUsageError(f"{path}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise LrpUsageError(f"{shown(path)}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise LrpUsageError(
-            f"{path}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            f"{shown(path)}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
             "pytest-lrp supports models with one input and one output"
         )
     try:
         config = model.get_config()
     except Exception as exc:
-        raise LrpUsageError(f"{path}: the model has no config to rebuild it from ({_first_line(exc)})") from None
+        raise LrpUsageError(f"{shown(path)}: the model has no config to rebuild it from ({_first_line(exc)})") from None
     return ModelFile(
         path=path,
         name=name,

@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .analyzer_names import analyzer_names, close_matches
-from .errors import LrpUsageError
+from .errors import LrpUsageError, shown
 
 TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)
@@ -60,6 +60,10 @@ class Rule:
     xfail: Optional[Xfail] = None
     neuron_selection: Union[str, int] = "max_activation"
     max_error: Optional[float] = None
+    source: str = field(default="", compare=False)  # the rule file (or test) it came from, for messages
+
+    def where(self, key: str) -> str:
+        return f"{self.source}: rule '{self.id}': key '{key}'"
 
 
 @dataclass
@@ -124,7 +128,7 @@ class _Where:
         return _Where(self.path, self.parts + (f"key '{name}'",))
 
     def error(self, message) -> LrpUsageError:
-        return LrpUsageError(": ".join((str(self.path),) + self.parts + (message,)))
+        return LrpUsageError(": ".join((shown(self.path),) + self.parts + (message,)))
 
 
 def _read_yaml(path: Path, where: _Where):
@@ -197,7 +201,14 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
         values["max_error"] = _non_negative(raw["max_error"], here.key("max_error"))
     if values.get("target") == "output_minus_reference" and analyzer != "integrated_gradients" and "reference_inputs" not in params:
         raise here.key("target").error("'output_minus_reference' needs params.reference_inputs")
-    return Rule(id=rule_id, analyzer=analyzer, params=dict(params), xfail=_xfail(raw.get("xfail"), here.key("xfail")), **values)
+    return Rule(
+        id=rule_id,
+        analyzer=analyzer,
+        params=dict(params),
+        xfail=_xfail(raw.get("xfail"), here.key("xfail")),
+        source=shown(where.path),
+        **values,
+    )
 
 
 def _reject_unknown_keys(mapping: dict, known, where: _Where, what: str) -> None:

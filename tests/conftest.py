@@ -1,0 +1,128 @@
+"""Shared, expensive things for the plugin's own tests: TensorFlow and tiny models on disk.
+
+The tests run pytest in-process with `pytester`, which restores sys.modules
+after every inner run; TensorFlow and innvestigate are imported here once,
+before any inner run, so they are kept (re-importing TensorFlow in one process
+is not possible) and every inner run shares the same import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+INPUT_DIM = 5
+
+
+@dataclass
+class DenseNet:
+    """A saved ReLU network and its weights, for independent numpy computations."""
+
+    path: Path
+    kernels: list
+    biases: list
+
+    def forward(self, x: np.ndarray) -> list:
+        """Activations of every layer, input first, pre-softmax output last."""
+        activations = [x.astype(np.float64)]
+        for i, (w, b) in enumerate(zip(self.kernels, self.biases)):
+            z = activations[-1] @ w + b
+            activations.append(np.maximum(z, 0) if i < len(self.kernels) - 1 else z)
+        return activations
+
+    def outputs(self, x):
+        return self.forward(x)[-1]
+
+    def lrp_z(self, x: np.ndarray) -> np.ndarray:
+        """The z rule (bias in the denominator) for the max-activation output, in numpy."""
+        activations = self.forward(x)
+        out = activations[-1]
+        relevance = np.zeros_like(out)
+        rows = np.arange(len(x))
+        relevance[rows, out.argmax(axis=1)] = out[rows, out.argmax(axis=1)]
+        for w, b, a in reversed(list(zip(self.kernels, self.biases, activations[:-1]))):
+            z = a @ w + b
+            safe = np.where(z >= 0, z + 1e-7, z - 1e-7)
+            relevance = a * ((relevance / safe) @ w.T)
+        return relevance
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tensorflow_imported_once():
+    import innvestigate  # noqa: F401
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def _save_dense(tf, folder: Path, name: str, bias: bool, seed: int, formats=(".h5",)) -> DenseNet:
+    rng = np.random.default_rng(seed)
+    sizes = [INPUT_DIM, 8, 6, 3]
+    kernels = [rng.normal(0, 0.7, (a, b)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
+    biases = [(rng.normal(0, 0.3, b) if bias else np.zeros(b)).astype(np.float32) for b in sizes[1:]]
+    layers = tf.keras.layers
+    model = tf.keras.Sequential(
+        [layers.Dense(8, activation="relu", use_bias=bias, input_shape=(INPUT_DIM,)),
+         layers.Dense(6, activation="relu", use_bias=bias),
+         layers.Dense(3, use_bias=bias),
+         layers.Activation("softmax")]
+    )
+    weights = [w for pair in zip(kernels, biases) for w in (pair if bias else pair[:1])]
+    model.set_weights(weights)
+    paths = {}
+    for ext in formats:
+        path = folder / f"{name}{ext}" if ext else folder / f"{name}_savedmodel"
+        model.save(path) if ext != ".h5" else model.save(path, include_optimizer=False)
+        paths[ext] = path
+    net = DenseNet(paths[formats[0]], kernels, biases)
+    net.paths = paths
+    return net
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tensorflow_imported_once):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def bias_free_net(model_dir, tensorflow_imported_once) -> DenseNet:
+    return _save_dense(tensorflow_imported_once, model_dir, "nobias", bias=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def biased_net(model_dir, tensorflow_imported_once) -> DenseNet:
+    return _save_dense(tensorflow_imported_once, model_dir, "biased", bias=True, seed=2, formats=(".h5", ".keras", ""))
+
+
+@pytest.fixture(scope="session")
+def inputs_file(model_dir) -> Path:
+    x = np.random.default_rng(3).uniform(0, 1, (6, INPUT_DIM)).astype(np.float32)
+    path = model_dir / "inputs.npz"
+    np.savez(path, x=x)
+    return path
+
+
+@pytest.fixture
+def lrp_project(pytester, bias_free_net, biased_net, inputs_file):
+    """A pytester folder with a rule file writer; models and inputs are absolute paths."""
+
+    class Project:
+        path = pytester.path
+        nobias = bias_free_net
+        biased = biased_net
+        inputs = inputs_file
+
+        @staticmethod
+        def rules(text: str, name: str = "rules.yaml") -> Path:
+            path = pytester.path / name
+            path.write_text(text)
+            return path
+
+    return Project
