@@ -40,9 +40,9 @@ OPTIONS = (
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("lrp", "layer-wise relevance propagation (pytest-lrp)")
     for option in OPTIONS:
-        dest = option.ini
-        group.addoption(option.flag, action=option.action, dest=dest, default=None, help=option.help)
-        parser.addini(option.ini, option.help, type=option.ini_type, default=[] if option.ini_type == "args" else None)
+        group.addoption(option.flag, action=option.action, dest=option.ini, default=None, help=option.help)
+        default = {"args": [], "bool": False}.get(option.ini_type)
+        parser.addini(option.ini, option.help, type=option.ini_type, default=default)
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,22 @@ class Settings:
         if cli not in (None, []):
             return cli, option.flag, self.invocation_dir
         ini = self._config.getini(option.ini)
-        if ini not in (None, [], ""):
+        if ini not in (None, [], "", False):
             return ini, f"ini key {option.ini}", self.ini_dir
         return None, None, None
 
     def _option(self, name: str) -> Option:
         return next(o for o in OPTIONS if o.ini == name)
+
+    def flag(self, name: str) -> bool:
+        """A true/false option (action store_true, ini type bool), by its ini name."""
+        value, _, _ = self._raw(self._option(name))
+        return bool(value)
+
+    def path(self, name: str) -> Optional[Path]:
+        """A path option by its ini name, resolved against where it was written; None when unset."""
+        value, _, base = self._raw(self._option(name))
+        return None if value is None else (base / value).resolve()
 
     @property
     def rules_path(self) -> Path:
