@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .analyzer_names import analyzer_names, close_matches
+from .analyzer_params import unknown_param_message
 from .errors import LrpUsageError, shown
 
 TARGETS = ("output", "positive_output", "output_minus_reference")
@@ -190,6 +191,9 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
     for name in params:
         if name in RESERVED_PARAMS:
             raise here.key("params").error(f"'{name}' cannot be set here: {RESERVED_PARAMS[name]}")
+    unknown = unknown_param_message(analyzer, params, RESERVED_PARAMS)
+    if unknown:
+        raise here.key("params").error(unknown)
 
     values = dict(inherited)
     values["tolerance"] = _tolerance(raw.get("tolerance"), inherited["tolerance"], here.key("tolerance"))
