@@ -17,6 +17,8 @@ import numpy as np
 
 from .errors import LrpUsageError, shown
 from .tf_runtime import tensorflow
+from .supported import check_softmax_only_at_the_end
+from .trust import check_before_loading, deserialization_scope
 
 # Graph and eager kernels may differ in summation order; anything beyond float32
 # noise means different weights.
@@ -31,6 +33,7 @@ class ModelFile:
     config: dict = field(repr=False)
     weights: list = field(repr=False)
     sequential: bool
+    trusted: bool = False  # rebuilding a trusted model may deserialize its Lambda layers
 
     @property
     def input_shape(self) -> tuple:
@@ -48,7 +51,8 @@ class ModelFile:
         """A copy of the model in the current (graph) context, with the file's weights."""
         keras = tensorflow().keras
         cls = keras.Sequential if self.sequential else keras.Model
-        model = cls.from_config(self.config)
+        with deserialization_scope(self.trusted):
+            model = cls.from_config(self.config)
         model.set_weights(self.weights)
         return model
 
@@ -62,7 +66,7 @@ class ModelFile:
             )
 
 
-def load_model_file(path: Path, name: str) -> ModelFile:
+def load_model_file(path: Path, name: str, trusted: bool = False) -> ModelFile:
     path = Path(path)
     if not path.exists():
         raise LrpUsageError(f"{shown(path)}: model file not found")
@@ -73,8 +77,10 @@ def load_model_file(path: Path, name: str) -> ModelFile:
             f"{shown(path)}: TensorFlow eager execution is disabled in this process; pytest-lrp runs the analyses in their "
             "own graphs, so remove the global tf.compat.v1.disable_eager_execution() call"
         )
+    check_before_loading(path, trusted)
     try:
-        model = tf.keras.models.load_model(str(path), compile=False)
+        # safe_mode (used for .keras only) refuses Lambda bytecode; trust lifts it.
+        model = tf.keras.models.load_model(str(path), compile=False, safe_mode=not trusted)
     except Exception as exc:  # h5py, keras and TF raise many unrelated types for a bad file
         raise LrpUsageError(f"{shown(path)}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -82,6 +88,7 @@ def load_model_file(path: Path, name: str) -> ModelFile:
             f"{shown(path)}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
             "pytest-lrp supports models with one input and one output"
         )
+    check_softmax_only_at_the_end(model, path)
     try:
         config = model.get_config()
     except Exception as exc:
@@ -93,6 +100,7 @@ def load_model_file(path: Path, name: str) -> ModelFile:
         config=config,
         weights=model.get_weights(),
         sequential=isinstance(model, tf.keras.Sequential),
+        trusted=trusted,
     )
 
 

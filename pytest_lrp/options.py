@@ -34,6 +34,7 @@ OPTIONS = (
     Option("--lrp-inputs", "lrp_inputs", "inputs: .npy, or .npz (the array named 'x', or its only array)."),
     Option("--lrp-samples", "lrp_samples", "use the first N inputs."),
     Option("--lrp-seed", "lrp_seed", "seed for random inputs in the model's input shape when no inputs are given."),
+    Option("--lrp-trust-model", "lrp_trust_model", "load model files that run code when loaded (Lambda or custom layers, SavedModel folders); only for files you trust.", "bool", "store_true"),
 )
 
 

@@ -57,7 +57,8 @@ class Workbench:
         path = Path(path)
         if path not in self._models:
             try:
-                self._models[path] = load_model_file(path, self.model_names().get(path, path.stem))
+                name = self.model_names().get(path, path.stem)
+                self._models[path] = load_model_file(path, name, trusted=self.settings.flag("lrp_trust_model"))
             except LrpUsageError as exc:
                 self._models[path] = exc  # every test of a broken model reports the same line, loaded once
         found = self._models[path]

@@ -17,7 +17,8 @@ SAVE_HEATMAPS = """
 def test_h5_keras_and_savedmodel_give_the_same_heatmaps(lrp_project, pytester):
     pytester.makepyfile(test_formats=SAVE_HEATMAPS)
     paths = lrp_project.biased.paths
-    result = pytester.runpytest(*[f"--lrp-model={p}" for p in paths.values()], f"--lrp-inputs={lrp_project.inputs}", "-v")
+    # --lrp-trust-model: a SavedModel folder is refused without it (see test_hardening.py).
+    result = pytester.runpytest(*[f"--lrp-model={p}" for p in paths.values()], f"--lrp-inputs={lrp_project.inputs}", "--lrp-trust-model", "-v")
     result.assert_outcomes(passed=3)
     h5, keras, savedmodel = (np.load(pytester.path / f"heatmaps-{suffix}.npy") for suffix in (".h5", ".keras", "savedmodel"))
     assert np.abs(h5).sum() > 0
