@@ -22,8 +22,13 @@ from .errors import LrpUsageError, shown
 TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)
 TOP_LEVEL_KEYS = ("defaults", "rules")
-DEFAULT_KEYS = ("models", "inputs", "samples", "seed", "tolerance", "neuron_selection", "target", "max_error")
-RULE_KEYS = ("id", "analyzer", "params", "target", "tolerance", "xfail", "neuron_selection", "max_error")
+DEFAULT_KEYS = ("models", "inputs", "samples", "seed", "tolerance", "neuron_selection", "target", "max_error",
+                "checks", "baseline", "baseline_tolerance")
+RULE_KEYS = ("id", "analyzer", "params", "target", "tolerance", "xfail", "neuron_selection", "max_error",
+             "checks", "baseline", "baseline_tolerance")
+# Each check is a test of its own (id "<check>[<model>-<rule>]"), generated in this order.
+CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determinism", "baseline")
+DEFAULT_CHECKS = ("conservation", "finite")
 TOLERANCE_KEYS = ("rtol", "atol")
 # innvestigate keywords the plugin sets itself; a rule must not fight over them.
 RESERVED_PARAMS = {
@@ -45,6 +50,11 @@ class Tolerance:
         return f"rtol={self.rtol:g}, atol={self.atol:g}"
 
 
+# Float32 noise between machines and batch sizes is well below 1e-4 of a value; a
+# changed explanation is not.
+BASELINE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-6)
+
+
 @dataclass(frozen=True)
 class Xfail:
     reason: str
@@ -61,6 +71,8 @@ class Rule:
     xfail: Optional[Xfail] = None
     neuron_selection: Union[str, int] = "max_activation"
     max_error: Optional[float] = None
+    checks: tuple = DEFAULT_CHECKS
+    baseline_tolerance: Tolerance = BASELINE_TOLERANCE  # element-wise, for comparing heatmaps (baseline, batch_invariance)
     source: str = field(default="", compare=False)  # the rule file (or test) it came from, for messages
 
     def where(self, key: str) -> str:
@@ -162,6 +174,7 @@ def _rule_defaults(defaults: dict, where: _Where) -> dict:
         inherited["target"] = _target(defaults["target"], where.key("target"))
     if defaults.get("max_error") is not None:
         inherited["max_error"] = _non_negative(defaults["max_error"], where.key("max_error"))
+    inherited.update(_check_settings(defaults, {}, where))
     return inherited
 
 
@@ -203,6 +216,7 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
         values["neuron_selection"] = _neuron_selection(raw["neuron_selection"], here.key("neuron_selection"))
     if raw.get("max_error") is not None:
         values["max_error"] = _non_negative(raw["max_error"], here.key("max_error"))
+    values.update(_check_settings(raw, inherited, here))
     if values.get("target") == "output_minus_reference" and analyzer != "integrated_gradients" and "reference_inputs" not in params:
         raise here.key("target").error("'output_minus_reference' needs params.reference_inputs")
     return Rule(
@@ -213,6 +227,34 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
         source=shown(where.path),
         **values,
     )
+
+
+def _check_settings(raw: dict, inherited: dict, where: _Where) -> dict:
+    """'checks' (replaces the inherited list), 'baseline' (true/false adds/removes that check) and 'baseline_tolerance'."""
+    checks = inherited.get("checks", DEFAULT_CHECKS)
+    if raw.get("checks") is not None:
+        checks = _checks(raw["checks"], where.key("checks"))
+    if raw.get("baseline") is not None:
+        if not isinstance(raw["baseline"], bool):
+            raise where.key("baseline").error(f"expected true or false, got {raw['baseline']!r}")
+        checks = tuple(c for c in checks if c != "baseline") + (("baseline",) if raw["baseline"] else ())
+    if not checks:
+        raise where.key("checks").error(f"no check left to run; name at least one of {', '.join(CHECK_NAMES)}")
+    tolerance = _tolerance(raw.get("baseline_tolerance"), inherited.get("baseline_tolerance", BASELINE_TOLERANCE), where.key("baseline_tolerance"))
+    return {"checks": tuple(c for c in CHECK_NAMES if c in checks), "baseline_tolerance": tolerance}
+
+
+def _checks(value, where: _Where) -> tuple:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise where.error(f"expected a non-empty list of checks ({', '.join(CHECK_NAMES)}), got {_kind(value)}")
+    for name in value:
+        if name not in CHECK_NAMES:
+            match = difflib.get_close_matches(str(name), CHECK_NAMES, n=1)
+            hint = f"did you mean '{match[0]}'?" if match else f"known: {', '.join(CHECK_NAMES)}"
+            raise where.error(f"unknown check {name!r} ({hint})")
+    return tuple(value)
 
 
 def _reject_unknown_keys(mapping: dict, known, where: _Where, what: str) -> None:
