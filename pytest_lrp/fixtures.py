@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from .crashes import model_label, shortened
 from .errors import LrpUsageError
 from .rulefile import rule_from_marker
 from .workbench import NO_MODEL, workbench_key
@@ -46,7 +47,8 @@ def lrp_analysis(request, lrp_model, lrp_inputs):
         pytest.fail("lrp_analysis needs a rule: mark the test with @pytest.mark.lrp_rule('lrp.z', ...)", pytrace=False)
     workbench = request.config.stash[workbench_key]
     rule = _usage(lambda: rule_from_marker(request.node.nodeid, marker.args, marker.kwargs))
-    return _usage(lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs))
+    label = model_label(lrp_model.path)
+    return _usage(lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs)))
 
 
 def _usage(compute):

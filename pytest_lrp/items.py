@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .conservation import check_conservation
+from .crashes import crash_line, model_label
 from .errors import LrpCheckFailed, LrpUsageError
 from .workbench import NO_MODEL, workbench_key
 
@@ -48,7 +49,8 @@ class LrpItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, (LrpCheckFailed, LrpUsageError)):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
+        crash = crash_line(self.config, self.rule, model_label(self.model_path), excinfo.value)
+        return crash or super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
         return self.path, 0, f"{self.name} ({self.rule.analyzer})"
