@@ -52,6 +52,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         parametrize_models(metafunc)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[workbench_key].require_configured_rule_file()
+
+
 def _adopt_explicit_rule_file(config: pytest.Config, workbench: Workbench) -> None:
     """`pytest my_rules.yaml` uses that file as the rule file unless --lrp-rules/lrp_rules says otherwise."""
     if workbench.settings.rules_configured or config.args_source != pytest.Config.ArgsSource.ARGS:

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from .errors import LrpUsageError
+from .errors import LrpUsageError, shown
 from .options import Settings
 from .rulefile import Rule, RuleFile, load_rule_file
 
@@ -42,6 +42,12 @@ class Workbench:
         if self._rule_file is None and (self.rules_path.exists() or self.settings.rules_configured):
             self._rule_file = load_rule_file(self.rules_path)
         return self._rule_file
+
+    def require_configured_rule_file(self) -> None:
+        """A rule file named by --lrp-rules or lrp_rules must exist: otherwise no LRP test would run, in silence."""
+        if self.settings.rules_configured and not self.rules_path.exists():
+            # A usage error (exit 4), as pytest's own for a test path that does not exist.
+            raise pytest.UsageError(f"{shown(self.rules_path)}: rule file not found (named by --lrp-rules or the ini key lrp_rules)")
 
     def model_paths(self) -> list:
         return self.settings.models(self.rule_file)

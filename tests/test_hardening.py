@@ -1,0 +1,382 @@
+"""Bad input, untrusted models and crashing analyzers: one clear line each, and the run goes on.
+
+Every case runs pytest on real files (rule files, Keras models saved to disk,
+.npy inputs) and asserts the exact line the user sees. The rule-file cases not
+repeated here are in test_rule_file_errors.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pytest_lrp.errors import LrpUsageError, shown
+from pytest_lrp.rulefile import load_rule_file
+
+# --- the rule file: one line at collection, exit code 2, TensorFlow never imported ---------------
+
+RULE_FILE_CASES = {
+    "param-close-match": (
+        "rules:\n  - {id: eps, analyzer: lrp.epsilon, params: {epsilom: 0.1}}\n",
+        "rules.yaml: rule 'eps': key 'params': analyzer 'lrp.epsilon' does not accept 'epsilom' (did you mean 'epsilon'?)",
+    ),
+    "param-of-a-base-class": (
+        "rules:\n  - {id: z, analyzer: lrp.z, params: {reverse_chek_finite: true}}\n",
+        "rules.yaml: rule 'z': key 'params': analyzer 'lrp.z' does not accept 'reverse_chek_finite' (did you mean 'reverse_check_finite'?)",
+    ),
+    # lrp.alpha_2_beta_1 fixes alpha and beta itself; passing them would be a "multiple values" TypeError.
+    "param-fixed-by-the-preset": (
+        "rules:\n  - {id: ab, analyzer: lrp.alpha_2_beta_1, params: {alpha: 3}}\n",
+        "rules.yaml: rule 'ab': key 'params': analyzer 'lrp.alpha_2_beta_1' does not accept 'alpha' (it accepts: *)",
+    ),
+    "param-no-close-match": (
+        "rules:\n  - {id: ig, analyzer: integrated_gradients, params: {colour: red}}\n",
+        "rules.yaml: rule 'ig': key 'params': analyzer 'integrated_gradients' does not accept 'colour' "
+        "(it accepts: disable_model_checks, postprocess, reference_inputs, steps)",
+    ),
+}
+
+
+@pytest.mark.parametrize("text, line", RULE_FILE_CASES.values(), ids=RULE_FILE_CASES.keys())
+def test_bad_rule_file_params(pytester, text, line):
+    (pytester.path / "rules.yaml").write_text(text)
+    result = pytester.runpytest_subprocess("rules.yaml", "--lrp-model=whatever.h5", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*ERROR collecting rules.yaml*", line])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_accepted_params_pass_validation(pytester):
+    """Every parameter the default suite and the README use is one the analyzer takes."""
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n"
+        "  - {id: dt, analyzer: deep_taylor.bounded, params: {low: 0.0, high: 1.0}}\n"
+        "  - {id: eps, analyzer: lrp.epsilon, params: {epsilon: 1.0e-9, bias: false}}\n"
+        "  - {id: ab, analyzer: lrp.alpha_beta, params: {alpha: 3, beta: 2}}\n"
+        "  - {id: ig, analyzer: integrated_gradients, params: {steps: 8, reference_inputs: 0.0}, target: output_minus_reference}\n"
+        "  - {id: pa, analyzer: lrp.sequential_preset_a, params: {epsilon: 0.1}}\n"
+    )
+    result = pytester.runpytest_subprocess("rules.yaml", "--lrp-model=whatever.h5", "--co", "-q", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines([f"rules.yaml::conservation[[]whatever-{rule}[]]" for rule in ("dt", "eps", "ab", "ig", "pa")])
+
+
+def test_a_missing_rule_file_named_on_the_command_line_is_a_usage_error(pytester):
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = pytester.runpytest("--lrp-rules=nothere.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # as pytest's own "file or directory not found"
+    result.stderr.fnmatch_lines(["ERROR: nothere.yaml: rule file not found (named by --lrp-rules or the ini key lrp_rules)"])
+
+
+# --- fuzzing the loader: whatever YAML holds, the only exception is the documented one ----------
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12)
+KEYS = st.sampled_from(
+    ["rules", "defaults", "id", "analyzer", "params", "tolerance", "rtol", "atol", "target", "xfail", "reason",
+     "strict", "neuron_selection", "max_error", "models", "inputs", "samples", "seed", "epsilon", "lrp.z",
+     "checks", "baseline", "baseline_tolerance"]
+) | st.text(max_size=8)
+ANALYZERS = st.sampled_from(["lrp.z", "lrp.epsilon", "deep_taylor.bounded", "integrated_gradients", "lrp.alpha_beta"])
+values = st.recursive(
+    scalars | ANALYZERS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=5),
+    max_leaves=20,
+)
+rules = st.lists(
+    st.fixed_dictionaries({"id": st.text(min_size=1, max_size=5) | st.integers(), "analyzer": ANALYZERS | values},
+                          optional={"params": values, "tolerance": values, "target": values, "xfail": values,
+                                    "neuron_selection": values, "max_error": values}),
+    max_size=3,
+)
+documents = values | st.fixed_dictionaries({"rules": rules | values}, optional={"defaults": values})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=documents)
+def test_rule_file_loader_raises_only_usage_errors(tmp_path, document):
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True))
+    try:
+        load_rule_file(path)
+    except LrpUsageError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(shown(path) + ": ")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=60))
+def test_rule_file_loader_survives_any_text(tmp_path, text):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_rule_file(path)
+    except LrpUsageError:
+        pass
+
+
+# --- models: one line, as the error of each test of that model; nothing from the file runs ----------
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory, tensorflow_imported_once):
+    """Real Keras files, each wrong in one way; the Lambda writes a marker file when it runs."""
+    tf = tensorflow_imported_once
+    layers = tf.keras.layers
+    folder = tmp_path_factory.mktemp("bad_models")
+    marker = folder / "LAMBDA-RAN"
+    # eval: the marker path becomes a constant of the lambda's own code, as an attacker's payload would be.
+    payload = eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")
+
+    class Doubler(layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    def dense(*middle, first="relu"):
+        return tf.keras.Sequential([layers.Dense(4, activation=first, input_shape=(5,)), *middle, layers.Dense(3)])
+
+    two = [tf.keras.Input((5,)), tf.keras.Input((5,))]
+    models = {
+        "lambda.h5": dense(layers.Lambda(payload)),
+        "lambda.keras": dense(layers.Lambda(payload)),
+        "custom.h5": dense(Doubler()),
+        "tanh.h5": dense(first="tanh"),
+        "inner_softmax.h5": dense(first="softmax"),
+        "two_inputs.h5": tf.keras.Model(two, layers.Dense(3)(layers.Concatenate()(two))),
+    }
+    for name, model in models.items():
+        model.save(folder / name)
+    marker.unlink()  # building the model above ran the lambda once
+    (folder / "text.h5").write_text("not a model\n")
+    return folder
+
+
+MODEL_CASES = {
+    "missing": ("nothere.h5", "*nothere.h5: model file not found"),
+    "not-a-model": ("text.h5", "*text.h5: not a Keras model file (expected an HDF5 .h5/.hdf5 file, a .keras archive or a SavedModel folder)"),
+    "lambda-h5": (
+        "lambda.h5",
+        "*lambda.h5: layer 'lambda' is a Lambda layer, whose Python code is stored in the file and runs when the model is "
+        "loaded; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model)",
+    ),
+    "lambda-keras": (
+        "lambda.keras",
+        "*lambda.keras: layer 'lambda_1' is a Lambda layer, whose Python code is stored in the file and runs when the model is "
+        "loaded; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model)",
+    ),
+    "custom-layer": (
+        "custom.h5",
+        "*custom.h5: layer 'doubler' has class 'Doubler', which is not a built-in Keras layer (loading it runs code from "
+        "outside Keras); refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model)",
+    ),
+    "two-inputs": (
+        "two_inputs.h5",
+        "*two_inputs.h5: the model has 2 inputs and 1 outputs; pytest-lrp supports models with one input and one output",
+    ),
+    "softmax-inside": (
+        "inner_softmax.h5",
+        "*inner_softmax.h5: layer 'dense_*' applies a softmax inside the network; relevance cannot be propagated through it "
+        "(only a softmax on the last layer is supported, and it is stripped)",
+    ),
+    "not-analyzable": (
+        "tanh.h5",
+        "*tanh.h5: innvestigate cannot analyze this model with deep_taylor (rule 'dt'): "
+        "This DeepTaylor implementation only supports ReLU activations.",
+    ),
+}
+
+
+@pytest.mark.parametrize("model, line", MODEL_CASES.values(), ids=MODEL_CASES.keys())
+def test_bad_model_fails_its_tests_with_one_line(pytester, bad_models, model, line):
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: dt, analyzer: deep_taylor}\n")
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / model}", "-k", "conservation")
+    result.assert_outcomes(failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([line])
+    assert "Traceback" not in result.stdout.str() and "site-packages" not in result.stdout.str()
+    assert not (bad_models / "LAMBDA-RAN").exists()
+
+
+def test_trusted_lambda_model_is_loaded_and_innvestigate_says_why_it_cannot_analyze_it(pytester, bad_models):
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
+    pytester.makeini("[pytest]\nlrp_trust_model = true\n")
+    try:
+        result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / 'lambda.h5'}", "-k", "conservation")
+        assert (bad_models / "LAMBDA-RAN").exists()  # the opt-in really lifts the refusal
+    finally:
+        (bad_models / "LAMBDA-RAN").unlink(missing_ok=True)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*lambda.h5: innvestigate cannot analyze this model with lrp.z (rule 'z'): "
+        "Lambda layers are not allowed. To force use set 'allow_lambda_layers' parameter."
+    ])
+
+
+def test_savedmodel_folder_needs_trust(lrp_project, pytester):
+    folder = lrp_project.biased.paths[""]
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n")
+    refused = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "-k", "conservation")
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines([
+        "*biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
+        "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5"
+    ])
+    trusted = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "--lrp-trust-model", "-k", "conservation")
+    trusted.assert_outcomes(xfailed=1)
+
+
+def test_model_without_softmax_is_fine(lrp_project, pytester, tensorflow_imported_once):
+    tf = tensorflow_imported_once
+    model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="relu", use_bias=False, input_shape=(5,)),
+                                 tf.keras.layers.Dense(3, use_bias=False)])
+    model.save(pytester.path / "plain.h5")
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: w, analyzer: lrp.w_square}\n")
+    result = pytester.runpytest("rules.yaml", "--lrp-model=plain.h5", "-k", "conservation")
+    result.assert_outcomes(passed=1)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def _nan_in_second_sample():
+    x = np.ones((4, 5), dtype=np.float32)
+    x[1, 2] = np.nan
+    return x
+
+
+INPUT_CASES = {
+    "missing": (None, [], "nothere.npy: inputs file not found"),
+    "shape": (np.ones((4, 3), np.float32), [], "inputs.npy: inputs of shape (4, 3) do not fit the model's input shape (N, 5)"),
+    "nan": (_nan_in_second_sample(), [], "inputs.npy: 1 of 4 samples contain NaN or Inf"),
+    "inf": (np.full((2, 5), np.inf, np.float32), [], "inputs.npy: 2 of 2 samples contain NaN or Inf"),
+    "zero-samples": (np.ones((0, 5), np.float32), [], "inputs.npy: holds no samples (shape (0, 5))"),
+    "beyond-the-file": (np.ones((6, 5), np.float32), ["--lrp-samples=10"], "inputs.npy: 10 samples asked for, but the file holds 6"),
+}
+
+
+@pytest.mark.parametrize("array, flags, line", INPUT_CASES.values(), ids=INPUT_CASES.keys())
+def test_bad_inputs_fail_with_one_line(lrp_project, pytester, array, flags, line):
+    name = "nothere.npy" if array is None else "inputs.npy"
+    if array is not None:
+        np.save(pytester.path / name, array)
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={name}", *flags, "-k", "conservation")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([line])
+
+
+def test_zero_target_is_judged_by_atol_alone(lrp_project, pytester):
+    # Zero inputs to a bias-free net: every output and every relevance is exactly 0.
+    np.save(pytester.path / "zeros.npy", np.zeros((3, 5), np.float32))
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, tolerance: {rtol: 0.0, atol: 0.0}}\n"
+    )
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "--lrp-inputs=zeros.npy", "-k", "conservation",
+        "-W", "error::RuntimeWarning",
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_zero_target_failure_shows_no_percentage(lrp_project, pytester):
+    # Inputs where the chosen output is negative: max(f, 0) = 0 while the relevance sums to f.
+    x = np.random.default_rng(3).uniform(0, 1, (64, 5)).astype(np.float32)
+    outputs = lrp_project.nobias.outputs(x)
+    neuron = int(np.argmax((outputs < -0.05).sum(axis=0)))
+    negative = x[outputs[:, neuron] < -0.05][:2]
+    assert len(negative) == 2
+    np.save(pytester.path / "negative.npy", negative)
+    rule = "{id: %s, analyzer: lrp.epsilon, params: {bias: false}, target: positive_output, neuron_selection: %d, tolerance: %s}"
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n"
+        f"  - {rule % ('strict', neuron, '{rtol: 1.0, atol: 0.0}')}\n"
+        f"  - {rule % ('loose', neuron, '{rtol: 0.0, atol: 100.0}')}\n"
+    )
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "--lrp-inputs=negative.npy", "-k", "conservation",
+        "-W", "error::RuntimeWarning",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([f"worst sample *: sum(R) = -*, target max(f(x)[[]{neuron}[]], 0), softmax stripped = 0, error = *, tolerance = 0 (atol 0 + rtol 1 * |target|)"])
+    assert "% of |target|" not in result.stdout.str()
+
+
+# --- crashes: that test fails with one line, the others (and the user's eager TF tests) still run ----
+
+EAGER_TEST = """
+    import numpy as np
+    import tensorflow as tf
+
+    def test_eager_after_a_crash():
+        assert tf.executing_eagerly()
+        assert np.allclose((tf.constant([1.0, 2.0]) * 3).numpy(), [3.0, 6.0])
+"""
+ALPHA_BETA_LINE = (
+    "lrp.alpha_beta crashed (rule 'ab' on *nobias.h5): ValueError: Constructor call to LRPAlphaBeta : Condition alpha - "
+    "beta = 1 not fulfilled. alpha=1 ; beta=5 -> alpha - beta = -4 [[]-vv or --fulltrace shows the traceback[]]"
+)
+
+
+def _crashing_suite(pytester):
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: ab, analyzer: lrp.alpha_beta, params: {alpha: 1, beta: 5}}\n  - {id: w, analyzer: lrp.w_square}\n"
+    )
+    pytester.makepyfile(test_user_eager=EAGER_TEST)
+
+
+def test_a_crashing_analyzer_fails_only_its_test(lrp_project, pytester):
+    _crashing_suite(pytester)
+    result = pytester.runpytest("rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation or eager")
+    result.assert_outcomes(passed=2, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([ALPHA_BETA_LINE])
+    assert "relevance_analyzer.py" not in result.stdout.str()  # no frames from inside innvestigate
+
+
+def test_the_traceback_of_a_crash_comes_back_with_vv(lrp_project, pytester):
+    _crashing_suite(pytester)
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation and ab", "-vv")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*relevance_analyzer.py*", "E * ValueError: Constructor call to LRPAlphaBeta*"])
+
+
+def test_out_of_memory_in_one_rule_fails_only_that_rule(lrp_project, pytester):
+    # Fault injection at innvestigate's own registry: no real allocation on a shared machine.
+    pytester.makeconftest("""
+        import innvestigate.analyzer as registry
+
+        original = registry.analyzers["lrp.flat"]
+
+        def out_of_memory(*args, **kwargs):
+            raise MemoryError("failed to allocate 1.2 TiB")
+
+        def pytest_configure():
+            registry.analyzers["lrp.flat"] = out_of_memory
+
+        def pytest_unconfigure():
+            registry.analyzers["lrp.flat"] = original
+    """)
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: flat, analyzer: lrp.flat}\n  - {id: w, analyzer: lrp.w_square}\n")
+    pytester.makepyfile(test_user_eager=EAGER_TEST)
+    result = pytester.runpytest("rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation or eager")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "lrp.flat crashed (rule 'flat' on *nobias.h5): MemoryError: failed to allocate 1.2 TiB [[]-vv or --fulltrace shows the traceback[]]"
+    ])
+
+
+def test_a_crash_in_a_hand_written_test_is_that_tests_error(lrp_project, pytester):
+    pytester.makepyfile(test_mine="""
+        import pytest
+
+        @pytest.mark.lrp_rule("lrp.alpha_beta", id="ab", alpha=1, beta=5)
+        def test_alpha_beta(lrp_analysis):
+            pass
+
+        def test_other():
+            pass
+    """)
+    result = pytester.runpytest("test_mine.py", f"--lrp-model={lrp_project.nobias.path}")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([ALPHA_BETA_LINE])
