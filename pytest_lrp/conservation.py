@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from .analysis import Analysis
-from .errors import LrpCheckFailed
+from .errors import LrpBeyondExpectation, LrpCheckFailed
+from .layer_relevance import describe_change, largest_change, layer_table
 
 
 def check_conservation(analysis: Analysis) -> None:
     if not analysis.finite:
-        raise LrpCheckFailed(non_finite_message(analysis))
+        raise LrpBeyondExpectation(non_finite_message(analysis))
+    ceiling = ceiling_message(analysis)
+    if ceiling:
+        raise LrpBeyondExpectation(ceiling + "\n" + worst_sample_line(analysis) + leak_lines(analysis))
     failing = analysis.failing
     if failing.any():
         raise LrpCheckFailed(
             f"relevance not conserved: {int(failing.sum())} of {len(failing)} samples outside the tolerance "
-            f"({analysis.rule.analyzer} on {analysis.model.name})\n" + worst_sample_line(analysis)
+            f"({analysis.rule.analyzer} on {analysis.model.name})\n" + worst_sample_line(analysis) + leak_lines(analysis)
         )
 
 
@@ -26,6 +30,29 @@ def non_finite_message(analysis: Analysis) -> str:
         f"heatmap is not finite: {int(per_sample.sum())} of {len(per_sample)} samples contain NaN or Inf "
         f"(first: sample {first}; {analysis.rule.analyzer} on {analysis.model.name})"
     )
+
+
+def ceiling_message(analysis: Analysis):
+    """Why the error is beyond the rule's max_error (a relative error), or None."""
+    ceiling = analysis.rule.max_error
+    if ceiling is None:
+        return None
+    allowed = ceiling * np.abs(analysis.targets) + analysis.rule.tolerance.atol
+    above = ~(analysis.errors <= allowed)
+    if not above.any():
+        return None
+    return (
+        f"relevance error beyond the rule's ceiling max_error={ceiling:g} in {int(above.sum())} of {len(above)} samples "
+        f"({analysis.rule.analyzer} on {analysis.model.name}); an expected leak does not excuse this"
+    )
+
+
+def leak_lines(analysis: Analysis) -> str:
+    """The layer where the worst sample's relevance changes most, and the per-layer totals."""
+    if not analysis.layers:
+        return ""
+    sample = analysis.worst
+    return "\n" + describe_change(largest_change(analysis.layers, sample), sample) + "\n" + layer_table(analysis.layers, sample)
 
 
 def describe_target(analysis: Analysis, sample: int) -> str:

@@ -9,7 +9,15 @@ class LrpUsageError(Exception):
 
 
 class LrpCheckFailed(AssertionError):
-    """A property (conservation, ...) does not hold; the message explains the numbers."""
+    """A property (conservation, ...) does not hold; the message explains the numbers.
+
+    This is the failure a rule's ``xfail`` expects.
+    """
+
+
+class LrpBeyondExpectation(AssertionError):
+    """A failure no ``xfail`` flag excuses: a non-finite heatmap, or an error above the
+    rule's ``max_error`` ceiling (known leaks are tolerated, explosions are not)."""
 
 
 def shown(path) -> str:

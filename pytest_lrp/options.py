@@ -24,7 +24,7 @@ class Option:
     flag: str
     ini: str
     help: str
-    ini_type: str = "string"
+    ini_type: Optional[str] = "string"  # None: command line only
     action: str = "store"
 
 
@@ -34,7 +34,14 @@ OPTIONS = (
     Option("--lrp-inputs", "lrp_inputs", "inputs: .npy, or .npz (the array named 'x', or its only array)."),
     Option("--lrp-samples", "lrp_samples", "use the first N inputs."),
     Option("--lrp-seed", "lrp_seed", "seed for random inputs in the model's input shape when no inputs are given."),
+    Option("--lrp-baselines", "lrp_baselines", "folder of the golden heatmaps (default: lrp_baselines next to the rule file)."),
+    # Command line only (no ini key): a baseline is never written unless asked for in this very run.
+    Option("--lrp-update-baselines", "lrp_update_baselines", "write missing or differing baselines from the current heatmaps.", None, "store_true"),
     Option("--lrp-trust-model", "lrp_trust_model", "load model files that run code when loaded (Lambda or custom layers, SavedModel folders); only for files you trust.", "bool", "store_true"),
+    Option("--lrp-report", "lrp_report", "write the results of the LRP tests as JSON to PATH."),
+    Option("--lrp-heatmaps", "lrp_heatmaps", "write a PNG of inputs and heatmaps to DIR for every failing or xfailing LRP test."),
+    Option("--lrp-heatmaps-all", "lrp_heatmaps_all", "with --lrp-heatmaps: a PNG for every LRP test.", "bool", "store_true"),
+    Option("--lrp-no-summary", "lrp_no_summary", "do not print the table of LRP results at the end of the run.", "bool", "store_true"),
 )
 
 
@@ -42,6 +49,8 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("lrp", "layer-wise relevance propagation (pytest-lrp)")
     for option in OPTIONS:
         group.addoption(option.flag, action=option.action, dest=option.ini, default=None, help=option.help)
+        if option.ini_type is None:
+            continue
         default = {"args": [], "bool": False}.get(option.ini_type)
         parser.addini(option.ini, option.help, type=option.ini_type, default=default)
 
@@ -66,7 +75,7 @@ class Settings:
         cli = getattr(self._config.option, option.ini, None)
         if cli not in (None, []):
             return cli, option.flag, self.invocation_dir
-        ini = self._config.getini(option.ini)
+        ini = self._config.getini(option.ini) if option.ini_type is not None else None
         if ini not in (None, [], "", False):
             return ini, f"ini key {option.ini}", self.ini_dir
         return None, None, None

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from .baseline import BaselineSummary
 from .fixtures import lrp_analysis, lrp_inputs, lrp_model, parametrize_models  # noqa: F401  (fixtures)
-from .items import RulesFile
+from .items import LrpItem, RulesFile
 from .options import add_options
+from . import reporting
 from .workbench import Workbench, workbench_key
 
 MARKERS = (
@@ -30,6 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     workbench = config.stash[workbench_key] = Workbench(config)
+    # Records arrive with the test reports, also from pytest-xdist workers.
+    config.pluginmanager.register(reporting.ResultCollector(config), "lrp-results")
+    config.pluginmanager.register(BaselineSummary(config), "lrp-baselines")
     _adopt_explicit_rule_file(config, workbench)
     _collect_rule_file_too(config, workbench)
 
@@ -54,6 +59,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[workbench_key].require_configured_rule_file()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    # tryfirst makes this the outermost wrapper: it sees the report after the
+    # xfail handling has set its final outcome.
+    if isinstance(item, LrpItem) and call.when == "call":
+        reporting.before_report(item)
+    report = yield
+    if isinstance(item, LrpItem) and call.when == "call":
+        reporting.after_report(item, report)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    reporting.finish(session.config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    reporting.terminal_summary(terminalreporter, config)
 
 
 def _adopt_explicit_rule_file(config: pytest.Config, workbench: Workbench) -> None:

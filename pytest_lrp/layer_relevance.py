@@ -1,0 +1,100 @@
+"""Where relevance leaks: relevance totals at every layer, mapped to Keras layers.
+
+With ``reverse_keep_tensors=True`` innvestigate keeps the relevance arriving at
+every *input* tensor of every node, keyed ``(node id, input index)``. Node ids
+count the layers in execution order without the InputLayers, so they are not
+indices into ``model.layers``; innvestigate's own execution graph of the
+analyzed model gives the mapping, whatever the model's shape (Sequential or
+functional, with or without an explicit InputLayer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LayerRelevance:
+    """Relevance totals per sample at one layer's output (what enters it from above)
+    and at its inputs (what it hands down)."""
+
+    name: str
+    cls: str
+    at_output: np.ndarray = field(repr=False)
+    at_inputs: np.ndarray = field(repr=False)
+
+    def change(self, sample: int) -> float:
+        return float(self.at_inputs[sample] - self.at_output[sample])
+
+
+def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
+    """Layers from the output to the input; the last entry is the model input itself."""
+    kept = getattr(analyzer, "_reversed_tensors", None)
+    if not kept:
+        return []
+    totals = {key: _per_sample(array, len(heatmap_sums)) for key, array in kept}
+    graph = inn.backend.graph.get_model_execution_graph(keras_model)
+    nodes = [graph[nid] for nid in sorted(k for k in graph if k is not None)]
+
+    # Relevance arriving at the tensor a node produced is stored under the key of
+    # the (first) node consuming that tensor; summed over all consumers already.
+    at_output = {}
+    for node in nodes:
+        for index, creator in enumerate(node["Xs_nids"]):
+            if (node["nid"], index) in totals:
+                at_output.setdefault(creator, totals[(node["nid"], index)])
+    result = []
+    for node in reversed(nodes):
+        handed_down = [totals[(node["nid"], i)] for i in range(len(node["Xs"])) if (node["nid"], i) in totals]
+        if not handed_down:
+            continue
+        received = at_output.get(node["nid"], output_relevance)
+        result.append(
+            LayerRelevance(
+                name=node["layer"].name,
+                cls=type(node["layer"]).__name__,
+                at_output=received,
+                at_inputs=np.sum(handed_down, axis=0),
+            )
+        )
+    if result:
+        input_layer = keras_model.layers[0] if type(keras_model.layers[0]).__name__ == "InputLayer" else None
+        name = input_layer.name if input_layer is not None else "input"
+        result.append(LayerRelevance(name=name, cls="InputLayer", at_output=heatmap_sums, at_inputs=heatmap_sums))
+    return result
+
+
+def largest_change(layers: list, sample: int):
+    """The layer whose relevance changes most between its output and its inputs."""
+    candidates = [layer for layer in layers if layer.cls != "InputLayer"]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda layer: abs(layer.change(sample)) if np.isfinite(layer.change(sample)) else np.inf)
+
+
+def describe_change(layer: LayerRelevance, sample: int) -> str:
+    before, after = float(layer.at_output[sample]), float(layer.at_inputs[sample])
+    share = f" ({(after - before) / abs(before):+.1%})" if before != 0 else ""
+    return f"largest change at layer '{layer.name}' ({layer.cls}): {before:.4g} -> {after:.4g}{share}"
+
+
+def layer_table(layers: list, sample: int) -> str:
+    """A compact per-layer table of totals for one sample, output first."""
+    width = max(len(f"{layer.name} ({layer.cls})") for layer in layers)
+    lines = [f"relevance per layer, sample {sample} (at the layer's output -> handed to its inputs):"]
+    for layer in layers:
+        label = f"{layer.name} ({layer.cls})".ljust(width)
+        if layer.cls == "InputLayer":
+            lines.append(f"  {label}  {layer.at_output[sample]:>12.6g}")
+        else:
+            lines.append(f"  {label}  {layer.at_output[sample]:>12.6g} -> {layer.at_inputs[sample]:<12.6g} {layer.change(sample):+.3g}")
+    return "\n".join(lines)
+
+
+def _per_sample(array, samples: int) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 0 or array.shape[0] != samples:
+        return np.full(samples, np.nan)
+    return array.reshape(samples, -1).sum(axis=1, dtype=np.float64)

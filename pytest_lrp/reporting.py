@@ -1,0 +1,80 @@
+"""Collecting results for the summary, the JSON report, JUnit properties and heatmap images."""
+
+from __future__ import annotations
+
+import pytest
+
+from .layer_relevance import describe_change, largest_change
+from .results import REPORT_ATTRIBUTE, outcome_of, result_record
+from .workbench import workbench_key
+
+records_key = pytest.StashKey[list]()
+
+
+def before_report(item) -> None:
+    """JUnit XML properties; they must be on the item before its report is made."""
+    analysis = getattr(item, "analysis", None)
+    if analysis is None or getattr(item, "_lrp_properties_recorded", False):
+        return
+    item._lrp_properties_recorded = True
+    leak = largest_change(analysis.layers, analysis.worst) if analysis.layers else None
+    tolerance = item.rule.tolerance
+    item.user_properties.extend([
+        ("lrp_max_error", f"{float(analysis.errors.max()):.6g}"),
+        ("lrp_max_relative_error", f"{float(analysis.relative_errors.max()):.6g}"),
+        ("lrp_tolerance", f"rtol={tolerance.rtol:g} atol={tolerance.atol:g}"),
+        ("lrp_leak_layer", f"{leak.name} ({leak.cls})" if leak else ""),
+    ])
+
+
+def after_report(item, report) -> None:
+    """Attach the plain-data record, name the leaking layer in the xfail reason, write images."""
+    setattr(report, REPORT_ATTRIBUTE, result_record(item, report))
+    analysis = item.analysis
+    if analysis is not None and analysis.layers and hasattr(report, "wasxfail") and report.skipped:
+        report.wasxfail += "; " + describe_change(largest_change(analysis.layers, analysis.worst), analysis.worst)
+    settings = item.config.stash[workbench_key].settings
+    folder = settings.path("lrp_heatmaps")
+    if folder is not None and analysis is not None:
+        wanted = settings.flag("lrp_heatmaps_all") or outcome_of(report) in ("failed", "xfailed", "xpassed-strict")
+        if wanted:
+            from .heatmap_images import write_heatmap_image
+
+            write_heatmap_image(folder, report.nodeid, analysis)
+
+
+class ResultCollector:
+    """Keeps the record of every LRP test report this process sees (on the xdist
+    controller: every worker's)."""
+
+    def __init__(self, config):
+        self.config = config
+        config.stash[records_key] = []
+
+    def pytest_runtest_logreport(self, report) -> None:
+        record = getattr(report, REPORT_ATTRIBUTE, None)
+        if record is not None:
+            self.config.stash[records_key].append(record)
+
+
+def finish(config) -> None:
+    """On the controller (or without xdist): write the JSON report."""
+    if hasattr(config, "workerinput"):
+        return
+    path = config.stash[workbench_key].settings.path("lrp_report")
+    records = config.stash.get(records_key, [])
+    if path is not None and records:
+        from .json_report import write_json_report
+
+        write_json_report(path, records)
+
+
+def terminal_summary(terminalreporter, config) -> None:
+    if config.stash[workbench_key].settings.flag("lrp_no_summary"):
+        return
+    from .summary import write_summary
+
+    write_summary(terminalreporter, config.stash.get(records_key, []))
+
+
+

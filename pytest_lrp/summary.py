@@ -1,0 +1,45 @@
+"""The table of LRP results printed at the end of the run."""
+
+from __future__ import annotations
+
+# Outcomes where relevance was not conserved; elsewhere the largest change is float noise.
+LEAKING = ("failed", "xfailed")
+COLUMNS = ("model", "rule", "analyzer", "max |error|", "max rel. error", "tolerance", "outcome", "leaking layer")
+
+
+def summary_rows(records: list) -> list:
+    rows = []
+    for r in sorted(records, key=lambda r: (r.get("model") or "", r["rule"], r.get("check", ""))):
+        leak = r.get("leak_layer")
+        tol = r["tolerance"]
+        rows.append((
+            r.get("model") or "-",
+            r["rule"] if r.get("check", "conservation") == "conservation" else f"{r['rule']} ({r['check']})",
+            r["analyzer"],
+            _format(r.get("max_error"), "{:.3g}"),
+            _format(r.get("max_relative_error"), "{:.2%}"),
+            f"rtol {tol['rtol']:g}, atol {tol['atol']:g}",
+            r["outcome"],
+            f"{leak['name']} ({leak['class']})" if leak and r["outcome"] in LEAKING else "-",
+        ))
+    return rows
+
+
+def write_summary(terminalreporter, records: list) -> None:
+    rows = summary_rows(records)
+    if not rows:
+        return
+    widths = [max(len(str(row[i])) for row in rows + [COLUMNS]) for i in range(len(COLUMNS))]
+    terminalreporter.section("LRP results", sep="=")
+    line = lambda row: "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()  # noqa: E731
+    terminalreporter.write_line(line(COLUMNS))
+    for row in rows:
+        terminalreporter.write_line(line(row))
+
+
+def _format(value, pattern: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):  # "nan" / "inf" kept as text in the records
+        return value
+    return pattern.format(value)
