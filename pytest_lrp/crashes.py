@@ -8,13 +8,14 @@ full traceback back for debugging.
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional
 
 from .errors import LrpUsageError, shown
 
 TRACE_HINT = "-vv or --fulltrace shows the traceback"
-# Lines TensorFlow puts before the useful part of an error message.
-PREAMBLES = ("Graph execution error:",)
+# Eager TensorFlow errors start with the name of the wrapped function, which says nothing.
+FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
 def crash_line(config, rule, model, exc: BaseException) -> Optional[str]:
@@ -31,9 +32,12 @@ def crash_line(config, rule, model, exc: BaseException) -> Optional[str]:
 
 def first_line(exc: BaseException) -> str:
     text = getattr(exc, "message", None)  # TensorFlow's OpError keeps the op's message here
-    text = text if isinstance(text, str) else str(exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in PREAMBLES]
-    return lines[0] if lines else "no details"
+    lines = [line.strip() for line in (text if isinstance(text, str) else str(exc)).splitlines() if line.strip()]
+    # A graph-mode error reads "Graph execution error: / Detected at node ... / <stack> / Node: 'x' / <what happened>".
+    for here, following in zip(lines, lines[1:]):
+        if here.startswith("Node: "):
+            return f"{following} (node {here[len('Node: '):]})"
+    return FUNCTION_NODE.sub("", lines[0]) if lines else "no details"
 
 
 def model_label(model_path) -> str:

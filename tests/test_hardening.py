@@ -382,3 +382,27 @@ def test_a_crash_in_a_hand_written_test_is_that_tests_error(lrp_project, pyteste
     result = pytester.runpytest("test_mine.py", f"--lrp-model={lrp_project.nobias.path}")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([ALPHA_BETA_LINE])
+
+
+def _raised(action):
+    try:
+        action()
+    except Exception as exc:  # the real exception TensorFlow raises, not a constructed one
+        return exc
+    raise AssertionError("expected an error")
+
+
+def test_tensorflow_errors_are_cut_to_what_happened(tensorflow_imported_once):
+    from pytest_lrp.crashes import first_line
+
+    tf = tensorflow_imported_once
+    eager = _raised(lambda: tf.reshape(tf.zeros(3), (2,)))
+    assert first_line(eager) == "Input to reshape is a tensor with 3 values, but the requested shape has 2 [Op:Reshape]"
+
+    def in_graph():
+        with tf.Graph().as_default():
+            x = tf.compat.v1.placeholder(tf.float32, (None,))
+            with tf.compat.v1.Session() as session:
+                session.run(tf.reshape(x, (2,)), {x: np.zeros(3)})
+
+    assert first_line(_raised(in_graph)) == "Input to reshape is a tensor with 3 values, but the requested shape has 2 (node 'Reshape')"
