@@ -1,0 +1,126 @@
+"""The explanation properties besides conservation: finite, positive, batch_invariance, determinism.
+
+Each takes a finished Analysis and raises LrpCheckFailed with the numbers when the
+property does not hold. The heatmap comparison here is shared with the baseline check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import Analysis
+from .conservation import non_finite_message
+from .errors import LrpCheckFailed
+from .rulefile import Tolerance
+
+
+def check_finite(analysis: Analysis) -> None:
+    if not analysis.finite:
+        raise LrpCheckFailed(non_finite_message(analysis))
+
+
+def check_positive(analysis: Analysis) -> None:
+    atol = analysis.rule.tolerance.atol
+    flat = analysis.heatmaps.reshape(len(analysis.heatmaps), -1).astype(np.float64)
+    below = flat < -atol
+    if not below.any():
+        return
+    per_sample = below.sum(axis=1)
+    worst = int(np.argmin(flat.min(axis=1)))
+    negative = -flat[worst][flat[worst] < 0].sum()
+    positive = flat[worst][flat[worst] > 0].sum()
+    share = f" ({negative / positive:.2%} of its positive relevance)" if positive > 0 else ""
+    index = np.unravel_index(int(np.argmin(flat[worst])), analysis.heatmaps.shape[1:])
+    raise LrpCheckFailed(
+        f"negative relevance: {int(below.sum())} values in {int((per_sample > 0).sum())} of {len(flat)} samples "
+        f"below -atol = {-atol:g} ({analysis.rule.analyzer} on {analysis.model.name})\n"
+        f"worst sample {worst}: minimum {flat[worst].min():.6g} at {_index(index)}, "
+        f"negative relevance totals {-negative:.6g}{share}"
+    )
+
+
+def check_determinism(analysis: Analysis) -> None:
+    repeat = analysis.reruns["repeat"]
+    if np.array_equal(analysis.heatmaps, repeat, equal_nan=True):
+        return
+    difference = HeatmapDifference(analysis.heatmaps, repeat, Tolerance(rtol=0.0, atol=0.0))
+    raise LrpCheckFailed(
+        f"not deterministic: analyzing the same {len(repeat)} inputs twice gave different heatmaps "
+        f"({analysis.rule.analyzer} on {analysis.model.name}; innvestigate issue 118)\n"
+        + difference.describe("first", "second", "differ")
+    )
+
+
+def check_batch_invariance(analysis: Analysis) -> None:
+    alone = analysis.reruns["alone"]
+    difference = HeatmapDifference(analysis.heatmaps, alone, analysis.rule.baseline_tolerance)
+    if difference.within:
+        return
+    raise LrpCheckFailed(
+        f"not batch invariant: a sample analyzed alone gets another heatmap than inside the batch of {len(alone)} "
+        f"({analysis.rule.analyzer} on {analysis.model.name}; innvestigate issue 91; baseline_tolerance {analysis.rule.baseline_tolerance})\n"
+        + difference.describe("in the batch", "alone", "outside the tolerance")
+    )
+
+
+@dataclass
+class HeatmapDifference:
+    """Element-wise comparison of two heatmap batches of one shape: |actual - expected| <= atol + rtol * |expected|."""
+
+    expected: np.ndarray
+    actual: np.ndarray
+    tolerance: Tolerance
+
+    def __post_init__(self):
+        self.expected = np.asarray(self.expected, dtype=np.float64)
+        self.actual = np.asarray(self.actual, dtype=np.float64)
+        self.difference = np.abs(self.actual - self.expected)
+        bound = self.tolerance.atol + self.tolerance.rtol * np.abs(self.expected)
+        same_nan = np.isnan(self.expected) & np.isnan(self.actual)
+        # NaN compares False: a NaN on one side only is out of tolerance.
+        self.outside = ~((self.difference <= bound) | same_nan)
+
+    @property
+    def within(self) -> bool:
+        return not self.outside.any()
+
+    @property
+    def max_abs(self) -> float:
+        return float(np.nanmax(self.difference)) if np.isfinite(self.difference).any() else float("nan")
+
+    @property
+    def worst(self) -> int:
+        """The sample holding the largest absolute difference (a NaN on one side counts as largest)."""
+        per_sample = np.where(np.isnan(self.difference), np.inf, self.difference).reshape(len(self.difference), -1)
+        return int(np.argmax(per_sample.max(axis=1)))
+
+    def describe(self, expected_name: str, actual_name: str, outside_what: str) -> str:
+        """Two lines: the whole batch, then its worst sample."""
+        worst = self.worst
+        total, outside = self.outside.size, int(self.outside.sum())
+        sample_outside = self.outside[worst]
+        sample_difference = self.difference[worst]
+        where = np.unravel_index(int(np.argmax(np.nan_to_num(sample_difference, nan=np.inf))), sample_difference.shape)
+        return (
+            f"max abs difference {self.max_abs:.3g}; {outside} of {total} values ({outside / total:.2%}) {outside_what}; "
+            f"correlation {expected_name} vs {actual_name} {_correlation(self.expected, self.actual)}\n"
+            f"worst sample {worst}: max abs difference {float(np.nanmax(sample_difference)):.3g} at {_index(where)} "
+            f"({self.expected[worst][where]:.6g} {expected_name}, {self.actual[worst][where]:.6g} {actual_name}); "
+            f"{int(sample_outside.sum())} of {sample_outside.size} values {outside_what}; "
+            f"correlation {_correlation(self.expected[worst], self.actual[worst])}"
+        )
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> str:
+    a, b = a.ravel(), b.ravel()
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return "undefined (non-finite values)"
+    if a.std() == 0 or b.std() == 0:
+        return "undefined (a constant heatmap)"
+    return f"{float(np.corrcoef(a, b)[0, 1]):.6f}"
+
+
+def _index(index: tuple) -> str:
+    return "index (" + ", ".join(str(int(i)) for i in index) + ")"
