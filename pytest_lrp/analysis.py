@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import LrpUsageError, shown
 from .modelfile import ModelFile
+from .reruns import extra_runs
 from .rulefile import Rule
 from .tf_runtime import innvestigate, tensorflow
 
@@ -41,6 +42,7 @@ class Analysis:
     targets: np.ndarray
     softmax_stripped: bool
     layers: list = field(default_factory=list, repr=False)  # input first, output last
+    reruns: dict = field(default_factory=dict, repr=False)  # extra heatmaps for determinism / batch_invariance (reruns.py)
 
     @property
     def sums(self) -> np.ndarray:
@@ -103,11 +105,10 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
             outputs = np.asarray(explained.predict(x, verbose=0), dtype=np.float64).reshape(len(x), -1)
             neurons = _neurons(rule, outputs, model)
             analyzer = _create_analyzer(inn, rule, explained)
-            if rule.neuron_selection == "max_activation":
-                heatmaps = analyzer.analyze(x)
-            else:
-                heatmaps = analyzer.analyze(x, neuron_selection=int(rule.neuron_selection))
+            heatmaps = _run(analyzer, rule, x)
             layers = _layer_relevance(analyzer, explained)
+            # After _layer_relevance: every further run replaces the analyzer's kept tensors.
+            reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
             reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
     finally:
         del graph
@@ -124,7 +125,14 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         targets=_targets(rule, selected, reference, neurons),
         softmax_stripped=stripped,
         layers=layers,
+        reruns=reruns,
     )
+
+
+def _run(analyzer, rule: Rule, x: np.ndarray):
+    if rule.neuron_selection == "max_activation":
+        return analyzer.analyze(x)
+    return analyzer.analyze(x, neuron_selection=int(rule.neuron_selection))
 
 
 def _without_softmax(keras_model, inn):

@@ -17,6 +17,7 @@ import pytest
 
 from .errors import LrpUsageError, shown
 from .options import Settings
+from .reruns import reruns_needed
 from .rulefile import Rule, RuleFile, load_rule_file
 
 NO_MODEL = (
@@ -105,7 +106,7 @@ class Workbench:
 
 def _rule_key(rule: Rule) -> tuple:
     params = json.dumps(rule.params, sort_keys=True, default=repr)
-    return (rule.analyzer, params, rule.target, rule.neuron_selection)
+    return (rule.analyzer, params, rule.target, rule.neuron_selection, reruns_needed(rule))
 
 
 def _digest(x: np.ndarray) -> str:
