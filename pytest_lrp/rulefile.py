@@ -141,7 +141,12 @@ class _Where:
         return _Where(self.path, self.parts + (f"key '{name}'",))
 
     def error(self, message) -> LrpUsageError:
-        return LrpUsageError(": ".join((shown(self.path),) + self.parts + (message,)))
+        # Keys and values come from the file; a newline in one must not break the one-line promise.
+        return LrpUsageError(_one_line(": ".join((shown(self.path),) + self.parts + (message,))))
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _read_yaml(path: Path, where: _Where):
