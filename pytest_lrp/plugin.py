@@ -73,6 +73,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist's --dist load, the tests of one analysis go to one worker (xdist_scheduling.py)."""
+    from .xdist_scheduling import make_scheduler
+
+    return make_scheduler(config, log)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     reporting.finish(session.config)
 

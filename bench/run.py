@@ -1,0 +1,267 @@
+"""pytest-lrp's performance goals (issue 5), measured in one command.
+
+    python bench/run.py                  # everything, about 10-15 minutes on 2 cores
+    python bench/run.py --skip vgg16     # sections: suite, flat, startup, xdist, vgg16
+
+Every measurement runs as a subprocess of this script (pytest start-up included),
+timed by wall clock; peak memory is the child's ``ru_maxrss`` from ``os.wait4`` (for
+pytest-xdist, the largest single process). Per-test times come from ``--junitxml``.
+The table is printed and written to ``bench/results/results.json``. Nothing here is a
+test: ratios are reported against the goals, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SECTIONS = ("suite", "xdist", "flat", "startup", "vgg16")
+# The rules of rules.yaml run on VGG16: one of each family (integrated gradients is left
+# out: its 64 steps make it about 30 times the cost of an LRP rule on this model).
+VGG16_RULES = ("w-square", "z", "epsilon-1", "alpha2-beta1", "deep-taylor-bounded", "preset-a")
+VGG16_SAMPLES = (1, 2)
+FLAT_RULES = 20
+STARTUP_REPEATS = 7
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
+    parser.add_argument("--out", default=str(RESULTS / "results.json"))
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
+    results = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    started = time.perf_counter()
+    for section in SECTIONS:
+        if section in args.skip:
+            continue
+        print(f"== {section}", flush=True)
+        results[section] = globals()[section](env)
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    results["goals"] = goals(results)
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print()
+    print(table(results))
+    print(f"\nwritten to {args.out} ({results['bench_seconds']:.0f} s)")
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def run(cmd: list, env: dict, cwd: Path = ROOT) -> dict:
+    """Run ``cmd``; wall seconds, peak RSS (MB) of the largest process, exit code, output tail."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        tail = out.read().decode(errors="replace").strip().splitlines()[-3:]
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": proc.returncode, "tail": tail}
+
+
+def pytest_cmd(*args) -> list:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *map(str, args)]
+
+
+def junit(path: Path) -> list:
+    """[(test name, seconds, outcome)] in the order the tests ran (for xdist: finished)."""
+    rows = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = "failed" if child.tag == "failure" else "error"
+            elif child.tag == "skipped":
+                outcome = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
+        rows.append((case.get("name"), float(case.get("time")), outcome))
+    return rows
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- sections
+
+
+def suite(env: dict) -> dict:
+    """The default suite: the bug report's one-graph script against pytest-lrp."""
+    plain = run([sys.executable, "bench/plain_script.py", "--json", RESULTS / "plain.json"], env)
+    plain["per_rule"] = json.loads((RESULTS / "plain.json").read_text())["rules"] if plain["exit"] == 0 else []
+    lrp = run(pytest_cmd("rules.yaml", f"--junitxml={RESULTS / 'suite.xml'}"), env)
+    lrp["tests"] = junit(RESULTS / "suite.xml")
+    return {"plain_script": plain, "pytest_lrp": lrp, "ratio": round(lrp["seconds"] / plain["seconds"], 3)}
+
+
+def xdist(env: dict) -> dict:
+    """``-n 2`` against ``-n 0`` on the default suite: same outcomes, speed-up."""
+    result = {}
+    for workers in (0, 2):
+        r = run(pytest_cmd("rules.yaml", "-n", workers, f"--junitxml={RESULTS / f'xdist{workers}.xml'}"), env)
+        r["outcomes"] = {name: outcome for name, _, outcome in junit(RESULTS / f"xdist{workers}.xml")}
+        result[f"n{workers}"] = r
+    result["same_outcomes"] = result["n0"]["outcomes"] == result["n2"]["outcomes"]
+    result["speedup"] = round(result["n0"]["seconds"] / result["n2"]["seconds"], 2)
+    return result
+
+
+def flat(env: dict) -> dict:
+    """20 rules of equal cost (alpha-beta, alpha = 2 + i/64: exact, so alpha - beta = 1 holds) against 1: per-rule time and peak memory."""
+    base = yaml.safe_load((ROOT / "rules.yaml").read_text())["defaults"]
+    defaults = {**base, "models": [str(ROOT / m) for m in base["models"]], "inputs": str(ROOT / base["inputs"]),
+                "tolerance": {"rtol": 1.0e6}}  # the numbers are not the point here; every test passes
+    rules = [{"id": f"alpha{i:02d}", "analyzer": "lrp.alpha_beta", "params": {"alpha": 2 + i / 64, "beta": 1 + i / 64}}
+             for i in range(FLAT_RULES)]
+    result = {}
+    for n in (1, FLAT_RULES):
+        path = write_yaml(RESULTS / f"flat{n}.yaml", {"defaults": defaults, "rules": rules[:n]})
+        r = run(pytest_cmd(path, f"--junitxml={RESULTS / f'flat{n}.xml'}"), env)
+        # one test per check; a rule costs what its tests cost together
+        r["per_rule"] = per_rule(junit(RESULTS / f"flat{n}.xml"))
+        result[f"rules{n}"] = r
+    seconds = [s for _, s in result[f"rules{FLAT_RULES}"]["per_rule"]]
+    result["first5_median"] = round(statistics.median(seconds[:5]), 3)
+    result["last5_max"] = round(max(seconds[-5:]), 3)
+    result["time_ratio"] = round(result["last5_max"] / result["first5_median"], 3)
+    result["memory_ratio"] = round(result[f"rules{FLAT_RULES}"]["peak_rss_mb"] / result["rules1"]["peak_rss_mb"], 3)
+    return result
+
+
+def per_rule(tests: list) -> list:
+    """[(rule id, seconds)] summing the tests of one rule (``check[model-rule]``), in run order."""
+    totals = {}
+    for name, seconds, _ in tests:
+        rule = name.split("[", 1)[1].rstrip("]").split("-", 1)[1] if "[" in name else name
+        totals[rule] = totals.get(rule, 0.0) + seconds
+    return [(rule, round(s, 3)) for rule, s in totals.items()]
+
+
+def startup(env: dict) -> dict:
+    """pytest start-up with the plugin and without (-p no:lrp), in a folder without LRP tests."""
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "test_plain.py").write_text("def test_plain():\n    pass\n")
+        Path(folder, "pytest.ini").write_text("[pytest]\n")
+        times = {"with_plugin": [], "no_lrp": []}
+        for _ in range(STARTUP_REPEATS):  # interleaved, so load changes hit both alike
+            times["with_plugin"].append(run(pytest_cmd("test_plain.py"), env, cwd=Path(folder))["seconds"])
+            times["no_lrp"].append(run(pytest_cmd("-p", "no:lrp", "test_plain.py"), env, cwd=Path(folder))["seconds"])
+        probe = "import sys, pytest_lrp.plugin; print(sorted(m for m in ('numpy', 'yaml', 'tensorflow') if m in sys.modules))"
+        heavy = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip()
+    with_plugin, without = statistics.median(times["with_plugin"]), statistics.median(times["no_lrp"])
+    return {"runs": times, "median_with_plugin": with_plugin, "median_no_lrp": without,
+            "difference_s": round(with_plugin - without, 3), "ratio": round(with_plugin / without, 3),
+            "heavy_modules_imported_by_plugin": heavy}
+
+
+def vgg16(env: dict) -> dict:
+    """keras.applications.VGG16(weights=None) at 224x224 through a subset of the default rules."""
+    model = RESULTS / "vgg16.h5"
+    if not model.exists():
+        build = ("import tensorflow as tf; m = tf.keras.applications.VGG16(weights=None, input_shape=(224, 224, 3)); "
+                 f"m.save({str(model)!r}, include_optimizer=False); print(m.count_params())")
+        subprocess.run([sys.executable, "-c", build], env=env, check=True, capture_output=True)
+    suite_rules = {r["id"]: r for r in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]}
+    rules = [{k: v for k, v in suite_rules[i].items() if k != "xfail"} for i in VGG16_RULES]
+    result = {"model": "VGG16, 138.4M parameters, softmax stripped by the plugin", "rules": list(VGG16_RULES)}
+    plans = [(1, rules[:1])] + [(s, rules) for s in VGG16_SAMPLES]
+    for samples, chosen in plans:
+        defaults = {"models": [str(model)], "samples": samples, "seed": 0, "tolerance": {"rtol": 1.0e6}}
+        path = write_yaml(RESULTS / f"vgg16_{len(chosen)}r_{samples}s.yaml", {"defaults": defaults, "rules": chosen})
+        xml = RESULTS / f"vgg16_{len(chosen)}r_{samples}s.xml"
+        r = run(pytest_cmd(path, f"--junitxml={xml}"), env)
+        r["per_rule"] = per_rule(junit(xml)) if xml.exists() else []
+        result[f"rules{len(chosen)}_samples{samples}"] = r
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    versions = {}
+    for dist in ("pytest", "pytest-xdist", "tensorflow", "innvestigate", "numpy"):
+        try:
+            from importlib.metadata import version
+
+            versions[dist] = version(dist)
+        except Exception:
+            versions[dist] = None
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(mem_kb / 2**20, 1), "python": platform.python_version(),
+            "versions": versions}
+
+
+def goals(r: dict) -> dict:
+    g = {}
+    if "suite" in r:
+        g["suite <= 0.5 x plain script"] = (r["suite"]["ratio"], r["suite"]["ratio"] <= 0.5)
+    if "flat" in r:
+        g["last-5 max <= 1.3 x first-5 median"] = (r["flat"]["time_ratio"], r["flat"]["time_ratio"] <= 1.3)
+        g["peak memory 20 rules <= 1.3 x 1 rule"] = (r["flat"]["memory_ratio"], r["flat"]["memory_ratio"] <= 1.3)
+    if "startup" in r:
+        s = r["startup"]
+        g["start-up within 5% and 50 ms of -p no:lrp"] = (s["ratio"], s["ratio"] <= 1.05 and s["difference_s"] <= 0.05)
+    if "xdist" in r:
+        x = r["xdist"]
+        g["-n 2 same outcomes and >= 1.5 x faster"] = (x["speedup"], x["same_outcomes"] and x["speedup"] >= 1.5)
+    return {name: {"value": value, "met": met} for name, (value, met) in g.items()}
+
+
+def table(r: dict) -> str:
+    rows = [("measurement", "seconds", "peak RSS MB", "note")]
+    if "suite" in r:
+        s = r["suite"]
+        rows.append(("plain script, one graph (bug report's way)", s["plain_script"]["seconds"], s["plain_script"]["peak_rss_mb"], "21 rules"))
+        rows.append(("pytest rules.yaml", s["pytest_lrp"]["seconds"], s["pytest_lrp"]["peak_rss_mb"], f"{s['ratio']:.2f} x plain"))
+    if "xdist" in r:
+        x = r["xdist"]
+        rows.append(("pytest rules.yaml -n 0", x["n0"]["seconds"], x["n0"]["peak_rss_mb"], ""))
+        rows.append(("pytest rules.yaml -n 2", x["n2"]["seconds"], x["n2"]["peak_rss_mb"],
+                     f"{x['speedup']:.2f} x faster, same outcomes: {x['same_outcomes']}"))
+    if "flat" in r:
+        f = r["flat"]
+        rows.append(("1 alpha-beta rule", f["rules1"]["seconds"], f["rules1"]["peak_rss_mb"], ""))
+        rows.append((f"{FLAT_RULES} alpha-beta rules", f[f"rules{FLAT_RULES}"]["seconds"], f[f"rules{FLAT_RULES}"]["peak_rss_mb"],
+                     f"last-5 max {f['last5_max']:.2f} s / first-5 median {f['first5_median']:.2f} s = {f['time_ratio']:.2f}; "
+                     f"memory {f['memory_ratio']:.2f} x"))
+    if "startup" in r:
+        s = r["startup"]
+        rows.append(("start-up, no LRP test, -p no:lrp (median)", s["median_no_lrp"], "", ""))
+        rows.append(("start-up, no LRP test, plugin on (median)", s["median_with_plugin"], "",
+                     f"+{s['difference_s'] * 1000:.0f} ms ({s['ratio']:.3f} x); plugin imports {s['heavy_modules_imported_by_plugin']}"))
+    if "vgg16" in r:
+        v = r["vgg16"]
+        for key, value in v.items():
+            if isinstance(value, dict):
+                per = ", ".join(f"{rule} {s:.0f}" for rule, s in value["per_rule"])
+                rows.append((f"VGG16 {key.replace('_', ', ')}", value["seconds"], value["peak_rss_mb"], f"per rule s: {per}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row[:3], widths)) + " | " + row[3] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    for name, goal in r.get("goals", {}).items():
+        lines.append(f"{'MET ' if goal['met'] else 'NOT MET'} {name}: {goal['value']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
