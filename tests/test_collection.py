@@ -29,7 +29,9 @@ def test_one_test_per_rule_and_model_with_readable_ids(lrp_project, pytester):
         "rules.yaml::conservation[[]nobias-flat[]]",
         "rules.yaml::conservation[[]biased-z[]]",
         "rules.yaml::conservation[[]biased-flat[]]",
-        "4 tests collected*",
+        "rules.yaml::finite[[]nobias-z[]]",
+        "rules.yaml::finite[[]biased-flat[]]",
+        "8 tests collected*",
     ])
 
 
@@ -45,7 +47,7 @@ def test_same_model_stem_in_two_folders_gets_distinct_ids(lrp_project, pytester)
 def test_without_a_model_the_tests_are_skipped_with_a_reason(lrp_project, pytester):
     lrp_project.rules(RULES)
     result = pytester.runpytest("rules.yaml", "-rs")
-    result.assert_outcomes(skipped=2)
+    result.assert_outcomes(skipped=4)  # conservation and finite, the default checks, for each rule
     result.stdout.fnmatch_lines(["SKIPPED * no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file*"])
 
 
@@ -55,7 +57,7 @@ def test_models_from_the_rule_file_relative_to_it(lrp_project, pytester):
     (folder / "m.h5").write_bytes(lrp_project.nobias.path.read_bytes())
     (folder / "rules.yaml").write_text("defaults:\n  models: [m.h5]\n" + RULES)
     result = pytester.runpytest("suite/rules.yaml", "-v")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*suite/rules.yaml::conservation[[]m-z[]] PASSED*"])
 
 
@@ -65,19 +67,19 @@ def test_collected_from_the_root_even_when_testpaths_points_elsewhere(lrp_projec
     (pytester.path / "tests").mkdir()
     (pytester.path / "tests" / "test_other.py").write_text("def test_other():\n    pass\n")
     result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["tests/test_other.py::test_other", "rules.yaml::conservation[[]nobias-z[]]", "*3 tests collected*"], consecutive=False)
+    result.stdout.fnmatch_lines(["tests/test_other.py::test_other", "rules.yaml::conservation[[]nobias-z[]]", "*5 tests collected*"], consecutive=False)
     only_rules = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "--collect-only", "-q")
-    only_rules.stdout.fnmatch_lines(["*2 tests collected*"])
+    only_rules.stdout.fnmatch_lines(["*4 tests collected*"])
     assert "test_other" not in only_rules.stdout.str()
 
 
 def test_lrp_rules_option_and_ini(lrp_project, pytester):
     lrp_project.rules(RULES, name="suite.yaml")
     by_flag = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "--lrp-rules=suite.yaml", "--collect-only", "-q")
-    by_flag.stdout.fnmatch_lines(["suite.yaml::conservation[[]nobias-z[]]", "*2 tests collected*"])
+    by_flag.stdout.fnmatch_lines(["suite.yaml::conservation[[]nobias-z[]]", "*4 tests collected*"])
     pytester.makeini(f"[pytest]\nlrp_rules = suite.yaml\nlrp_model = {lrp_project.nobias.path}\n")
     by_ini = pytester.runpytest("--collect-only", "-q")
-    by_ini.stdout.fnmatch_lines(["suite.yaml::conservation[[]nobias-z[]]", "*2 tests collected*"])
+    by_ini.stdout.fnmatch_lines(["suite.yaml::conservation[[]nobias-z[]]", "*4 tests collected*"])
 
 
 def test_command_line_wins_over_ini_over_rule_file(lrp_project, pytester):

@@ -24,7 +24,7 @@ rules:
     analyzer: lrp.epsilon
     params: {{epsilon: 1.0e-9, bias: false}}
 """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-v")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-v", "-k", "conservation")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*rules.yaml::conservation[[]nobias-z[]] PASSED*"])
 
@@ -38,7 +38,7 @@ rules:
     analyzer: lrp.z
     tolerance: {{rtol: 1.0e-6, atol: 0}}
 """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(failed=1)
     x = np.load(lrp_project.inputs)["x"]
     net = lrp_project.biased
@@ -107,7 +107,7 @@ rules:
     tolerance: {rtol: 1.0e-6, atol: 0}
     xfail: "the bias absorbs relevance"
 """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-rx")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-rx", "-k", "conservation")
     result.assert_outcomes(xfailed=1)
     result.stdout.fnmatch_lines(["XFAIL rules.yaml::conservation[[]biased-z[]] - the bias absorbs relevance*"])
 
@@ -122,7 +122,7 @@ rules:
     analyzer: lrp.z
     xfail: {reason: "may leak", strict: false}
 """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-rfX")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-rfX", "-k", "conservation")
     result.assert_outcomes(failed=1, xpassed=1)
     result.stdout.fnmatch_lines(["*conservation[[]nobias-z[]] (lrp.z)*", "[[]XPASS(strict)[]] believed to leak"])
     result.stdout.fnmatch_lines(["FAILED rules.yaml::conservation[[]nobias-z[]]*", "XPASS rules.yaml::conservation[[]nobias-z-lenient[]] - may leak"])
@@ -137,7 +137,7 @@ rules:
     analyzer: deep_taylor.bounded
     xfail: "leaks"
 """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(failed=1)
 
 
@@ -151,7 +151,7 @@ rules:
     neuron_selection: 2
     tolerance: {{rtol: 0, atol: 0}}
 """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(failed=1)
     x = np.load(lrp_project.inputs)["x"]
     targets = lrp_project.biased.outputs(x)[:, 2]

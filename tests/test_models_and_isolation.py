@@ -45,7 +45,7 @@ def test_a_rebuilt_model_with_other_weights_is_refused(lrp_project, pytester):
             modelfile.ModelFile.rebuild = original
     """)
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
-    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*biased.h5: the copy of the model rebuilt for analysis predicts differently from the file loaded normally "
@@ -60,7 +60,8 @@ def test_rebuilt_model_is_checked_on_every_analysis(lrp_project, pytester, monke
     original = modelfile.ModelFile.check_same_outputs
     monkeypatch.setattr(modelfile.ModelFile, "check_same_outputs", lambda self, *a: calls.append(1) or original(self, *a))
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: flat, analyzer: lrp.flat}\n")
-    pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml").assert_outcomes(passed=2)
+    # conservation and finite for two rules: four tests, two analyses
+    pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml").assert_outcomes(passed=4)
     assert len(calls) == 2
 
 
@@ -81,7 +82,7 @@ def test_eager_tensorflow_tests_still_work_after_the_analyses(lrp_project, pytes
             model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0)
             assert model.predict(np.ones((1, 2)), verbose=0).shape == (1, 1)
     """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "test_user_eager.py", "-v")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "test_user_eager.py", "-v", "-k", "conservation or eager")
     result.assert_outcomes(passed=4)
     lines = result.stdout.str().splitlines()
     order = [i for i, line in enumerate(lines) if "PASSED" in line]
