@@ -49,6 +49,7 @@ class LrpItem(pytest.Item):
         self.check, self.model_path, self.rule = check, model_path, rule
         self.analysis = None
         self.add_marker(pytest.mark.lrp)
+        self.add_marker(f"lrp_{check}")  # -m lrp_positive, -m "lrp and not lrp_baseline"
         # An xfail reason explains a conservation leak; the other properties must hold
         # regardless (innvestigate issue 273: a leaking rule can also explode).
         if rule.xfail and check == "conservation":

@@ -42,6 +42,8 @@ rules:
     by_keyword = pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-k", "positive")
     by_keyword.stdout.fnmatch_lines(["*positive[[]nobias-z[]]", "*positive[[]nobias-flat[]]", "2/7 tests collected*"])
     pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-m", "lrp").stdout.fnmatch_lines(["7 tests collected*"])
+    by_marker = pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-m", "lrp_positive or lrp_baseline", "--strict-markers")
+    by_marker.stdout.fnmatch_lines(["*positive[[]nobias-z[]]", "*positive[[]nobias-flat[]]", "*baseline[[]nobias-z-plus[]]", "3/7 tests collected*"])
 
 
 def test_without_checks_a_rule_gets_conservation_and_finite(lrp_project, pytester):
