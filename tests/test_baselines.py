@@ -188,3 +188,32 @@ rules:
     ])
     assert sorted(p.name for p in (pytester.path / "lrp_baselines").rglob("*")) == ["biased", "flat.npz", "flat.npz", "nobias", "z.npz", "z.npz"]
     pytester.runpytest("rules.yaml", *models, "-n", "2").assert_outcomes(passed=4)
+
+
+def test_an_interrupted_write_leaves_the_old_baseline_whole(project, pytester):
+    path = pytester.path / BASELINE
+    pytester.runpytest("rules.yaml", "--lrp-update-baselines").assert_outcomes(passed=1)
+    heatmaps, meta = load(path)
+    np.savez(path, heatmaps=heatmaps + 1.0, metadata=np.array(json.dumps(meta)))
+    before = path.read_bytes()
+    # The writer dies after half a file, as a killed run would; the baseline must be the old one, whole.
+    pytester.makeconftest("""
+        import numpy as np
+
+        original = np.savez_compressed
+
+        def dies_halfway(file, **arrays):
+            file.write(b"PK\\x03\\x04 half a zip")
+            raise RuntimeError("killed while writing")
+
+        def pytest_configure(config):
+            np.savez_compressed = dies_halfway
+
+        def pytest_unconfigure(config):
+            np.savez_compressed = original
+    """)
+    result = pytester.runpytest("rules.yaml", "--lrp-update-baselines")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: killed while writing*"])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["z.npz"], "no temporary file may be left behind"
