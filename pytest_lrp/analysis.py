@@ -15,20 +15,11 @@ from typing import Optional
 import numpy as np
 
 from .errors import LrpUsageError, shown
+from .layer_relevance import layer_relevance
 from .modelfile import ModelFile
 from .reruns import extra_runs
 from .rulefile import Rule
 from .tf_runtime import innvestigate, tensorflow
-
-
-@dataclass
-class LayerRelevance:
-    """Relevance total at the output of one layer, per sample."""
-
-    name: str
-    cls: str
-    inbound: tuple  # indices of the layers feeding this one, in the same list
-    totals: np.ndarray = field(repr=False)
 
 
 @dataclass
@@ -41,12 +32,12 @@ class Analysis:
     neurons: np.ndarray
     targets: np.ndarray
     softmax_stripped: bool
-    layers: list = field(default_factory=list, repr=False)  # input first, output last
+    layers: list = field(default_factory=list, repr=False)  # LayerRelevance, output first, input last
     reruns: dict = field(default_factory=dict, repr=False)  # extra heatmaps for determinism / batch_invariance (reruns.py)
 
     @property
     def sums(self) -> np.ndarray:
-        return self.heatmaps.reshape(len(self.heatmaps), -1).sum(axis=1, dtype=np.float64)
+        return _sums(self.heatmaps)
 
     @property
     def errors(self) -> np.ndarray:
@@ -105,16 +96,15 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
             outputs = np.asarray(explained.predict(x, verbose=0), dtype=np.float64).reshape(len(x), -1)
             neurons = _neurons(rule, outputs, model)
             analyzer = _create_analyzer(inn, rule, explained)
-            heatmaps = _run(analyzer, rule, x)
-            layers = _layer_relevance(analyzer, explained)
-            # After _layer_relevance: every further run replaces the analyzer's kept tensors.
+            heatmaps = np.asarray(_run(analyzer, rule, x))
+            selected = outputs[np.arange(len(x)), neurons]
+            layers = layer_relevance(inn, analyzer, explained, _sums(heatmaps), selected)
+            # After layer_relevance: every further run replaces the analyzer's kept tensors.
             reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
             reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
     finally:
         del graph
         gc.collect()
-    heatmaps = np.asarray(heatmaps)
-    selected = outputs[np.arange(len(x)), neurons]
     return Analysis(
         model=model,
         rule=rule,
@@ -154,6 +144,10 @@ def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:
     return np.full(len(outputs), index)
 
 
+def _sums(heatmaps: np.ndarray) -> np.ndarray:
+    return heatmaps.reshape(len(heatmaps), -1).sum(axis=1, dtype=np.float64)
+
+
 def keeps_layer_relevance(analyzer_name: str) -> bool:
     # Only the relevance-propagating analyzers return the per-layer tensors
     # correctly; input_t_gradient crashes with reverse_keep_tensors=True.
@@ -174,35 +168,6 @@ def _create_analyzer(inn, rule: Rule, keras_model):
         if "argument" in str(exc):
             raise LrpUsageError(f"{rule.where('params')}: analyzer '{rule.analyzer}' rejects them ({exc})") from None
         raise
-
-
-def _layer_relevance(analyzer, keras_model) -> list:
-    kept = getattr(analyzer, "_reversed_tensors", None)
-    if not kept:
-        return []
-    layers = keras_model.layers
-    index = {id(layer): i for i, layer in enumerate(layers)}
-    totals = {}
-    for (node_id, _tensor_id), array in kept:
-        if node_id >= 0:
-            array = np.asarray(array)
-            totals[node_id] = array.reshape(len(array), -1).sum(axis=1, dtype=np.float64)
-    result = []
-    for i, layer in enumerate(layers):
-        if i not in totals:
-            continue
-        inbound = tuple(
-            index[id(inbound_layer)]
-            for node in layer.inbound_nodes[:1]
-            for inbound_layer in _as_list(node.inbound_layers)
-            if id(inbound_layer) in index
-        )
-        result.append(LayerRelevance(name=layer.name, cls=type(layer).__name__, inbound=inbound, totals=totals[i]))
-    return result
-
-
-def _as_list(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _reference_outputs(rule: Rule, keras_model, x: np.ndarray) -> np.ndarray:

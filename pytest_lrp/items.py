@@ -8,7 +8,7 @@ from .baseline import check_baseline
 from .checks import check_batch_invariance, check_determinism, check_finite, check_positive
 from .conservation import check_conservation
 from .crashes import crash_line, model_label
-from .errors import LrpCheckFailed, LrpUsageError
+from .errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError
 from .workbench import NO_MODEL, workbench_key
 
 # In the order of rulefile.CHECK_NAMES. Each takes the analysis; those in ITEM_CHECKS also the test item.
@@ -35,18 +35,20 @@ class RulesFile(pytest.File):
             rules = [rule for rule in rule_file.rules if check in rule.checks]
             if not names:
                 for rule in rules:
-                    item = LrpItem.from_parent(self, name=f"{check}[{rule.id}]", check=check, model_path=None, rule=rule)
+                    item = LrpItem.from_parent(self, name=f"{check}[{rule.id}]", check=check, model_path=None, model_name=None, rule=rule)
                     item.add_marker(pytest.mark.skip(reason=NO_MODEL))
                     yield item
             for path, model_name in names.items():
                 for rule in rules:
-                    yield LrpItem.from_parent(self, name=f"{check}[{model_name}-{rule.id}]", check=check, model_path=path, rule=rule)
+                    yield LrpItem.from_parent(
+                        self, name=f"{check}[{model_name}-{rule.id}]", check=check, model_path=path, model_name=model_name, rule=rule
+                    )
 
 
 class LrpItem(pytest.Item):
-    def __init__(self, *, check, model_path, rule, **kwargs):
+    def __init__(self, *, check, model_path, model_name, rule, **kwargs):
         super().__init__(**kwargs)
-        self.check, self.model_path, self.rule = check, model_path, rule
+        self.check, self.model_path, self.model_name, self.rule = check, model_path, model_name, rule
         self.analysis = None
         self.add_marker(pytest.mark.lrp)
         self.add_marker(f"lrp_{check}")  # -m lrp_positive, -m "lrp and not lrp_baseline"
@@ -65,7 +67,7 @@ class LrpItem(pytest.Item):
             CHECKS[self.check](self.analysis)
 
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, (LrpCheckFailed, LrpUsageError)):
+        if isinstance(excinfo.value, (LrpCheckFailed, LrpBeyondExpectation, LrpUsageError)):
             return str(excinfo.value)
         crash = crash_line(self.config, self.rule, model_label(self.model_path), excinfo.value)
         return crash or super().repr_failure(excinfo, style=style)
