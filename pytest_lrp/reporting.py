@@ -14,7 +14,7 @@ records_key = pytest.StashKey[list]()
 def before_report(item) -> None:
     """JUnit XML properties; they must be on the item before its report is made."""
     analysis = getattr(item, "analysis", None)
-    if analysis is None or getattr(item, "_lrp_properties_recorded", False):
+    if analysis is None or item.check != "conservation" or getattr(item, "_lrp_properties_recorded", False):
         return
     item._lrp_properties_recorded = True
     leak = largest_change(analysis.layers, analysis.worst) if analysis.layers else None

@@ -42,7 +42,8 @@ def result_record(item, report) -> dict:
     if analysis is None:  # the analysis itself failed; the report's message says why
         return {**record, "max_error": None, "errors": [], "layers": [], "leak_layer": None}
     worst = analysis.worst
-    leak = largest_change(analysis.layers, worst) if analysis.layers else None
+    # A leaking layer explains a conservation error; for other checks it would mislead.
+    leak = largest_change(analysis.layers, worst) if analysis.layers and item.check == "conservation" else None
     record.update(
         samples=len(analysis.errors),
         max_error=_number(np.max(analysis.errors)),

@@ -12,13 +12,15 @@ def summary_rows(records: list) -> list:
     for r in sorted(records, key=lambda r: (r.get("model") or "", r["rule"], r.get("check", ""))):
         leak = r.get("leak_layer")
         tol = r["tolerance"]
+        conservation = r.get("check", "conservation") == "conservation"
+        # The error columns are about conservation; other checks' rows would repeat them.
         rows.append((
             r.get("model") or "-",
-            r["rule"] if r.get("check", "conservation") == "conservation" else f"{r['rule']} ({r['check']})",
+            r["rule"] if conservation else f"{r['rule']} ({r['check']})",
             r["analyzer"],
-            _format(r.get("max_error"), "{:.3g}"),
-            _format(r.get("max_relative_error"), "{:.2%}"),
-            f"rtol {tol['rtol']:g}, atol {tol['atol']:g}",
+            _format(r.get("max_error"), "{:.3g}") if conservation else "",
+            _format(r.get("max_relative_error"), "{:.2%}") if conservation else "",
+            f"rtol {tol['rtol']:g}, atol {tol['atol']:g}" if conservation else "",
             r["outcome"],
             f"{leak['name']} ({leak['class']})" if leak and r["outcome"] in LEAKING else "-",
         ))
