@@ -173,14 +173,21 @@ def _raise(error):
 
 def _rule_defaults(defaults: dict, where: _Where) -> dict:
     inherited = {"tolerance": _tolerance(defaults.get("tolerance"), Tolerance(), where.key("tolerance"))}
-    if "neuron_selection" in defaults:
-        inherited["neuron_selection"] = _neuron_selection(defaults["neuron_selection"], where.key("neuron_selection"))
-    if "target" in defaults:
-        inherited["target"] = _target(defaults["target"], where.key("target"))
-    if defaults.get("max_error") is not None:
-        inherited["max_error"] = _non_negative(defaults["max_error"], where.key("max_error"))
+    inherited.update(_optional_settings(defaults, where))
     inherited.update(_check_settings(defaults, {}, where))
     return inherited
+
+
+def _optional_settings(raw: dict, where: _Where) -> dict:
+    """The keys a rule may set or inherit from defaults, those present in ``raw``."""
+    values = {}
+    if "neuron_selection" in raw:
+        values["neuron_selection"] = _neuron_selection(raw["neuron_selection"], where.key("neuron_selection"))
+    if "target" in raw:
+        values["target"] = _target(raw["target"], where.key("target"))
+    if raw.get("max_error") is not None:
+        values["max_error"] = _non_negative(raw["max_error"], where.key("max_error"))
+    return values
 
 
 def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
@@ -215,12 +222,7 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
 
     values = dict(inherited)
     values["tolerance"] = _tolerance(raw.get("tolerance"), inherited["tolerance"], here.key("tolerance"))
-    if "target" in raw:
-        values["target"] = _target(raw["target"], here.key("target"))
-    if "neuron_selection" in raw:
-        values["neuron_selection"] = _neuron_selection(raw["neuron_selection"], here.key("neuron_selection"))
-    if raw.get("max_error") is not None:
-        values["max_error"] = _non_negative(raw["max_error"], here.key("max_error"))
+    values.update(_optional_settings(raw, here))
     values.update(_check_settings(raw, inherited, here))
     if values.get("target") == "output_minus_reference" and analyzer != "integrated_gradients" and "reference_inputs" not in params:
         raise here.key("target").error("'output_minus_reference' needs params.reference_inputs")
