@@ -12,8 +12,10 @@ import warnings
 
 def tensorflow():
     # Must be set before the first import, or TensorFlow prints a screen of C++
-    # warnings per analyzer build; a user's explicit setting is kept.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # warnings per analyzer build and CUDA registration errors on a CPU-only
+    # machine (level 3); a user's explicit setting is kept. Real failures still
+    # raise Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation warnings TensorFlow raises about itself on import
         import tensorflow as tf
