@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
+from .lazy import np
 
 from .errors import LrpUsageError, shown
 from .layer_relevance import layer_relevance

@@ -17,7 +17,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+from .lazy import np
 
 from .atomic import write_atomically
 from .checks import HeatmapDifference

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+from .lazy import np
 
 from .atomic import write_atomically
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from .lazy import np
 
 from .analysis import Analysis
 from .conservation import non_finite_message

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+from .lazy import np
 
 from .analysis import Analysis
 from .errors import LrpBeyondExpectation, LrpCheckFailed

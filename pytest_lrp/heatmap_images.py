@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
+from .lazy import np
 
 from .atomic import write_atomically
 

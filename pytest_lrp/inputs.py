@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+from .lazy import np
 
 from .errors import LrpUsageError, shown
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from .lazy import np
 
 from .errors import LrpUsageError, shown
 from .tf_runtime import tensorflow

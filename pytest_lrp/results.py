@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
+from .lazy import np
 
 from .layer_relevance import largest_change
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
+from .lazy import yaml
 
 from .analyzer_names import analyzer_names, close_matches
 from .analyzer_params import unknown_param_message

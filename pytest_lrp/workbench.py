@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+from .lazy import np
 import pytest
 
 from .errors import LrpUsageError, shown

@@ -6,6 +6,8 @@ The timings themselves live in bench/ (python bench/run.py); nothing here is tim
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -101,3 +103,10 @@ def outcomes(result) -> dict:
         if match:
             found[match.group(1) or match.group(4)] = match.group(2) or match.group(3)
     return found
+
+
+def test_importing_the_plugin_imports_neither_numpy_nor_yaml():
+    # pytest imports the plugin in every run; these two were ~100 ms of start-up (bench/run.py).
+    probe = "import sys, pytest_lrp.plugin; print(sorted(m for m in ('numpy', 'yaml', 'tensorflow') if m in sys.modules))"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == "[]", f"importing pytest_lrp.plugin imported {imported}: use 'from .lazy import np' (see lazy.py)"
