@@ -29,29 +29,35 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SECTIONS = ("suite", "xdist", "flat", "startup", "vgg16")
-# The rules of rules.yaml run on VGG16: one of each family (integrated gradients is left
-# out: its 64 steps make it about 30 times the cost of an LRP rule on this model).
-VGG16_RULES = ("w-square", "z", "epsilon-1", "alpha2-beta1", "deep-taylor-bounded", "preset-a")
+# The rules of rules.yaml run on VGG16: LRP, alpha-beta, Deep Taylor and a composite preset.
+# All 21 would take about 20 minutes per sample count on 2 cores (integrated gradients'
+# 64 steps alone cost many LRP rules), too long for one bench run.
+VGG16_RULES = ("z", "alpha2-beta1", "deep-taylor-bounded", "preset-a")
 VGG16_SAMPLES = (1, 2)
 FLAT_RULES = 20
 STARTUP_REPEATS = 7
+XDIST_REPEATS = 2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
     parser.add_argument("--out", default=str(RESULTS / "results.json"))
+    parser.add_argument("--update", action="store_true", help="keep the other sections of an existing --out file")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
-    results = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    results = json.loads(Path(args.out).read_text()) if args.update and Path(args.out).exists() else {}
+    results["machine"] = machine()
     started = time.perf_counter()
     for section in SECTIONS:
         if section in args.skip:
             continue
-        print(f"== {section}", flush=True)
-        results[section] = globals()[section](env)
-    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+        load = os.getloadavg()[0]  # the machine is shared: say how busy it was
+        print(f"== {section} (load average {load:.2f})", flush=True)
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        results[section] = {"started": when, "load_average_before": load, **globals()[section](env)}
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)  # of this invocation
     results["goals"] = goals(results)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print()
@@ -111,13 +117,24 @@ def suite(env: dict) -> dict:
 
 
 def xdist(env: dict) -> dict:
-    """``-n 2`` against ``-n 0`` on the default suite: same outcomes, speed-up."""
-    result = {}
-    for workers in (0, 2):
-        r = run(pytest_cmd("rules.yaml", "-n", workers, f"--junitxml={RESULTS / f'xdist{workers}.xml'}"), env)
-        r["outcomes"] = {name: outcome for name, _, outcome in junit(RESULTS / f"xdist{workers}.xml")}
-        result[f"n{workers}"] = r
-    result["same_outcomes"] = result["n0"]["outcomes"] == result["n2"]["outcomes"]
+    """``-n 2`` against ``-n 0`` on the default suite: same outcomes, speed-up.
+
+    Alternated and repeated; the fastest run of each counts, since other work on a shared
+    machine only ever slows a run down, and it slows ``-n 2`` most (it needs both cores).
+    """
+    result = {"n0": {"runs": []}, "n2": {"runs": []}}
+    outcomes = []
+    for _ in range(XDIST_REPEATS):
+        for workers in (0, 2):
+            xml = RESULTS / f"xdist{workers}.xml"
+            r = run(pytest_cmd("rules.yaml", "-n", workers, f"--junitxml={xml}"), env)
+            outcomes.append({name: outcome for name, _, outcome in junit(xml)})
+            result[f"n{workers}"]["runs"].append(r)
+    for key in ("n0", "n2"):
+        fastest = min(result[key]["runs"], key=lambda r: r["seconds"])
+        result[key].update(seconds=fastest["seconds"], peak_rss_mb=fastest["peak_rss_mb"])
+    result["outcomes"] = outcomes[0]
+    result["same_outcomes"] = all(o == outcomes[0] for o in outcomes)
     result["speedup"] = round(result["n0"]["seconds"] / result["n2"]["seconds"], 2)
     return result
 
@@ -234,8 +251,8 @@ def table(r: dict) -> str:
         rows.append(("pytest rules.yaml", s["pytest_lrp"]["seconds"], s["pytest_lrp"]["peak_rss_mb"], f"{s['ratio']:.2f} x plain"))
     if "xdist" in r:
         x = r["xdist"]
-        rows.append(("pytest rules.yaml -n 0", x["n0"]["seconds"], x["n0"]["peak_rss_mb"], ""))
-        rows.append(("pytest rules.yaml -n 2", x["n2"]["seconds"], x["n2"]["peak_rss_mb"],
+        rows.append(("pytest rules.yaml -n 0 (fastest of 2)", x["n0"]["seconds"], x["n0"]["peak_rss_mb"], ""))
+        rows.append(("pytest rules.yaml -n 2 (fastest of 2)", x["n2"]["seconds"], x["n2"]["peak_rss_mb"],
                      f"{x['speedup']:.2f} x faster, same outcomes: {x['same_outcomes']}"))
     if "flat" in r:
         f = r["flat"]
