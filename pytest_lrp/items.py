@@ -7,7 +7,7 @@ import pytest
 from .baseline import check_baseline
 from .checks import check_batch_invariance, check_determinism, check_finite, check_positive
 from .conservation import check_conservation
-from .crashes import crash_line, model_label
+from .crashes import crash_line, model_label, shortened
 from .errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError
 from .workbench import NO_MODEL, workbench_key
 
@@ -58,9 +58,14 @@ class LrpItem(pytest.Item):
             # raises=: only a failed check counts as the expected failure; a crash stays an error.
             self.add_marker(pytest.mark.xfail(reason=rule.xfail.reason, strict=rule.xfail.strict, raises=LrpCheckFailed))
 
-    def runtest(self):
+    def setup(self):
+        # The analysis runs in setup: a model, input or analyzer that cannot be analyzed
+        # makes the test an error (it could not run); a property that does not hold, a failure.
         workbench = self.config.stash[workbench_key]
-        self.analysis = workbench.analysis(self.model_path, self.rule)
+        label = model_label(self.model_path)
+        self.analysis = shortened(self.config, self.rule, label, lambda: workbench.analysis(self.model_path, self.rule))
+
+    def runtest(self):
         if self.check in ITEM_CHECKS:
             CHECKS[self.check](self.analysis, self)
         else:

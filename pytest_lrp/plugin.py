@@ -70,8 +70,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if isinstance(item, LrpItem) and call.when == "call":
         reporting.before_report(item)
     report = yield
-    if isinstance(item, LrpItem) and call.when == "call":
-        reporting.after_report(item, report)
+    if isinstance(item, LrpItem) and reporting.is_result(report):
+        reporting.after_report(item, report, call)
     return report
 
 

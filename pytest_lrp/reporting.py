@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from .errors import LrpUsageError
 from .layer_relevance import describe_change, largest_change
 from .results import REPORT_ATTRIBUTE, outcome_of, result_record
 from .workbench import workbench_key
@@ -27,8 +28,15 @@ def before_report(item) -> None:
     ])
 
 
-def after_report(item, report) -> None:
+def is_result(report) -> bool:
+    """The report that carries a test's outcome: its call, or its setup when the analysis could not run."""
+    return report.when == "call" or (report.when == "setup" and report.failed)
+
+
+def after_report(item, report, call) -> None:
     """Attach the plain-data record, name the leaking layer in the xfail reason, write images."""
+    if report.when == "setup" and isinstance(getattr(call.excinfo, "value", None), LrpUsageError):
+        report.longrepr = str(call.excinfo.value)  # its one line, as a failed check shows its message
     setattr(report, REPORT_ATTRIBUTE, result_record(item, report))
     analysis = item.analysis
     if analysis is not None and analysis.layers and hasattr(report, "wasxfail") and report.skipped:

@@ -16,6 +16,8 @@ REPORT_ATTRIBUTE = "lrp"
 
 
 def outcome_of(report) -> str:
+    if report.when == "setup" and report.failed:
+        return "error"
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
     if report.failed and "XPASS(strict)" in str(report.longrepr):
@@ -38,6 +40,8 @@ def result_record(item, report) -> dict:
         "max_error_ceiling": rule.max_error,
         "target": rule.target,
     }
+    if record["outcome"] in ("failed", "error", "xpassed-strict"):
+        record["message"] = report.longreprtext.strip()
     analysis = item.analysis
     if analysis is None:  # the analysis itself failed; the report's message says why
         return {**record, "max_error": None, "errors": [], "layers": [], "leak_layer": None}

@@ -91,8 +91,16 @@ class Workbench:
         x = self.inputs(model) if x is None else np.asarray(x, dtype=np.float32)
         key = (model.path, _rule_key(rule), _digest(x))
         if key not in self._analyses:
-            self._analyses[key] = analyze(model, rule, x, self._reference_outputs(model, x))
+            try:
+                self._analyses[key] = analyze(model, rule, x, self._reference_outputs(model, x))
+            except Exception as exc:
+                # The other checks of this rule report the same crash without running
+                # (and perhaps running out of memory) again.
+                self._analyses[key] = exc
+                raise
         found = self._analyses[key]
+        if isinstance(found, Exception):
+            raise found.with_traceback(None)
         # The key leaves out what does not change the heatmaps (id, tolerance, xfail), so a
         # cached analysis may come from another rule; it must be judged by the one asking.
         return found if found.rule == rule else dataclasses.replace(found, rule=rule)

@@ -138,7 +138,7 @@ rules:
     xfail: "leaks"
 """)
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
 
 
 def test_positive_output_target_and_output_index(lrp_project, pytester):

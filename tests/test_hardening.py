@@ -7,6 +7,8 @@ repeated here are in test_rule_file_errors.py.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -195,10 +197,10 @@ MODEL_CASES = {
 
 
 @pytest.mark.parametrize("model, line", MODEL_CASES.values(), ids=MODEL_CASES.keys())
-def test_bad_model_fails_its_tests_with_one_line(pytester, bad_models, model, line):
+def test_bad_model_is_its_tests_error_in_one_line(pytester, bad_models, model, line):
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: dt, analyzer: deep_taylor}\n")
     result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / model}", "-k", "conservation")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([line])
     assert "Traceback" not in result.stdout.str() and "site-packages" not in result.stdout.str()
@@ -213,7 +215,7 @@ def test_trusted_lambda_model_is_loaded_and_innvestigate_says_why_it_cannot_anal
         assert (bad_models / "LAMBDA-RAN").exists()  # the opt-in really lifts the refusal
     finally:
         (bad_models / "LAMBDA-RAN").unlink(missing_ok=True)
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([
         "*lambda.h5: innvestigate cannot analyze this model with lrp.z (rule 'z'): "
         "Lambda layers are not allowed. To force use set 'allow_lambda_layers' parameter."
@@ -224,7 +226,7 @@ def test_savedmodel_folder_needs_trust(lrp_project, pytester):
     folder = lrp_project.biased.paths[""]
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n")
     refused = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "-k", "conservation")
-    refused.assert_outcomes(failed=1)
+    refused.assert_outcomes(errors=1)
     refused.stdout.fnmatch_lines([
         "*biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
         "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5"
@@ -263,13 +265,13 @@ INPUT_CASES = {
 
 
 @pytest.mark.parametrize("array, flags, line", INPUT_CASES.values(), ids=INPUT_CASES.keys())
-def test_bad_inputs_fail_with_one_line(lrp_project, pytester, array, flags, line):
+def test_bad_inputs_are_the_tests_error_in_one_line(lrp_project, pytester, array, flags, line):
     name = "nothere.npy" if array is None else "inputs.npy"
     if array is not None:
         np.save(pytester.path / name, array)
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
     result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={name}", *flags, "-k", "conservation")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([line])
 
 
@@ -309,7 +311,7 @@ def test_zero_target_failure_shows_no_percentage(lrp_project, pytester):
     assert "% of |target|" not in result.stdout.str()
 
 
-# --- crashes: that test fails with one line, the others (and the user's eager TF tests) still run ----
+# --- crashes: that test is an error of one line, the others (and the user's eager TF tests) still run ----
 
 EAGER_TEST = """
     import numpy as np
@@ -332,10 +334,10 @@ def _crashing_suite(pytester):
     pytester.makepyfile(test_user_eager=EAGER_TEST)
 
 
-def test_a_crashing_analyzer_fails_only_its_test(lrp_project, pytester):
+def test_a_crashing_analyzer_is_an_error_of_its_test_only(lrp_project, pytester):
     _crashing_suite(pytester)
     result = pytester.runpytest("rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation or eager")
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=2, errors=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([ALPHA_BETA_LINE])
     assert "relevance_analyzer.py" not in result.stdout.str()  # no frames from inside innvestigate
@@ -344,33 +346,51 @@ def test_a_crashing_analyzer_fails_only_its_test(lrp_project, pytester):
 def test_the_traceback_of_a_crash_comes_back_with_vv(lrp_project, pytester):
     _crashing_suite(pytester)
     result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation and ab", "-vv")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*relevance_analyzer.py*", "E * ValueError: Constructor call to LRPAlphaBeta*"])
 
 
-def test_out_of_memory_in_one_rule_fails_only_that_rule(lrp_project, pytester):
+def test_out_of_memory_in_one_rule_is_an_error_of_that_rule_only(lrp_project, pytester):
     # Fault injection at innvestigate's own registry: no real allocation on a shared machine.
     pytester.makeconftest("""
         import innvestigate.analyzer as registry
 
         original = registry.analyzers["lrp.flat"]
+        calls = []
 
         def out_of_memory(*args, **kwargs):
+            calls.append(1)
             raise MemoryError("failed to allocate 1.2 TiB")
 
         def pytest_configure():
             registry.analyzers["lrp.flat"] = out_of_memory
 
-        def pytest_unconfigure():
+        def pytest_unconfigure(config):
             registry.analyzers["lrp.flat"] = original
+            config.rootpath.joinpath("builds").write_text(str(len(calls)))
     """)
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: flat, analyzer: lrp.flat}\n  - {id: w, analyzer: lrp.w_square}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: flat, analyzer: lrp.flat, checks: [conservation, finite]}\n  - {id: w, analyzer: lrp.w_square}\n"
+    )
     pytester.makepyfile(test_user_eager=EAGER_TEST)
-    result = pytester.runpytest("rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation or eager")
-    result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines([
-        "lrp.flat crashed (rule 'flat' on *nobias.h5): MemoryError: failed to allocate 1.2 TiB [[]-vv or --fulltrace shows the traceback[]]"
-    ])
+    result = pytester.runpytest(
+        "rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "flat or conservation or eager",
+        "--lrp-report=report.json",
+    )
+    result.assert_outcomes(passed=2, errors=2)
+    crash = "lrp.flat crashed (rule 'flat' on *nobias.h5): MemoryError: failed to allocate 1.2 TiB [[]-vv or --fulltrace shows the traceback[]]"
+    result.stdout.fnmatch_lines([crash, crash])
+    assert (pytester.path / "builds").read_text() == "1"  # the second check of the rule reports the crash without rebuilding
+    # The run's reports are still complete: the errors in the summary and the JSON, next to the passing rule.
+    result.stdout.fnmatch_lines(["*= LRP results =*", "model * outcome *", "nobias  flat  * error*", "nobias  flat (finite) * error*",
+                                 "nobias  w  * passed*"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    by_test = {(r["rule"], r["check"]): r for r in report["results"]}
+    assert {key: r["outcome"] for key, r in by_test.items()} == {
+        ("flat", "conservation"): "error", ("flat", "finite"): "error", ("w", "conservation"): "passed"
+    }
+    assert "MemoryError: failed to allocate 1.2 TiB" in by_test["flat", "conservation"]["message"]
+    assert by_test["flat", "conservation"]["max_error"] is None and by_test["w", "conservation"]["max_error"] < 1e-3
 
 
 def test_a_crash_in_a_hand_written_test_is_that_tests_error(lrp_project, pytester):

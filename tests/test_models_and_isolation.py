@@ -46,7 +46,7 @@ def test_a_rebuilt_model_with_other_weights_is_refused(lrp_project, pytester):
     """)
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([
         "*biased.h5: the copy of the model rebuilt for analysis predicts differently from the file loaded normally "
         "(max difference *); refusing to explain a model with other weights"
