@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .rulefile import CHECK_NAMES
+
 # Outcomes where relevance was not conserved; elsewhere the largest change is float noise.
 LEAKING = ("failed", "xfailed")
 COLUMNS = ("model", "rule", "analyzer", "max |error|", "max rel. error", "tolerance", "outcome", "leaking layer")
@@ -9,7 +11,9 @@ COLUMNS = ("model", "rule", "analyzer", "max |error|", "max rel. error", "tolera
 
 def summary_rows(records: list) -> list:
     rows = []
-    for r in sorted(records, key=lambda r: (r.get("model") or "", r["rule"], r.get("check", ""))):
+    # A rule's conservation row first, its other checks after it in the order of the docs.
+    order = lambda r: (r.get("model") or "", r["rule"], CHECK_NAMES.index(r.get("check", "conservation")))  # noqa: E731
+    for r in sorted(records, key=order):
         leak = r.get("leak_layer")
         tol = r["tolerance"]
         conservation = r.get("check", "conservation") == "conservation"

@@ -155,18 +155,21 @@ def test_a_non_finite_heatmap_fails_even_when_a_leak_is_expected(pytester, tenso
 def test_terminal_summary_one_sorted_row_per_test(lrp_project, pytester):
     lrp_project.rules("rules:\n  - {id: z, analyzer: lrp.z, xfail: bias}\n  - {id: flat, analyzer: lrp.flat}\n")
     args = (f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
-    result = pytester.runpytest(*args, "-k", "conservation")
+    result = pytester.runpytest(*args, "-k", "conservation or (finite and flat)")
+    # Sorted by model and rule; a rule's conservation row comes before its other checks.
     result.stdout.fnmatch_lines([
         "*= LRP results =*",
-        "model   rule  analyzer  max |error|  max rel. error  tolerance * outcome * leaking layer",
-        "biased  flat  lrp.flat  * passed * -",
-        "biased  z     lrp.z     * xfailed * dense_* (Dense)",
-        "nobias  flat  lrp.flat  * passed * -",
-        "nobias  z     lrp.z     * xpassed-strict  -",
+        "model   rule           analyzer  max |error|  max rel. error  tolerance * outcome * leaking layer",
+        "biased  flat           lrp.flat  * passed * -",
+        "biased  flat (finite)  lrp.flat  * passed * -",
+        "biased  z              lrp.z     * xfailed * dense_* (Dense)",
+        "nobias  flat           lrp.flat  * passed * -",
+        "nobias  flat (finite)  lrp.flat  * passed * -",
+        "nobias  z              lrp.z     * xpassed-strict  -",
     ])
     header = next(line for line in result.stdout.lines if line.startswith("model "))
     rows = [line for line in result.stdout.lines if line.startswith(("biased ", "nobias "))]
-    assert len(rows) == 4 and all(row.index("lrp.") == header.index("analyzer") for row in rows)
+    assert len(rows) == 6 and all(row.index("lrp.") == header.index("analyzer") for row in rows)
     quiet = pytester.runpytest(*args, "--lrp-no-summary")
     assert "LRP results" not in quiet.stdout.str()
     plain = pytester.runpytest("-p", "no:cacheprovider", "--co")
