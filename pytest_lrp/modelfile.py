@@ -54,6 +54,7 @@ class ModelFile:
         with deserialization_scope(self.trusted):
             model = cls.from_config(self.config)
         model.set_weights(self.weights)
+        _reserve_names(model, keras.backend.get_uid)
         return model
 
     def check_same_outputs(self, rebuilt_outputs: np.ndarray, reference: np.ndarray) -> None:
@@ -114,3 +115,24 @@ def load_model_file(path: Path, name: str, trusted: bool = False) -> ModelFile:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "no details"
+
+
+# Beyond this, a clash would need as many automatically named layers in one analysis.
+HIGHEST_RESERVED = 10_000
+
+
+def _reserve_names(model, get_uid) -> None:
+    """Count the model's layer names in the graph's automatic numbering.
+
+    Keras numbers automatic layer names per graph, and a rebuilt model keeps the names
+    it was saved with. In the fresh graph of an analysis, a layer innvestigate adds (the
+    reference input of integrated gradients) would be called 'input_1' like the model's
+    own input, and Keras refuses the model: "The name "input_1" is used 2 times".
+    """
+    for layer in model.layers:
+        prefix, _, number = layer.name.rpartition("_")
+        if not (prefix and number.isdigit()):
+            prefix, number = layer.name, "0"  # 'dense' is number 0 of 'dense', 'dense_1' the next
+        wanted = min(int(number), HIGHEST_RESERVED)
+        while get_uid(prefix) <= wanted:
+            pass

@@ -109,3 +109,24 @@ def test_plugin_is_registered_as_lrp_and_can_be_disabled(lrp_project, pytester):
     disabled = pytester.runpytest("-p", "no:lrp", "rules.yaml", "--co", "-q")
     assert disabled.ret != 0
     assert "conservation[" not in disabled.stdout.str()
+
+
+def test_layers_innvestigate_adds_do_not_clash_with_the_models_names(pytester, tensorflow_imported_once):
+    # A functional model saved in a fresh session has an input called 'input_1'. Rebuilt in a
+    # new graph, Keras' automatic numbering starts again, and integrated gradients' reference
+    # input would be called 'input_1' too: "The name "input_1" is used 2 times in the model"
+    # (found on VGG16). The names 'dense' and 'dense_1' are Keras' zero-based defaults.
+    tf = tensorflow_imported_once
+    layers = tf.keras.layers
+    x = layers.Input(shape=(4,), name="input_1")
+    hidden = layers.Dense(6, activation="relu", use_bias=False, name="dense")(x)
+    out = layers.Dense(2, use_bias=False, name="dense_1")(hidden)
+    tf.keras.Model(x, out).save(pytester.path / "functional.h5")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n"
+        "  - {id: ig, analyzer: integrated_gradients, params: {steps: 64, reference_inputs: 0.0}, target: output_minus_reference,"
+        " tolerance: {rtol: 0.05}}\n"
+        "  - {id: z, analyzer: lrp.z}\n"
+    )
+    result = pytester.runpytest("rules.yaml", "--lrp-model=functional.h5", "-k", "conservation")
+    result.assert_outcomes(passed=2)
