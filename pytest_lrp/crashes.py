@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
-import pytest
-
 from .errors import LrpUsageError, shown
 
 TRACE_HINT = "-vv or --fulltrace shows the traceback"
@@ -55,13 +53,3 @@ def shortened(config, rule, model, compute: Callable):
         if line is None:
             raise
     raise LrpUsageError(line)  # outside the except: no "during handling" chain in the report
-
-
-def one_line_failure(compute: Callable):
-    """``compute()``, with an LrpUsageError failing the running test phase (in setup: the
-    test's error) with its one line and no traceback."""
-    try:
-        return compute()
-    except LrpUsageError as exc:
-        message = str(exc)
-    pytest.fail(message, pytrace=False)  # outside the except: no "during handling" chain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .crashes import model_label, one_line_failure, shortened
+from .crashes import model_label, shortened
 from .errors import LrpUsageError
 from .rulefile import rule_from_marker
 from .workbench import NO_MODEL, workbench_key
@@ -26,13 +26,13 @@ def parametrize_models(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def lrp_model(request):
     """The model under test (a ``ModelFile``: ``.path``, ``.name``, ``.keras_model``, ``.predict(x)``)."""
-    return one_line_failure(lambda: request.config.stash[workbench_key].model(request.param))
+    return _usage(lambda: request.config.stash[workbench_key].model(request.param))
 
 
 @pytest.fixture
 def lrp_inputs(request, lrp_model):
     """The inputs for ``lrp_model`` (float32 array) from --lrp-inputs / the rule file, or seeded random ones."""
-    return one_line_failure(lambda: request.config.stash[workbench_key].inputs(lrp_model))
+    return _usage(lambda: request.config.stash[workbench_key].inputs(lrp_model))
 
 
 @pytest.fixture
@@ -46,7 +46,14 @@ def lrp_analysis(request, lrp_model, lrp_inputs):
     if marker is None:
         pytest.fail("lrp_analysis needs a rule: mark the test with @pytest.mark.lrp_rule('lrp.z', ...)", pytrace=False)
     workbench = request.config.stash[workbench_key]
-    rule = one_line_failure(lambda: rule_from_marker(request.node.nodeid, marker.args, marker.kwargs))
+    rule = _usage(lambda: rule_from_marker(request.node.nodeid, marker.args, marker.kwargs))
     label = model_label(lrp_model.path)
-    return one_line_failure(lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs)))
+    return _usage(lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs)))
 
+
+def _usage(compute):
+    try:
+        return compute()
+    except LrpUsageError as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no "during handling" chain
