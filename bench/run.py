@@ -1,6 +1,6 @@
 """pytest-lrp's performance goals (issue 5), measured in one command.
 
-    python bench/run.py                          # everything, about 30 minutes on 2 cores
+    python bench/run.py                          # everything, about 25 minutes on 2 cores
     python bench/run.py --skip vgg16 vgg16_all   # about 5 minutes
     python bench/run.py --only vgg16_all --update   # one section, keeping the others' results
     # sections: suite, xdist, flat, startup, vgg16 (4 rules, 1 and 2 samples), vgg16_all (21 rules)
@@ -226,8 +226,9 @@ def vgg16_run(env: dict, rules: list, samples: int) -> dict:
     path = write_yaml(RESULTS / f"{stem}.yaml", {"defaults": defaults, "rules": rules})
     xml = RESULTS / f"{stem}.xml"
     r = run(pytest_cmd(path, f"--junitxml={xml}"), env)
-    r["per_rule"] = per_rule(junit(xml)) if xml.exists() else []
-    r["outcomes"] = sorted({outcome for _, _, outcome in junit(xml)}) if xml.exists() else []
+    tests = junit(xml) if xml.exists() else []
+    r["per_rule"] = per_rule(tests)
+    r["outcomes"] = sorted({outcome for _, _, outcome in tests})
     return r
 
 

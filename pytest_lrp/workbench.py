@@ -63,16 +63,13 @@ class Workbench:
         from .modelfile import load_model_file
 
         path = Path(path)
-        if path not in self._models:
-            try:
-                name = self.model_names().get(path, path.stem)
-                self._models[path] = load_model_file(path, name, trusted=self.settings.flag("lrp_trust_model"))
-            except LrpUsageError as exc:
-                self._models[path] = exc  # every test of a broken model reports the same line, loaded once
-        found = self._models[path]
-        if isinstance(found, Exception):
-            raise found
-        return found
+
+        def load():
+            name = self.model_names().get(path, path.stem)
+            return load_model_file(path, name, trusted=self.settings.flag("lrp_trust_model"))
+
+        # Every test of a broken model reports the same line; the file is read once.
+        return _remembered(self._models, path, load, LrpUsageError)
 
     def inputs(self, model) -> np.ndarray:
         from .inputs import load_inputs
@@ -90,17 +87,9 @@ class Workbench:
         model = self.model(model_path)
         x = self.inputs(model) if x is None else np.asarray(x, dtype=np.float32)
         key = (model.path, _rule_key(rule), _digest(x))
-        if key not in self._analyses:
-            try:
-                self._analyses[key] = analyze(model, rule, x, self._reference_outputs(model, x))
-            except Exception as exc:
-                # The other checks of this rule report the same crash without running
-                # (and perhaps running out of memory) again.
-                self._analyses[key] = exc
-                raise
-        found = self._analyses[key]
-        if isinstance(found, Exception):
-            raise found.with_traceback(None)
+        # The other checks of a rule that crashed report the same crash without running
+        # (and perhaps running out of memory) again.
+        found = _remembered(self._analyses, key, lambda: analyze(model, rule, x, self._reference_outputs(model, x)))
         # The key leaves out what does not change the heatmaps (id, tolerance, xfail), so a
         # cached analysis may come from another rule; it must be judged by the one asking.
         return found if found.rule == rule else dataclasses.replace(found, rule=rule)
@@ -110,6 +99,20 @@ class Workbench:
         if key not in self._references:
             self._references[key] = model.predict(x)
         return self._references[key]
+
+
+def _remembered(cache: dict, key, compute, errors=Exception):
+    """``cache[key]``, computed on first use; an error of ``errors`` is remembered and raised again."""
+    if key not in cache:
+        try:
+            cache[key] = compute()
+        except errors as exc:
+            cache[key] = exc
+            raise
+    found = cache[key]
+    if isinstance(found, Exception):
+        raise found.with_traceback(None)
+    return found
 
 
 def _rule_key(rule: Rule) -> tuple:
