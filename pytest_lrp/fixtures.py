@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from .crashes import model_label, shortened
-from .errors import LrpUsageError
-from .rulefile import rule_from_marker
-from .workbench import NO_MODEL, workbench_key
+from .base.errors import LrpUsageError
+from .config.rulefile import rule_from_marker
+from .engine.crashes import model_label, shortened
+from .engine.workbench import NO_MODEL, workbench_key
 
 
 def parametrize_models(metafunc: pytest.Metafunc) -> None:

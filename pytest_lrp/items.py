@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from .baseline import check_baseline
-from .checks import check_batch_invariance, check_determinism, check_finite, check_positive
-from .conservation import check_conservation
-from .crashes import crash_line, model_label, shortened
-from .errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError
-from .workbench import NO_MODEL, workbench_key
+from .base.errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError
+from .checks.baseline import check_baseline
+from .checks.conservation import check_conservation
+from .checks.properties import check_batch_invariance, check_determinism, check_finite, check_positive
+from .engine.crashes import crash_line, model_label, shortened
+from .engine.workbench import NO_MODEL, workbench_key
 
 # In the order of rulefile.CHECK_NAMES. Each takes the analysis; those in ITEM_CHECKS also the test item.
 CHECKS = {
@@ -67,7 +67,8 @@ class LrpItem(pytest.Item):
 
     def runtest(self):
         if self.check in ITEM_CHECKS:
-            CHECKS[self.check](self.analysis, self)
+            workbench = self.config.stash[workbench_key]
+            CHECKS[self.check](self.analysis, self, workbench.settings, workbench.rules_path)
         else:
             CHECKS[self.check](self.analysis)
 

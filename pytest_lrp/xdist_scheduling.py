@@ -26,7 +26,7 @@ from xdist.scheduler import LoadScopeScheduling
 class AnalysisScheduling(LoadScopeScheduling):
     def __init__(self, config: pytest.Config, log=None) -> None:
         super().__init__(config, log)
-        from .workbench import workbench_key
+        from .engine.workbench import workbench_key
 
         self._rules_path = config.stash[workbench_key].rules_path
         self._root = config.rootpath
@@ -37,7 +37,7 @@ class AnalysisScheduling(LoadScopeScheduling):
 
 def analysis_scope(nodeid: str, root: Path, rules_path: Path) -> str:
     """``rules.yaml::finite[cnn-z]`` -> ``rules.yaml::[cnn-z]``; any other test is its own scope."""
-    from .rulefile import CHECK_NAMES
+    from .config.rulefile import CHECK_NAMES
 
     file, _, name = nodeid.rpartition("::")
     check, bracket, params = name.partition("[")

@@ -164,7 +164,7 @@ def test_a_non_finite_heatmap_fails_finite_even_for_an_expected_leak(lrp_project
     # stabilized), so a conftest corrupts one value of the finished heatmaps.
     pytester.makeconftest("""
         import numpy as np
-        import pytest_lrp.analysis as analysis
+        import pytest_lrp.engine.analysis as analysis
 
         original = analysis.analyze
 

@@ -64,7 +64,7 @@ rules:
 
 def test_analysis_fixture_errors_match_numpy(lrp_project, pytester):
     expected = lrp_project.biased
-    pytester.makepyfile(test_handwritten=f"""
+    pytester.makepyfile(test_handwritten="""
         import numpy as np
         import pytest
 

@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_lrp.errors import LrpUsageError, shown
-from pytest_lrp.rulefile import load_rule_file
+from pytest_lrp.base.errors import LrpUsageError, shown
+from pytest_lrp.config.rulefile import load_rule_file
 
 # --- the rule file: one line at collection, exit code 2, TensorFlow never imported ---------------
 
@@ -418,7 +418,7 @@ def _raised(action):
 
 
 def test_tensorflow_errors_are_cut_to_what_happened(tensorflow_imported_once):
-    from pytest_lrp.crashes import first_line
+    from pytest_lrp.engine.crashes import first_line
 
     tf = tensorflow_imported_once
     eager = _raised(lambda: tf.reshape(tf.zeros(3), (2,)))

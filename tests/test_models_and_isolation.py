@@ -30,7 +30,7 @@ def test_a_rebuilt_model_with_other_weights_is_refused(lrp_project, pytester):
     # Simulates the graph-mode trap: the copy that gets analyzed has fresh weights.
     # (restored at unconfigure: the inner run shares this process's modules)
     pytester.makeconftest("""
-        from pytest_lrp import modelfile
+        from pytest_lrp.models import modelfile
 
         original = modelfile.ModelFile.rebuild
 
@@ -54,7 +54,7 @@ def test_a_rebuilt_model_with_other_weights_is_refused(lrp_project, pytester):
 
 
 def test_rebuilt_model_is_checked_on_every_analysis(lrp_project, pytester, monkeypatch):
-    from pytest_lrp import modelfile
+    from pytest_lrp.models import modelfile
 
     calls = []
     original = modelfile.ModelFile.check_same_outputs

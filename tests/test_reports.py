@@ -192,7 +192,7 @@ def test_junit_xml_properties(lrp_project, pytester):
 def test_heatmap_images_for_failing_and_xfailing_tests(pytester):
     import matplotlib.image
 
-    from pytest_lrp.heatmap_images import image_size
+    from pytest_lrp.reports.heatmap_images import image_size
 
     (pytester.path / "rules.yaml").write_text(
         "rules:\n  - {id: z, analyzer: lrp.z, xfail: bias}\n  - {id: w, analyzer: lrp.w_square}\n"

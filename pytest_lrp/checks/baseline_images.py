@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .lazy import np
-
-from .atomic import write_atomically
+from ..base.atomic import write_atomically
+from ..base.lazy import np
 
 DPI = 100
 

@@ -17,12 +17,10 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Optional
 
-from .lazy import np
-
-from .atomic import write_atomically
-from .checks import HeatmapDifference
-from .errors import LrpCheckFailed, shown
-from .workbench import workbench_key
+from ..base.atomic import write_atomically
+from ..base.errors import LrpCheckFailed, shown
+from ..base.lazy import np
+from .properties import HeatmapDifference
 
 FOLDER = "lrp_baselines"
 UPDATE_FLAG = "--lrp-update-baselines"
@@ -38,18 +36,18 @@ class Unreadable(Exception):
     pass
 
 
-def baseline_path(config, analysis) -> Path:
+def baseline_path(settings, rules_path: Path, analysis) -> Path:
     """<folder>/<model name>/<rule id>.npz; the model name is the stem, or folder.stem where stems collide."""
-    workbench = config.stash[workbench_key]
-    folder = workbench.settings.path("lrp_baselines") or workbench.rules_path.parent / FOLDER
+    folder = settings.path("lrp_baselines") or rules_path.parent / FOLDER
     return folder / analysis.model.name / f"{analysis.rule.id}.npz"
 
 
-def check_baseline(analysis, item) -> None:
-    path = baseline_path(item.config, analysis)
+def check_baseline(analysis, item, settings, rules_path: Path) -> None:
+    """``settings`` (config.options.Settings) and the rule file say where baselines live and whether to update them."""
+    path = baseline_path(settings, rules_path, analysis)
     current = record(analysis)
-    update = item.config.stash[workbench_key].settings.flag("lrp_update_baselines")
-    problem = _problem(analysis, path, current, item.config if not update else None)
+    update = settings.flag("lrp_update_baselines")
+    problem = _problem(analysis, path, current, settings if not update else None)
     if problem is None:
         return
     kind, message = problem
@@ -102,8 +100,8 @@ def read_baseline(path: Path):
         raise Unreadable(f"{type(exc).__name__}: {exc}") from None
 
 
-def _problem(analysis, path: Path, current: dict, config):
-    """None when the heatmaps match the baseline; else (kind, message). ``config``: None to write no image."""
+def _problem(analysis, path: Path, current: dict, settings):
+    """None when the heatmaps match the baseline; else (kind, message). ``settings``: None to write no image."""
     rule, model = analysis.rule, analysis.model.name
     try:
         stored = read_baseline(path)
@@ -133,7 +131,7 @@ def _problem(analysis, path: Path, current: dict, config):
             f"heatmaps of shape {analysis.heatmaps.shape} but the baseline {shown(path)} holds shape {heatmaps.shape} "
             f"({rule.analyzer} on {model}); if the change is intended, run with {UPDATE_FLAG}"
         )
-    return "changed", _mismatch_message(analysis, path, difference, meta, current, config)
+    return "changed", _mismatch_message(analysis, path, difference, meta, current, settings)
 
 
 def _changed_sources(meta: dict, current: dict) -> list:
@@ -148,7 +146,7 @@ def _changed_sources(meta: dict, current: dict) -> list:
     return changed
 
 
-def _mismatch_message(analysis, path: Path, difference: HeatmapDifference, meta: dict, current: dict, config) -> str:
+def _mismatch_message(analysis, path: Path, difference: HeatmapDifference, meta: dict, current: dict, settings) -> str:
     rule = analysis.rule
     lines = [
         f"heatmaps differ from the baseline {shown(path)} ({rule.analyzer} on {analysis.model.name}; "
@@ -158,7 +156,7 @@ def _mismatch_message(analysis, path: Path, difference: HeatmapDifference, meta:
     for what in (_rule_change(meta, current), _version_change(meta, current)):
         if what:
             lines.append(what)
-    image = _write_image(config, analysis, difference) if config is not None else None
+    image = _write_image(settings, analysis, difference) if settings is not None else None
     if image is not None:
         lines.append(f"baseline / current / difference image: {shown(image)}")
     lines.append(f"if the change is intended, run with {UPDATE_FLAG} to accept the current heatmaps")
@@ -178,8 +176,8 @@ def _version_change(meta: dict, current: dict) -> Optional[str]:
     return f"the baseline was recorded with {describe(before)}; now {describe(now)}"
 
 
-def _write_image(config, analysis, difference: HeatmapDifference) -> Optional[Path]:
-    folder = config.stash[workbench_key].settings.path("lrp_heatmaps")
+def _write_image(settings, analysis, difference: HeatmapDifference) -> Optional[Path]:
+    folder = settings.path("lrp_heatmaps")
     if folder is None:
         return None
     from .baseline_images import write_comparison_image
@@ -219,26 +217,3 @@ def _short(digest) -> str:
 
 def _shape(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape or ()) + ")"
-
-
-class BaselineSummary:
-    """Registered as a plugin: the terminal lines naming the baselines this run wrote."""
-
-    def __init__(self, config):
-        self.config = config
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        written = [
-            value
-            for reports in terminalreporter.stats.values()
-            for report in reports
-            if getattr(report, "when", None) == "call"
-            for key, value in getattr(report, "user_properties", ())
-            if key == WRITTEN
-        ]
-        if written:
-            terminalreporter.write_sep("-", f"lrp: wrote {len(written)} baseline{'s' if len(written) != 1 else ''}")
-            for line in sorted(written):
-                terminalreporter.write_line(f"wrote {line}")
-        elif self.config.getoption("lrp_update_baselines", None):
-            terminalreporter.write_line(f"lrp: {UPDATE_FLAG}: no baseline written (all present and matching)")

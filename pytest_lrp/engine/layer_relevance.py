@@ -10,23 +10,8 @@ functional, with or without an explicit InputLayer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from .lazy import np
-
-
-@dataclass
-class LayerRelevance:
-    """Relevance totals per sample at one layer's output (what enters it from above)
-    and at its inputs (what it hands down)."""
-
-    name: str
-    cls: str
-    at_output: np.ndarray = field(repr=False)
-    at_inputs: np.ndarray = field(repr=False)
-
-    def change(self, sample: int) -> float:
-        return float(self.at_inputs[sample] - self.at_output[sample])
+from ..base.lazy import np
+from ..checks.layers import LayerRelevance
 
 
 def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
@@ -64,33 +49,6 @@ def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output
         name = input_layer.name if input_layer is not None else "input"
         result.append(LayerRelevance(name=name, cls="InputLayer", at_output=heatmap_sums, at_inputs=heatmap_sums))
     return result
-
-
-def largest_change(layers: list, sample: int):
-    """The layer whose relevance changes most between its output and its inputs."""
-    candidates = [layer for layer in layers if layer.cls != "InputLayer"]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda layer: abs(layer.change(sample)) if np.isfinite(layer.change(sample)) else np.inf)
-
-
-def describe_change(layer: LayerRelevance, sample: int) -> str:
-    before, after = float(layer.at_output[sample]), float(layer.at_inputs[sample])
-    share = f" ({(after - before) / abs(before):+.1%})" if before != 0 else ""
-    return f"largest change at layer '{layer.name}' ({layer.cls}): {before:.4g} -> {after:.4g}{share}"
-
-
-def layer_table(layers: list, sample: int) -> str:
-    """A compact per-layer table of totals for one sample, output first."""
-    width = max(len(f"{layer.name} ({layer.cls})") for layer in layers)
-    lines = [f"relevance per layer, sample {sample} (at the layer's output -> handed to its inputs):"]
-    for layer in layers:
-        label = f"{layer.name} ({layer.cls})".ljust(width)
-        if layer.cls == "InputLayer":
-            lines.append(f"  {label}  {layer.at_output[sample]:>12.6g}")
-        else:
-            lines.append(f"  {label}  {layer.at_output[sample]:>12.6g} -> {layer.at_inputs[sample]:<12.6g} {layer.change(sample):+.3g}")
-    return "\n".join(lines)
 
 
 def _per_sample(array, samples: int) -> np.ndarray:

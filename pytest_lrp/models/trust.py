@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LrpUsageError, shown
+from ..base.errors import LrpUsageError, shown
 
 OPT_IN = "refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model)"
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
@@ -97,7 +97,7 @@ def _layers(entry: dict) -> Iterator[tuple]:
 
 
 def _built_in(class_name: str) -> bool:
-    from .tf_runtime import tensorflow
+    from ..base.tf_runtime import tensorflow
 
     layer = getattr(tensorflow().keras.layers, class_name, None)
     return isinstance(layer, type) and issubclass(layer, tensorflow().keras.layers.Layer)

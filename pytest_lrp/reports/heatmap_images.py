@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .lazy import np
-
-from .atomic import write_atomically
+from ..base.atomic import write_atomically
+from ..base.lazy import np
 
 CELL_INCHES = 1.6
 DPI = 100

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .lazy import yaml
-
+from ..base.errors import LrpUsageError, shown
+from ..base.lazy import yaml
 from .analyzer_names import analyzer_names, close_matches
 from .analyzer_params import unknown_param_message
-from .errors import LrpUsageError, shown
 
 TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)

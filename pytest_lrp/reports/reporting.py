@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from .errors import LrpUsageError
-from .layer_relevance import describe_change, largest_change
+from ..base.errors import LrpUsageError
+from ..checks.layers import describe_change, largest_change
+from ..engine.workbench import workbench_key
 from .results import REPORT_ATTRIBUTE, outcome_of, result_record
-from .workbench import workbench_key
 
 records_key = pytest.StashKey[list]()
 

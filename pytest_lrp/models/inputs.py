@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .lazy import np
-
-from .errors import LrpUsageError, shown
+from ..base.errors import LrpUsageError, shown
+from ..base.lazy import np
 
 DEFAULT_RANDOM_SAMPLES = 8
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from .lazy import np
+from typing import TYPE_CHECKING
 
-from .analysis import Analysis
-from .errors import LrpBeyondExpectation, LrpCheckFailed
-from .layer_relevance import describe_change, largest_change, layer_table
+from ..base.errors import LrpBeyondExpectation, LrpCheckFailed
+from ..base.lazy import np
+from .layers import describe_change, largest_change, layer_table
+
+if TYPE_CHECKING:  # the record imports the checks, not the other way round
+    from .record import Analysis
 
 
 def check_conservation(analysis: Analysis) -> None:

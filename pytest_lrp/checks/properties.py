@@ -7,13 +7,15 @@ property does not hold. The heatmap comparison here is shared with the baseline 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .lazy import np
-
-from .analysis import Analysis
+from ..base.errors import LrpCheckFailed
+from ..base.lazy import np
+from ..config.rulefile import Tolerance
 from .conservation import non_finite_message
-from .errors import LrpCheckFailed
-from .rulefile import Tolerance
+
+if TYPE_CHECKING:  # the record imports the checks, not the other way round
+    from .record import Analysis
 
 
 def check_finite(analysis: Analysis) -> None:

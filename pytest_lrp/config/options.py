@@ -14,7 +14,7 @@ from typing import Optional
 
 import pytest
 
-from .errors import LrpUsageError
+from ..base.errors import LrpUsageError
 
 DEFAULT_RULES = "rules.yaml"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .rulefile import CHECK_NAMES
+from ..config.rulefile import CHECK_NAMES
 
 # Outcomes where relevance was not conserved; elsewhere the largest change is float noise.
 LEAKING = ("failed", "xfailed")

@@ -9,71 +9,16 @@ from __future__ import annotations
 
 import gc
 import warnings
-from dataclasses import dataclass, field
 from typing import Optional
 
-from .lazy import np
-
-from .errors import LrpUsageError, shown
+from ..base.errors import LrpUsageError, shown
+from ..base.lazy import np
+from ..base.tf_runtime import innvestigate, tensorflow
+from ..checks.record import Analysis, heatmap_sums
+from ..config.rulefile import Rule
+from ..models.modelfile import ModelFile
 from .layer_relevance import layer_relevance
-from .modelfile import ModelFile
 from .reruns import extra_runs
-from .rulefile import Rule
-from .tf_runtime import innvestigate, tensorflow
-
-
-@dataclass
-class Analysis:
-    model: ModelFile
-    rule: Rule
-    inputs: np.ndarray = field(repr=False)
-    heatmaps: np.ndarray = field(repr=False)
-    outputs: np.ndarray = field(repr=False)  # explained outputs, softmax stripped
-    neurons: np.ndarray
-    targets: np.ndarray
-    softmax_stripped: bool
-    layers: list = field(default_factory=list, repr=False)  # LayerRelevance, output first, input last
-    reruns: dict = field(default_factory=dict, repr=False)  # extra heatmaps for determinism / batch_invariance (reruns.py)
-
-    @property
-    def sums(self) -> np.ndarray:
-        return _sums(self.heatmaps)
-
-    @property
-    def errors(self) -> np.ndarray:
-        return np.abs(self.sums - self.targets)
-
-    @property
-    def bounds(self) -> np.ndarray:
-        return self.rule.tolerance.bound(self.targets)
-
-    @property
-    def relative_errors(self) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.targets != 0, self.errors / np.abs(self.targets), np.where(self.errors == 0, 0.0, np.inf))
-
-    @property
-    def failing(self) -> np.ndarray:
-        # NaN compares False, so a non-finite sum is counted as failing explicitly.
-        return ~(self.errors <= self.bounds)
-
-    @property
-    def worst(self) -> int:
-        """The sample furthest outside (or least inside) its tolerance."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            excess = np.where(self.bounds > 0, self.errors / self.bounds, np.where(self.errors > 0, np.inf, 0.0))
-        excess = np.where(np.isfinite(self.sums), excess, np.inf)
-        return int(np.argmax(excess))
-
-    @property
-    def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.heatmaps)))
-
-    def assert_conserved(self) -> None:
-        """Raise (failing the test with the worst sample's numbers) unless every sample is within tolerance."""
-        from .conservation import check_conservation
-
-        check_conservation(self)
 
 
 def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> Analysis:
@@ -106,7 +51,7 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         analyzer = _create_analyzer(inn, rule, explained)
         heatmaps = np.asarray(_run(analyzer, rule, x))
         selected = outputs[np.arange(len(x)), neurons]
-        layers = layer_relevance(inn, analyzer, explained, _sums(heatmaps), selected)
+        layers = layer_relevance(inn, analyzer, explained, heatmap_sums(heatmaps), selected)
         # After layer_relevance: every further run replaces the analyzer's kept tensors.
         reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
         reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
@@ -148,9 +93,6 @@ def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:
         )
     return np.full(len(outputs), index)
 
-
-def _sums(heatmaps: np.ndarray) -> np.ndarray:
-    return heatmaps.reshape(len(heatmaps), -1).sum(axis=1, dtype=np.float64)
 
 
 def keeps_layer_relevance(analyzer_name: str) -> bool:

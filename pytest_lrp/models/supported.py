@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import LrpUsageError, shown
+from ..base.errors import LrpUsageError, shown
 
 
 def check_softmax_only_at_the_end(model, path) -> None:

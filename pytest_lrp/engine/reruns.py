@@ -7,7 +7,7 @@ against instead of building their own.
 
 from __future__ import annotations
 
-from .lazy import np
+from ..base.lazy import np
 
 # check name -> key of the extra heatmaps it compares with the analysis
 RERUNS = {"determinism": "repeat", "batch_invariance": "alone"}

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .lazy import np
-
-from .layer_relevance import largest_change
+from ..base.lazy import np
+from ..checks.layers import largest_change
 
 REPORT_ATTRIBUTE = "lrp"
 

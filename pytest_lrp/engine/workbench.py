@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .lazy import np
 import pytest
 
-from .errors import LrpUsageError, shown
-from .options import Settings
+from ..base.errors import LrpUsageError, shown
+from ..base.lazy import np
+from ..config.options import Settings
+from ..config.rulefile import Rule, RuleFile, load_rule_file
 from .reruns import reruns_needed
-from .rulefile import Rule, RuleFile, load_rule_file
 
 NO_MODEL = (
     "no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file, or list defaults.models in the rule file"
@@ -60,7 +60,7 @@ class Workbench:
         return {p: (p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}.{p.stem}") for p in paths}
 
     def model(self, path: Path):
-        from .modelfile import load_model_file
+        from ..models.modelfile import load_model_file
 
         path = Path(path)
 
@@ -72,7 +72,7 @@ class Workbench:
         return _remembered(self._models, path, load, LrpUsageError)
 
     def inputs(self, model) -> np.ndarray:
-        from .inputs import load_inputs
+        from ..models.inputs import load_inputs
 
         if model.path not in self._inputs:
             rule_file = self.rule_file

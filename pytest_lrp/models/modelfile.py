@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lazy import np
-
-from .errors import LrpUsageError, shown
-from .tf_runtime import tensorflow
+from ..base.errors import LrpUsageError, shown
+from ..base.lazy import np
+from ..base.tf_runtime import tensorflow
 from .supported import check_softmax_only_at_the_end
 from .trust import check_before_loading, deserialization_scope
 

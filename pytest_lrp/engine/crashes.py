@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
-from .errors import LrpUsageError, shown
+from ..base.errors import LrpUsageError, shown
 
 TRACE_HINT = "-vv or --fulltrace shows the traceback"
 # Eager TensorFlow errors start with the name of the wrapped function, which says nothing.

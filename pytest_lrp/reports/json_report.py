@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from .atomic import write_atomically
+from ..base.atomic import write_atomically
 
 FORMAT_VERSION = 1
 

@@ -1,0 +1,69 @@
+"""A finished analysis as plain data: what every check and report reads.
+
+The engine fills it (engine/analysis.py); nothing here runs TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..base.lazy import np
+from ..config.rulefile import Rule
+from ..models.modelfile import ModelFile
+from .conservation import check_conservation
+
+
+@dataclass
+class Analysis:
+    model: ModelFile
+    rule: Rule
+    inputs: np.ndarray = field(repr=False)
+    heatmaps: np.ndarray = field(repr=False)
+    outputs: np.ndarray = field(repr=False)  # explained outputs, softmax stripped
+    neurons: np.ndarray
+    targets: np.ndarray
+    softmax_stripped: bool
+    layers: list = field(default_factory=list, repr=False)  # LayerRelevance, output first, input last
+    reruns: dict = field(default_factory=dict, repr=False)  # extra heatmaps for determinism / batch_invariance (reruns.py)
+
+    @property
+    def sums(self) -> np.ndarray:
+        return heatmap_sums(self.heatmaps)
+
+    @property
+    def errors(self) -> np.ndarray:
+        return np.abs(self.sums - self.targets)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        return self.rule.tolerance.bound(self.targets)
+
+    @property
+    def relative_errors(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.targets != 0, self.errors / np.abs(self.targets), np.where(self.errors == 0, 0.0, np.inf))
+
+    @property
+    def failing(self) -> np.ndarray:
+        # NaN compares False, so a non-finite sum is counted as failing explicitly.
+        return ~(self.errors <= self.bounds)
+
+    @property
+    def worst(self) -> int:
+        """The sample furthest outside (or least inside) its tolerance."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = np.where(self.bounds > 0, self.errors / self.bounds, np.where(self.errors > 0, np.inf, 0.0))
+        excess = np.where(np.isfinite(self.sums), excess, np.inf)
+        return int(np.argmax(excess))
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.heatmaps)))
+
+    def assert_conserved(self) -> None:
+        """Raise (failing the test with the worst sample's numbers) unless every sample is within tolerance."""
+        check_conservation(self)
+
+
+def heatmap_sums(heatmaps: np.ndarray) -> np.ndarray:
+    return heatmaps.reshape(len(heatmaps), -1).sum(axis=1, dtype=np.float64)
