@@ -1,0 +1,362 @@
+"""explain(): which rule each layer gets, the backward pass, and the per-layer accounting.
+
+Conventions of innvestigate 2.1.2 followed here (from its analyzer code; see also rules.py):
+- Head: max_activation puts the largest output value at its neuron (ties share it equally,
+  the gradient of reduce_max); index puts out[i, k]; all puts every output. Outputs with
+  more than two axes are flattened first. Deep Taylor explains relu(output) (its model gets
+  a ReLU on top).
+- LRP analyzers: layers with a kernel (Dense, Conv1D/2D, DepthwiseConv2D) get the rule;
+  their activation is ignored (relevance at the output is relevance at the pre-activation).
+  BatchNormalization is fused into y = k x + b and gets the analyzer's BN rule (the same
+  rule as the kernels; alpha_beta_x(2,0;1,0) for the sequential presets).
+  Add and (global) average pooling get the z rule over their sum. An Activation layer passes
+  relevance unchanged; every other layer passes it along its gradient: a ReLU *layer*
+  masks it (relevance at x <= 0 is dropped), max pooling sends it to the first maximum of the
+  window, global max pooling splits it over tied maxima, ZeroPadding drops what lands on
+  the padding, Flatten/Reshape/Dropout/Concatenate move it.
+- Rule choice: input_layer_rule goes to the kernel layers fed directly by the input (looking
+  through Flatten/Reshape), until_layer_idx to model.layers[0..idx] (Keras' list: a Sequential
+  model's list leaves the InputLayer out), then the analyzer's rule; the presets use epsilon
+  (bias, eps 0.1 by default) on Dense and alpha-beta (1,0 / 2,1 with bias) on convolutions.
+- Deep Taylor: every kernel layer (all have an activation attribute, even 'linear') gets
+  alpha=1, beta=0 without bias (z+); bounded Deep Taylor gives the input kernel layers
+  z^B(low, high). Every other layer, BatchNormalization and Add included, passes the
+  gradient: an Add hands the full relevance to each of its inputs and a BatchNormalization
+  multiplies it by gamma / sqrt(var + eps); the accounting calls that change `gradient`.
+- Gradient family: plain gradients of the selected output (ones at the head);
+  integrated_gradients averages them over `steps` points ref + t (x - ref) with
+  t = k / steps, k = 0 .. steps-1 (a left Riemann sum: t = 1 is never used), all for the
+  neuron that is largest at x itself, and multiplies by x - ref.
+
+Where innvestigate differs from the papers (Bach 2015, Montavon 2017/2019): the bias enters
+both alpha-beta denominators; alpha-beta without a negative (positive) part multiplies the
+relevance by alpha (-beta); z+ drops the relevance of neurons with no positive input;
+BatchNormalization's fused form uses sqrt(variance**2 + eps) and leaves gamma out of the
+bias (an innvestigate 2.1.2 bug; `bn_fusion="innvestigate"` reproduces it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import AVG_POOL, GLOBAL_AVG, GLOBAL_MAX, IDENTITY, KERNEL, MAX_POOL, PADDING, Layer, ReferenceModel, bn_affine, padding_of
+from .ops import Scale
+from .rules import KERAS_EPSILON, MECHANISMS, Rule, UnsupportedRule, apply_terms, terms, zero_mechanisms
+
+
+@dataclass
+class LayerAccount:
+    name: str
+    class_name: str
+    rule: str
+    relevance_out: np.ndarray
+    relevance_in: np.ndarray
+    mechanisms: dict
+    maps: dict | None = None
+
+
+@dataclass
+class ReferenceResult:
+    heatmap: np.ndarray
+    output_relevance: np.ndarray
+    layers: list = field(default_factory=list)
+    selected: np.ndarray | None = None  # the explained output neuron per sample
+
+    def layer(self, name: str) -> LayerAccount:
+        return next(account for account in self.layers if account.name == name)
+
+
+LRP_NAMES = {"lrp.z", "lrp.epsilon", "lrp.w_square", "lrp.flat", "lrp.alpha_beta",
+             "lrp.alpha_2_beta_1", "lrp.alpha_2_beta_1_IB", "lrp.alpha_1_beta_0",
+             "lrp.alpha_1_beta_0_IB", "lrp.z_plus", "lrp.z_plus_fast",
+             "lrp.sequential_preset_a", "lrp.sequential_preset_b",
+             "lrp.sequential_preset_a_flat", "lrp.sequential_preset_b_flat",
+             "lrp.sequential_preset_b_flat_until_idx"}
+DEEP_TAYLOR = {"deep_taylor", "deep_taylor.bounded"}
+GRADIENTS = {"gradient", "gradient.baseline", "input_t_gradient", "integrated_gradients", "input"}
+ANALYZERS = sorted(LRP_NAMES | DEEP_TAYLOR | GRADIENTS)
+NAMED_RULES = {"Z": Rule("z"), "Epsilon": Rule("epsilon"), "WSquare": Rule("w_square"),
+               "Flat": Rule("flat"), "Alpha2Beta1": Rule("alpha_beta", alpha=2, beta=1),
+               "Alpha2Beta1IgnoreBias": Rule("alpha_beta", alpha=2, beta=1, bias=False),
+               "Alpha1Beta0": Rule("alpha_beta", alpha=1, beta=0),
+               "Alpha1Beta0IgnoreBias": Rule("alpha_beta", alpha=1, beta=0, bias=False),
+               "ZPlus": Rule("alpha_beta", alpha=1, beta=0, bias=False),
+               "ZPlusFast": Rule("z_plus_fast"), "Bounded": Rule("bounded", low=-1, high=1)}
+PRESET_BN = Rule("alpha_beta_x", x_weights=(2, 0, 1, 0))
+
+
+def _alpha_beta(params) -> tuple[float, float]:
+    alpha, beta = params.get("alpha"), params.get("beta")
+    if alpha is None and beta is None:
+        raise UnsupportedRule("lrp.alpha_beta needs alpha or beta")
+    alpha = beta + 1 if alpha is None else alpha
+    beta = alpha - 1 if beta is None else beta
+    return float(alpha), float(beta)
+
+
+def _named_rule(value) -> Rule:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return Rule("bounded", low=float(value[0]), high=float(value[1]))
+    if isinstance(value, str) and value in NAMED_RULES:
+        return NAMED_RULES[value]
+    raise UnsupportedRule(f"input_layer_rule/until_layer_rule {value!r} has no reference")
+
+
+class Policy:
+    """Which rule a layer with weights (and a BatchNormalization) gets, for one analyzer."""
+
+    def __init__(self, model: ReferenceModel, analyzer: str, params: dict):
+        self.model, self.analyzer, self.params = model, analyzer, params
+        self.family = ("lrp" if analyzer in LRP_NAMES else
+                       "deep_taylor" if analyzer in DEEP_TAYLOR else "gradient")
+        p = params
+        base = {
+            "lrp.z": Rule("z"),
+            "lrp.epsilon": Rule("epsilon", epsilon=float(p.get("epsilon", KERAS_EPSILON)),
+                                bias=bool(p.get("bias", True))),
+            "lrp.w_square": Rule("w_square"), "lrp.flat": Rule("flat"),
+            "lrp.alpha_2_beta_1": NAMED_RULES["Alpha2Beta1"],
+            "lrp.alpha_2_beta_1_IB": NAMED_RULES["Alpha2Beta1IgnoreBias"],
+            "lrp.alpha_1_beta_0": NAMED_RULES["Alpha1Beta0"],
+            "lrp.alpha_1_beta_0_IB": NAMED_RULES["Alpha1Beta0IgnoreBias"],
+            "lrp.z_plus": NAMED_RULES["ZPlus"], "lrp.z_plus_fast": Rule("z_plus_fast"),
+        }
+        if analyzer == "lrp.alpha_beta":
+            alpha, beta = _alpha_beta(p)
+            base[analyzer] = Rule("alpha_beta", alpha=alpha, beta=beta, bias=bool(p.get("bias", True)))
+        self.rule = base.get(analyzer)
+        self.bn_rule = self.rule
+        self.preset = None
+        if analyzer.startswith("lrp.sequential_preset"):
+            eps = float(p.get("epsilon", 0.1))
+            conv = (NAMED_RULES["Alpha1Beta0"] if "preset_a" in analyzer else NAMED_RULES["Alpha2Beta1"])
+            self.preset = (Rule("epsilon", epsilon=eps), conv)
+            self.bn_rule = PRESET_BN
+        input_rule = p.get("input_layer_rule")
+        if analyzer.endswith("_flat") or analyzer.endswith("_flat_until_idx"):
+            input_rule = "Flat"
+        self.input_rule = _named_rule(input_rule) if input_rule is not None else None
+        self.until = {}
+        idx = p.get("until_layer_idx")
+        until_rule = p.get("until_layer_rule", "Flat" if analyzer.endswith("until_idx") else None)
+        if idx is not None and until_rule is not None:
+            names = [layer.name for layer in model.keras_layers()[: int(idx) + 1]]
+            self.until = {name: _named_rule(until_rule) for name in names}
+        if analyzer == "deep_taylor.bounded":
+            if p.get("low") is None or p.get("high") is None:
+                raise UnsupportedRule("deep_taylor.bounded needs low and high")
+            self.bounded = Rule("bounded", low=float(p["low"]), high=float(p["high"]))
+
+    def kernel_rule(self, layer: Layer) -> Rule:
+        if self.family == "deep_taylor":
+            if self.analyzer == "deep_taylor.bounded" and self.model.is_input_layer(layer):
+                return self.bounded
+            return NAMED_RULES["ZPlus"]
+        if self.input_rule is not None and self.model.is_input_layer(layer):
+            return self.input_rule
+        if layer.name in self.until:
+            return self.until[layer.name]
+        if self.preset is not None:
+            return self.preset[0] if layer.class_name == "Dense" else self.preset[1]
+        return self.rule
+
+
+def _select(out: np.ndarray, mode: str, index, values: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The head: (relevance at the flattened output, index of the explained neuron)."""
+    n = len(out)
+    if mode == "max_activation":
+        best = out.max(axis=1, keepdims=True)
+        ties = out == best
+        share = ties / ties.sum(axis=1, keepdims=True)
+        return (share * best if values else share), out.argmax(axis=1)
+    if mode == "index":
+        if index is None:
+            raise UnsupportedRule("neuron_selection 'index' needs an index")
+        idx = np.broadcast_to(np.asarray(index, dtype=int).ravel(), (n,)) if np.ndim(index) else np.full(n, int(index))
+        head = np.zeros_like(out)
+        rows = np.arange(n)
+        head[rows, idx] = out[rows, idx] if values else 1.0
+        return head, idx
+    if mode == "all":
+        return (out.copy() if values else np.ones_like(out)), np.full(n, -1)
+    raise UnsupportedRule(f"neuron_selection {mode!r}")
+
+
+def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
+            neuron_selection: str = "max_activation", index=None, *,
+            keep_maps: bool = True, bn_fusion: str = "exact") -> ReferenceResult:
+    params = dict(params or {})
+    if analyzer not in ANALYZERS:
+        raise UnsupportedRule(f"analyzer {analyzer!r} has no reference")
+    x = np.asarray(x, dtype=np.float64)
+    if analyzer == "input":
+        return ReferenceResult(x.copy(), np.zeros(len(x)), [])
+    if analyzer == "integrated_gradients":
+        return _integrated_gradients(model, x, params, neuron_selection, index)
+    policy = Policy(model, analyzer, params)
+    acts = model.forward(x)
+    out = acts[model.output_name]
+    shape = out.shape
+    flat = out.reshape(len(out), -1)
+    if policy.family == "deep_taylor":
+        flat = np.maximum(flat, 0.0)
+    head, selected = _select(flat, neuron_selection, index, values=policy.family != "gradient")
+    result = ReferenceResult(None, head.reshape(len(x), -1).sum(axis=1), [], selected)
+    walk = _Backward(model, acts, policy, keep_maps, bn_fusion)
+    heatmap = walk.run(head.reshape(shape), result.layers)
+    if analyzer == "input_t_gradient":
+        heatmap = heatmap * x
+    result.heatmap = heatmap
+    return result
+
+
+def _integrated_gradients(model, x, params, neuron_selection, index) -> ReferenceResult:
+    steps = int(params.get("steps", 64))
+    reference = np.broadcast_to(np.asarray(params.get("reference_inputs", 0.0), dtype=np.float64), x.shape)
+    difference = x - reference
+    if neuron_selection == "max_activation":
+        # innvestigate's path wrapper fixes the neuron of the unperturbed input for every step
+        neuron_selection, index = "index", model.predict(x).argmax(axis=1)
+    total = np.zeros_like(x)
+    for t in np.arange(steps) / steps:  # left Riemann sum: t = 0 .. (steps-1)/steps
+        point = reference + t * difference
+        total += explain(model, point, "gradient", {}, neuron_selection, index).heatmap
+    return ReferenceResult(total / steps * difference, np.zeros(len(x)), [])
+
+
+class _Backward:
+    def __init__(self, model: ReferenceModel, acts: dict, policy: Policy, keep_maps: bool, bn_fusion: str):
+        self.model, self.acts, self.policy = model, acts, policy
+        self.keep_maps, self.bn_fusion = keep_maps, bn_fusion
+
+    def run(self, head: np.ndarray, accounts: list) -> np.ndarray:
+        relevance = {self.model.output_name: head}
+        for layer in reversed(self.model.layers):
+            if layer.name not in relevance:
+                continue
+            r = relevance.pop(layer.name) if layer.name != self.model.input_name else relevance[layer.name]
+            xs = [self.acts[p] for p in layer.inputs]
+            if layer.name == self.model.input_name:
+                rule, r_ins, mech = "input", [], zero_mechanisms(len(r))
+            else:
+                rule, r_ins, mech = self.layer(layer, xs, r)
+            axes = tuple(range(1, r.ndim))
+            r_out_total = r.sum(axis=axes)
+            r_in_total = (sum(ri.reshape(len(ri), -1).sum(axis=1) for ri in r_ins)
+                          if r_ins else r_out_total.copy())
+            maps = {"out": r, "in": r_ins} if self.keep_maps else None
+            if self.policy.family == "gradient":
+                mech = {}
+            accounts.append(LayerAccount(layer.name, layer.class_name, rule, r_out_total,
+                                         r_in_total, mech, maps))
+            for producer, ri in zip(layer.inputs, r_ins):
+                relevance[producer] = relevance[producer] + ri if producer in relevance else ri
+        return relevance[self.model.input_name]
+
+    # one layer: (rule label, relevance at each input, mechanisms)
+    def layer(self, layer: Layer, xs: list, r: np.ndarray):
+        cls, family = layer.class_name, self.policy.family
+        batch = len(r)
+        x = xs[0] if xs else None
+        none = zero_mechanisms(batch)
+        if cls in KERNEL:
+            z = self.acts[layer.name + ":z"]
+            if family == "gradient":
+                g = r * (z > 0) if layer.activation == "relu" else r
+                return "gradient", [layer.op.transpose(g, layer.kernel, x.shape)], none
+            rule = self.policy.kernel_rule(layer)
+            if rule is None:
+                raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
+            r_in, mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias), r, x.shape)
+            return rule.label, [r_in], mech
+        if cls == "BatchNormalization":
+            exact_k, _ = bn_affine(layer)
+            scale = Scale(layer.bn[-1], x.ndim)
+            if family != "lrp":
+                r_in = scale.transpose(r, exact_k, x.shape)
+                mech = dict(none)
+                if family == "deep_taylor":
+                    mech["gradient"] = (r_in - r).reshape(batch, -1).sum(axis=1)
+                return "gradient", [r_in], mech
+            k, b = bn_affine(layer, self.bn_fusion)
+            rule = self.policy.bn_rule
+            r_in, mech = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape)
+            return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech
+        if cls == "Add":
+            if family == "lrp":
+                return self._z_sum(xs, r, none)
+            mech = dict(none)
+            if family == "deep_taylor":
+                mech["gradient"] = (len(xs) - 1) * r.reshape(batch, -1).sum(axis=1)
+            return "gradient", [r.copy() for _ in xs], mech
+        if cls in AVG_POOL or cls in GLOBAL_AVG:
+            op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
+            if family == "lrp":
+                r_in, mech = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))], r, x.shape)
+                return "z", [r_in], mech
+            return "gradient", [op.transpose(r, None, x.shape)], none
+        if cls in MAX_POOL:
+            return "gradient", [layer.op.transpose(r, self.acts[layer.name + ":argmax"], x.shape)], none
+        if cls in GLOBAL_MAX:
+            axes = tuple(range(1, x.ndim - 1))
+            best = x.max(axis=axes, keepdims=True)
+            ties = x == best
+            share = ties / ties.sum(axis=axes, keepdims=True)
+            return "gradient", [share * r.reshape(best.shape)], none
+        if cls in IDENTITY:
+            return "gradient", [r], none
+        if cls in ("Flatten", "Reshape"):
+            return "gradient", [r.reshape(x.shape)], none
+        if cls in PADDING:
+            pads = padding_of(layer, x.ndim - 2)
+            index = (slice(None),) + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1]))
+            r_in = r[index]
+            mech = dict(none)
+            mech["dropped"] = (r_in.reshape(batch, -1).sum(axis=1) - r.reshape(batch, -1).sum(axis=1))
+            return "gradient", [r_in], mech
+        if cls == "Concatenate":
+            axis = layer.config.get("axis", -1) % r.ndim
+            cuts = np.cumsum([xi.shape[axis] for xi in xs])[:-1]
+            return "gradient", list(np.split(r, cuts, axis=axis)), none
+        if cls == "Activation" and family == "lrp":
+            return "pass", [r], none
+        if cls in ("Activation", "ReLU"):
+            if cls == "Activation" and layer.activation == "linear":
+                return "gradient", [r], none
+            r_in = r * (x > 0)
+            mech = dict(none)
+            mech["dropped"] = -(r * (x <= 0)).reshape(batch, -1).sum(axis=1)
+            return "gradient", [r_in], mech
+        layer.refuse()
+
+    def _z_sum(self, xs, r, none):
+        """innvestigate's Add rule: z over the sum of the inputs, safe division, no bias."""
+        z = sum(xs[1:], xs[0].copy())
+        ds = z + KERAS_EPSILON * (z == 0)
+        s = r / ds
+        r_ins = [xi * s for xi in xs]
+        mech = dict(none)
+        axes = tuple(range(1, r.ndim))
+        mech["dropped"] = -np.where(z == 0, r, 0).sum(axis=axes)
+        return "z", r_ins, mech
+
+
+class _GlobalAverage:
+    """Global average pooling as a linear map (weights 1/n over the spatial axes)."""
+
+    def __init__(self, layer: Layer):
+        self.keepdims = layer.config.get("keepdims", False)
+
+    def forward(self, x, kernel=None):
+        y = x.mean(axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+        return y if self.keepdims else y.reshape(len(x), -1)
+
+    def transpose(self, g, kernel, x_shape):
+        n = int(np.prod(x_shape[1:-1]))
+        g = g.reshape((x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
+        return np.broadcast_to(g / n, x_shape).copy()
+
+
+__all__ = ["LayerAccount", "ReferenceResult", "explain", "ANALYZERS", "MECHANISMS", "Policy"]

@@ -1,0 +1,169 @@
+"""The rules for layers with weights, each written as a list of terms, and their accounting.
+
+A term is one ratio of the rule: for every output neuron j
+
+    c_j = sum over pairs (sign * forward(x_variant, w_variant))_j      (what is distributed)
+    d_j = c_j + b_j                                                    (its denominator)
+    R_i += kappa * sum_j sign * x_variant_i * w_variant_ij * R_j / stab(d_j)
+
+z/epsilon/w_square/flat/z_plus_fast/bounded are one term (kappa 1); alpha-beta is two
+(activator kappa alpha, inhibitor kappa -beta). Summing over the inputs gives exactly
+R_in_j = sum_T kappa_T * c_Tj / stab(d_Tj) * R_j, and writing c/stab(d) = 1 - b/stab(d)
++ (d - stab(d))/stab(d) splits each neuron's change R_in_j - R_j into
+
+    bias        -kappa * b/stab(d) * R          (also: d == 0 while c != 0, the issue-273 blow-up)
+    stabilizer  kappa * (d - stab(d))/stab(d) * R
+    unbalanced  (sum of kappa over terms with c != 0) - 1, times R  (alpha-beta neurons with
+                no positive or no negative part: alpha R or -beta R instead of R)
+    dropped     -R where no term has a contribution (c == 0 everywhere) and no bias holds it
+                (z+, bias-free z/epsilon at neurons whose inputs are all zero); with a
+                bias in the denominator the same -R counts as bias (b/z = 1).
+
+innvestigate's conventions followed here (relevance_rule.py, 2.1.2):
+- safe division: a denominator that is exactly 0 becomes 1e-7 (Keras epsilon), others are
+  left alone (z, alpha-beta, w_square, flat, z_plus_fast, bounded, the Add/AveragePooling
+  z rule);
+- epsilon: d + eps * sign(d) with sign(0) = +1, no safe division;
+- alpha-beta with bias: the positive-weights copy of the layer keeps b+ and the
+  negative-weights copy b-, and each term adds both copies, so the full bias b = b+ + b-
+  enters BOTH the activator and the inhibitor denominator (the paper puts only b+ in the
+  activator and b- in the inhibitor, or ignores the bias); inputs are split into x+ and x-,
+  so for negative inputs the activator uses x- * w- (still a positive contribution);
+- the inhibitor term is not computed when beta == 0;
+- z_plus is alpha=1, beta=0 without bias (so negative inputs count with x- * w-);
+  z_plus_fast uses the positive weights with the unsplit input x;
+- w_square and flat ignore the input: R_i = sum_j w_ij^2 / sum_i' w_i'j^2 * R_j (flat: w = 1),
+  with the denominator a forward pass of ones, so a 'same' convolution's border counts only
+  the cells inside the image;
+- bounded (z^B): c = x.w - low.w+ - high.w-, no bias, low/high are constant inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+KERAS_EPSILON = 1e-7
+MECHANISMS = ("bias", "stabilizer", "dropped", "unbalanced", "gradient")
+
+
+class UnsupportedRule(Exception):
+    """An analyzer name or rule option the reference does not implement."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # z, epsilon, w_square, flat, alpha_beta, alpha_beta_x, z_plus_fast, bounded
+    bias: bool = True
+    epsilon: float = KERAS_EPSILON
+    alpha: float = 1.0
+    beta: float = 0.0
+    low: float = 0.0
+    high: float = 1.0
+    x_weights: tuple = ()  # alpha_beta_x: (alpha0, alpha1, beta0, beta1)
+
+    @property
+    def label(self) -> str:
+        nobias = "" if self.bias else ", no bias"
+        if self.kind == "epsilon":
+            return f"epsilon({self.epsilon:g}{nobias})"
+        if self.kind == "alpha_beta":
+            return f"alpha_beta({self.alpha:g},{self.beta:g}{nobias})"
+        if self.kind == "alpha_beta_x":
+            a0, a1, b0, b1 = self.x_weights
+            return f"alpha_beta_x({a0:g},{a1:g};{b0:g},{b1:g})"
+        if self.kind == "bounded":
+            return f"bounded({self.low:g},{self.high:g})"
+        if self.kind == "z" and not self.bias:
+            return "z(no bias)"
+        return self.kind
+
+
+def _pos(a):
+    return a * (a > 0)
+
+
+def _neg(a):
+    return a * (a < 0)
+
+
+def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias):
+    """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer) per term."""
+    b = bias if (rule.bias and bias is not None) else None
+    safe = ("safe", KERAS_EPSILON)
+    if rule.kind == "z":
+        return [(1.0, [(x, kernel, 1.0)], b, safe)]
+    if rule.kind == "epsilon":
+        return [(1.0, [(x, kernel, 1.0)], b, ("epsilon", rule.epsilon))]
+    if rule.kind in ("w_square", "flat"):
+        w = kernel ** 2 if rule.kind == "w_square" else np.ones_like(kernel)
+        return [(1.0, [(np.ones_like(x), w, 1.0)], None, safe)]
+    if rule.kind == "z_plus_fast":
+        return [(1.0, [(x, _pos(kernel), 1.0)], None, safe)]
+    if rule.kind == "bounded":
+        low, high = np.full_like(x, rule.low), np.full_like(x, rule.high)
+        return [(1.0, [(x, kernel, 1.0), (low, _pos(kernel), -1.0), (high, _neg(kernel), -1.0)],
+                 None, safe)]
+    xp, xn, wp, wn = _pos(x), _neg(x), _pos(kernel), _neg(kernel)
+    if rule.kind == "alpha_beta":
+        out = [(rule.alpha, [(xp, wp, 1.0), (xn, wn, 1.0)], b, safe)]
+        if rule.beta:
+            out.append((-rule.beta, [(xp, wn, 1.0), (xn, wp, 1.0)], b, safe))
+        return out
+    if rule.kind == "alpha_beta_x":
+        # innvestigate's AlphaBetaXRule: four single-layer terms, each with its copy's bias
+        # part (b+ with the positive weights, b- with the negative ones)
+        a0, a1, b0, b1 = rule.x_weights
+        bp = _pos(b) if b is not None else None
+        bn = _neg(b) if b is not None else None
+        candidates = [(a0, xp, wp, bp), (b1, xn, wn, bn), (-b0, xp, wn, bn), (-b1, xn, wp, bp)]
+        return [(k, [(xv, wv, 1.0)], bv, safe) for k, xv, wv, bv in candidates if k]
+    raise UnsupportedRule(f"rule {rule.kind!r} has no reference")
+
+
+def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
+    kind, eps = stabilizer
+    if kind == "safe":
+        return d + eps * (d == 0)
+    return d + np.where(d >= 0, eps, -eps)
+
+
+def apply_terms(op, term_list, relevance: np.ndarray, x_shape) -> tuple[np.ndarray, dict]:
+    """Relevance at the input of a linear layer, and the per-sample mechanisms."""
+    r_in = np.zeros(x_shape)
+    batch = relevance.shape[0]
+    axes = tuple(range(1, relevance.ndim))
+    kept_by_bias = np.zeros_like(relevance, dtype=bool)
+    present_kappa = np.zeros_like(relevance)
+    any_present = np.zeros_like(relevance, dtype=bool)
+    mech = {name: np.zeros(batch) for name in MECHANISMS}
+    for kappa, pairs, b, stabilizer in term_list:
+        c = sum(sign * op.forward(xv, wv) for xv, wv, sign in pairs)
+        d = c + b if b is not None else c
+        ds = stabilize(d, stabilizer)
+        s = relevance / ds
+        for xv, wv, sign in pairs:
+            r_in += sign * kappa * xv * op.transpose(s, wv, x_shape)
+        present = c != 0
+        any_present |= present
+        present_kappa += kappa * present
+        if b is not None:
+            kept_by_bias |= d != 0
+            bias_part = -kappa * np.broadcast_to(b, d.shape) / ds * relevance
+        else:
+            bias_part = np.zeros_like(d)
+        stab_part = kappa * (d - ds) / ds * relevance
+        # d == 0 with c != 0: the bias cancels the contributions exactly; the blow-up is the bias's
+        blowup = present & (d == 0)
+        mech["bias"] += np.where(present, bias_part + np.where(blowup, stab_part, 0), 0).sum(axis=axes)
+        mech["stabilizer"] += np.where(present & ~blowup, stab_part, 0).sum(axis=axes)
+    mech["unbalanced"] += np.where(any_present, (present_kappa - 1) * relevance, 0).sum(axis=axes)
+    lost = np.where(any_present, 0, -relevance)
+    mech["bias"] += np.where(kept_by_bias, lost, 0).sum(axis=axes)
+    mech["dropped"] += np.where(kept_by_bias, 0, lost).sum(axis=axes)
+    return r_in, mech
+
+
+def zero_mechanisms(batch: int) -> dict:
+    return {name: np.zeros(batch) for name in MECHANISMS}
