@@ -8,6 +8,7 @@ from .base.errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError
 from .checks.baseline import check_baseline
 from .checks.conservation import check_conservation
 from .checks.properties import check_batch_invariance, check_determinism, check_finite, check_positive
+from .checks.reference import check_reference
 from .engine.crashes import crash_line, model_label, shortened
 from .engine.workbench import NO_MODEL, workbench_key
 
@@ -18,6 +19,7 @@ CHECKS = {
     "positive": check_positive,
     "batch_invariance": check_batch_invariance,
     "determinism": check_determinism,
+    "reference": check_reference,
     "baseline": check_baseline,
 }
 ITEM_CHECKS = ("baseline",)  # where the baseline lives and whether to update it are run settings

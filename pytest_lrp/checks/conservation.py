@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..base.errors import LrpBeyondExpectation, LrpCheckFailed
 from ..base.lazy import np
 from .layers import describe_change, largest_change, layer_table
+from .leaks import judge, layer_lines, split_line
 
 if TYPE_CHECKING:  # the record imports the checks, not the other way round
     from .record import Analysis
@@ -19,11 +20,43 @@ def check_conservation(analysis: Analysis) -> None:
     if ceiling:
         raise LrpBeyondExpectation(ceiling + "\n" + worst_sample_line(analysis) + leak_lines(analysis))
     failing = analysis.failing
-    if failing.any():
-        raise LrpCheckFailed(
-            f"relevance not conserved: {int(failing.sum())} of {len(failing)} samples outside the tolerance "
-            f"({analysis.rule.analyzer} on {analysis.model.name})\n" + worst_sample_line(analysis) + leak_lines(analysis)
-        )
+    if not failing.any():
+        return
+    declared = declared_leaks_line(analysis)
+    if declared is None:
+        return  # every sample is conserved or leaks only by the mechanisms the rule declares
+    raise LrpCheckFailed(
+        f"relevance not conserved: {int(failing.sum())} of {len(failing)} samples outside the tolerance "
+        f"({analysis.rule.analyzer} on {analysis.model.name})\n" + worst_sample_line(analysis) + declared + leak_lines(analysis)
+    )
+
+
+def leak_verdict(analysis: Analysis):
+    """The `leaks:` verdict (checks/leaks.py), or None when the rule declares no leaks or they cannot be accounted."""
+    if not analysis.rule.leaks or analysis.leaks is None:
+        return None
+    return judge(analysis.leaks, analysis.failing, analysis.bounds, analysis.rule.leaks)
+
+
+def declared_leaks_line(analysis: Analysis):
+    """None when the declared leaks explain every failing sample; else the line saying why not ('' without `leaks:`)."""
+    declared = analysis.rule.leaks
+    if not declared:
+        return ""
+    names = ", ".join(declared)
+    verdict = leak_verdict(analysis)
+    if verdict is None:
+        why = analysis.reference.skipped or analysis.reference.problem if analysis.reference else None
+        return f"\nleaks: [{names}] declared, but this leak cannot be split by mechanism: {why or 'no numpy reference ran'}"
+    if verdict.holds:
+        return None
+    sample = analysis.worst if analysis.worst in verdict.beyond else min(verdict.beyond)
+    totals = analysis.leaks.totals(sample)
+    beyond = ", ".join(f"{name} {totals[name]:+.3g}" for name in verdict.beyond[sample])
+    return (
+        f"\nleaks: [{names}] declared; {len(verdict.beyond)} of {len(analysis.failing)} samples leak through something else; "
+        f"sample {sample}: beyond the tolerance ({analysis.bounds[sample]:.3g}): {beyond}"
+    )
 
 
 def non_finite_message(analysis: Analysis) -> str:
@@ -51,11 +84,17 @@ def ceiling_message(analysis: Analysis):
 
 
 def leak_lines(analysis: Analysis) -> str:
-    """The layer where the worst sample's relevance changes most, and the per-layer totals."""
-    if not analysis.layers:
-        return ""
+    """The layer where the worst sample's relevance changes most, the per-layer totals, and the leak by mechanism."""
     sample = analysis.worst
-    return "\n" + describe_change(largest_change(analysis.layers, sample), sample) + "\n" + layer_table(analysis.layers, sample)
+    lines = []
+    if analysis.layers:
+        lines += [describe_change(largest_change(analysis.layers, sample), sample), layer_table(analysis.layers, sample)]
+    if analysis.leaks is not None:
+        lines.append(split_line(analysis.leaks, sample, float(analysis.targets[sample])))
+        per_layer = layer_lines(analysis.leaks, sample)
+        if per_layer:
+            lines.append(per_layer)
+    return "".join("\n" + line for line in lines)
 
 
 def describe_target(analysis: Analysis, sample: int) -> str:

@@ -6,11 +6,14 @@ The engine fills it (engine/analysis.py); nothing here runs TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..base.lazy import np
 from ..config.rulefile import Rule
 from ..models.modelfile import ModelFile
 from .conservation import check_conservation
+from .leaks import LeakAccount
+from .reference import ReferenceComparison
 
 
 @dataclass
@@ -25,6 +28,8 @@ class Analysis:
     softmax_stripped: bool
     layers: list = field(default_factory=list, repr=False)  # LayerRelevance, output first, input last
     reruns: dict = field(default_factory=dict, repr=False)  # extra heatmaps for determinism / batch_invariance (reruns.py)
+    reference: Optional[ReferenceComparison] = field(default=None, repr=False)  # the numpy reference's verdict (check 'reference')
+    leaks: Optional[LeakAccount] = field(default=None, repr=False)  # the leak split by mechanism (LRP and Deep Taylor)
 
     @property
     def sums(self) -> np.ndarray:

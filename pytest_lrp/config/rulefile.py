@@ -22,11 +22,16 @@ TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)
 TOP_LEVEL_KEYS = ("defaults", "rules")
 DEFAULT_KEYS = ("models", "inputs", "samples", "seed", "tolerance", "neuron_selection", "target", "max_error",
-                "checks", "baseline", "baseline_tolerance")
+                "checks", "baseline", "baseline_tolerance", "reference_tolerance")
 RULE_KEYS = ("id", "analyzer", "params", "target", "tolerance", "xfail", "neuron_selection", "max_error",
-             "checks", "baseline", "baseline_tolerance")
+             "checks", "baseline", "baseline_tolerance", "reference_tolerance", "leaks")
 # Each check is a test of its own (id "<check>[<model>-<rule>]"), generated in this order.
-CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determinism", "baseline")
+CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determinism", "reference", "baseline")
+# How a rule's own formula loses relevance (pytest_lrp.reference computes each; a test
+# keeps this list equal to the reference's): `leaks:` may name them.
+LEAK_MECHANISMS = ("bias", "stabilizer", "dropped", "unbalanced", "gradient")
+# The analyzers whose leaks have mechanisms: those that propagate relevance by a rule's formula.
+LEAK_ANALYZER_FAMILIES = ("lrp", "deep_taylor")
 DEFAULT_CHECKS = ("conservation", "finite")
 TOLERANCE_KEYS = ("rtol", "atol")
 # innvestigate keywords the plugin sets itself; a rule must not fight over them.
@@ -52,6 +57,9 @@ class Tolerance:
 # Float32 noise between machines and batch sizes is well below 1e-4 of a value; a
 # changed explanation is not.
 BASELINE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-6)
+# innvestigate (float32) vs the numpy reference (float64), relative to the largest |relevance|
+# of a sample at a layer (checks/reference.py); measured on the example suite, see README.
+REFERENCE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-6)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class Rule:
     max_error: Optional[float] = None
     checks: tuple = DEFAULT_CHECKS
     baseline_tolerance: Tolerance = BASELINE_TOLERANCE  # element-wise, for comparing heatmaps (baseline, batch_invariance)
+    reference_tolerance: Tolerance = REFERENCE_TOLERANCE  # innvestigate vs the numpy reference (check 'reference')
+    leaks: tuple = ()  # mechanisms whose loss the conservation test accepts (LEAK_MECHANISMS)
     source: str = field(default="", compare=False)  # the rule file (or test) it came from, for messages
 
     def where(self, key: str) -> str:
@@ -230,6 +240,7 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
         analyzer=analyzer,
         params=dict(params),
         xfail=_xfail(raw.get("xfail"), here.key("xfail")),
+        leaks=_leaks(raw.get("leaks"), analyzer, here.key("leaks")),
         source=shown(where.path),
         **values,
     )
@@ -247,20 +258,35 @@ def _check_settings(raw: dict, inherited: dict, where: _Where) -> dict:
     if not checks:
         raise where.key("checks").error(f"no check left to run; name at least one of {', '.join(CHECK_NAMES)}")
     tolerance = _tolerance(raw.get("baseline_tolerance"), inherited.get("baseline_tolerance", BASELINE_TOLERANCE), where.key("baseline_tolerance"))
-    return {"checks": tuple(c for c in CHECK_NAMES if c in checks), "baseline_tolerance": tolerance}
+    reference = _tolerance(raw.get("reference_tolerance"), inherited.get("reference_tolerance", REFERENCE_TOLERANCE), where.key("reference_tolerance"))
+    return {"checks": tuple(c for c in CHECK_NAMES if c in checks), "baseline_tolerance": tolerance, "reference_tolerance": reference}
 
 
 def _checks(value, where: _Where) -> tuple:
+    return _names(value, CHECK_NAMES, "check", where)
+
+
+def _names(value, known: tuple, what: str, where: _Where) -> tuple:
+    """A non-empty list (or one string) of names out of ``known``; a misspelling gets a suggestion."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise where.error(f"expected a non-empty list of checks ({', '.join(CHECK_NAMES)}), got {_kind(value)}")
+        raise where.error(f"expected a non-empty list of {what}s ({', '.join(known)}), got {_kind(value)}")
     for name in value:
-        if name not in CHECK_NAMES:
-            match = difflib.get_close_matches(str(name), CHECK_NAMES, n=1)
-            hint = f"did you mean '{match[0]}'?" if match else f"known: {', '.join(CHECK_NAMES)}"
-            raise where.error(f"unknown check {name!r} ({hint})")
+        if name not in known:
+            match = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean '{match[0]}'?" if match else f"known: {', '.join(known)}"
+            raise where.error(f"unknown {what} {name!r} ({hint})")
     return tuple(value)
+
+
+def _leaks(value, analyzer: str, where: _Where) -> tuple:
+    if value is None:
+        return ()
+    names = _names(value, LEAK_MECHANISMS, "mechanism", where)
+    if analyzer.split(".")[0] not in LEAK_ANALYZER_FAMILIES:
+        raise where.error(f"analyzer '{analyzer}' has no leak mechanisms (only LRP and Deep Taylor rules do); use xfail to expect its conservation to fail")
+    return tuple(m for m in LEAK_MECHANISMS if m in names)
 
 
 def _reject_unknown_keys(mapping: dict, known, where: _Where, what: str) -> None:
@@ -358,7 +384,7 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
 
 
-MARKER_KEYS = ("id", "target", "tolerance", "neuron_selection", "max_error")
+MARKER_KEYS = ("id", "target", "tolerance", "neuron_selection", "max_error", "leaks", "reference_tolerance")
 
 
 def rule_from_marker(label: str, args: tuple, kwargs: dict) -> Rule:

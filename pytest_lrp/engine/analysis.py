@@ -17,7 +17,8 @@ from ..base.tf_runtime import innvestigate, tensorflow
 from ..checks.record import Analysis, heatmap_sums
 from ..config.rulefile import Rule
 from ..models.modelfile import ModelFile
-from .layer_relevance import layer_relevance
+from .layer_relevance import layer_maps, layer_relevance
+from .reference_run import run_reference, wanted
 from .reruns import extra_runs
 
 
@@ -52,9 +53,14 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         heatmaps = np.asarray(_run(analyzer, rule, x))
         selected = outputs[np.arange(len(x)), neurons]
         layers = layer_relevance(inn, analyzer, explained, heatmap_sums(heatmaps), selected)
+        maps = layer_maps(inn, analyzer, explained) if "reference" in rule.checks else {}
         # After layer_relevance: every further run replaces the analyzer's kept tensors.
         reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
         reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
+    targets = _targets(rule, selected, reference, neurons)
+    comparison, leaks = None, None
+    if wanted(rule):
+        comparison, leaks = run_reference(model, rule, x, heatmaps, outputs, neurons, heatmap_sums(heatmaps) - targets, layers, maps)
     return Analysis(
         model=model,
         rule=rule,
@@ -62,10 +68,12 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         heatmaps=heatmaps,
         outputs=outputs,
         neurons=neurons,
-        targets=_targets(rule, selected, reference, neurons),
+        targets=targets,
         softmax_stripped=stripped,
         layers=layers,
         reruns=reruns,
+        reference=comparison,
+        leaks=leaks,
     )
 
 

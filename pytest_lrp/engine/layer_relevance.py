@@ -51,6 +51,28 @@ def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output
     return result
 
 
+def layer_maps(inn, analyzer, keras_model) -> dict:
+    """innvestigate's element-wise relevance at each layer's output: {layer name: (array, names of its consumers)}.
+
+    The value kept for a node's input is the relevance arriving at that tensor from all its
+    consumers, so it is keyed here by the layer that produced the tensor. The model input is
+    left out: the heatmap is its relevance.
+    """
+    kept = getattr(analyzer, "_reversed_tensors", None)
+    if not kept:
+        return {}
+    arrays = dict(kept)
+    graph = inn.backend.graph.get_model_execution_graph(keras_model)
+    maps = {}
+    for nid in sorted(k for k in graph if k is not None):
+        node = graph[nid]
+        for index, creator in enumerate(node["Xs_nids"]):
+            if (nid, index) in arrays and creator in graph and creator is not None:
+                entry = maps.setdefault(graph[creator]["layer"].name, (np.asarray(arrays[(nid, index)]), []))
+                entry[1].append(node["layer"].name)
+    return maps
+
+
 def _per_sample(array, samples: int) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim == 0 or array.shape[0] != samples:

@@ -117,7 +117,9 @@ def _remembered(cache: dict, key, compute, errors=Exception):
 
 def _rule_key(rule: Rule) -> tuple:
     params = json.dumps(rule.params, sort_keys=True, default=repr)
-    return (rule.analyzer, params, rule.target, rule.neuron_selection, reruns_needed(rule))
+    # The reference check compares inside the analysis (no per-layer maps are kept), with this rule's tolerance.
+    reference = rule.reference_tolerance if "reference" in rule.checks else None
+    return (rule.analyzer, params, rule.target, rule.neuron_selection, reruns_needed(rule), reference)
 
 
 def _digest(x: np.ndarray) -> str:

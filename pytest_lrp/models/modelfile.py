@@ -33,6 +33,8 @@ class ModelFile:
     weights: list = field(repr=False)
     sequential: bool
     trusted: bool = False  # rebuilding a trusted model may deserialize its Lambda layers
+    # The numpy reference's copy (or why it cannot have one), built once by engine/reference_run.py.
+    reference_model: object = field(default=None, repr=False)
 
     @property
     def input_shape(self) -> tuple:

@@ -1,0 +1,114 @@
+"""The numpy reference beside each analysis: built once per model, run once per analysis.
+
+For every LRP and Deep Taylor analysis the reference (pytest_lrp.reference) splits
+each layer's change into the mechanisms of the rule's formula (checks/leaks.py);
+for rules with the `reference` check it also compares innvestigate's relevance with
+the reference's, layer by layer (checks/reference.py). Both are reduced to small
+summaries here, inside the analysis, so that no per-layer map outlives it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from ..base.lazy import np
+from ..checks.leaks import MECHANISMS, LayerLeaks, LeakAccount
+from ..checks.reference import FORWARD_RTOL, ReferenceComparison, compare
+from ..config.rulefile import Rule
+from ..models.modelfile import ModelFile
+
+
+def accounts_leaks(analyzer: str) -> bool:
+    """The analyzers whose leaks have mechanisms: relevance propagation by a rule's formula."""
+    return analyzer.split(".")[0] in ("lrp", "deep_taylor")
+
+
+def wanted(rule: Rule) -> bool:
+    return "reference" in rule.checks or accounts_leaks(rule.analyzer)
+
+
+def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndarray, outputs: np.ndarray,
+                  neurons: np.ndarray, errors: np.ndarray, layers: list, maps: dict):
+    """(ReferenceComparison or None, LeakAccount or None) for one analysis.
+
+    ``outputs`` are the explained model's outputs (softmax stripped), ``errors`` sum(R) - target
+    per sample, ``layers`` innvestigate's per-layer totals (LayerRelevance, output first) and
+    ``maps`` its per-element relevance at each layer's inputs ({layer name: [array per input]}).
+    """
+    from ..reference import UnsupportedLayer, UnsupportedRule, explain
+
+    started = time.perf_counter()
+    comparison = ReferenceComparison(tolerance=rule.reference_tolerance)
+    try:
+        reference_model = _reference_model(model)
+        problem = _forward_problem(reference_model.predict(x), outputs, model)
+        if problem:
+            comparison.problem = problem
+            return comparison, None
+        # innvestigate's own choice of neuron: float32 and float64 may rank near-equal outputs differently.
+        result = explain(reference_model, x.astype(np.float64), rule.analyzer, dict(rule.params), "index", neurons,
+                         keep_maps="reference" in rule.checks)
+    except (UnsupportedLayer, UnsupportedRule) as exc:
+        comparison.skipped = f"the numpy reference cannot judge {rule.analyzer} on {model.name}: {exc}"
+        return comparison, None
+    account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
+    if "reference" in rule.checks:
+        comparison.layers = _layer_differences(result, maps, rule)
+        comparison.heatmaps = compare("the heatmaps", result.heatmap, heatmaps, rule.reference_tolerance)
+    comparison.seconds = time.perf_counter() - started
+    return comparison, account
+
+
+def _reference_model(model: ModelFile):
+    """The reference's copy of the model, built from its config and weights once per model file."""
+    from ..reference import ReferenceModel
+
+    if model.reference_model is None:
+        try:
+            weights = {layer.name: layer.get_weights() for layer in model.keras_model.layers}
+            model.reference_model = ReferenceModel.from_keras(model.config, weights)
+        except Exception as exc:  # remembered: every rule of this model skips with the same line
+            model.reference_model = exc
+    if isinstance(model.reference_model, Exception):
+        raise model.reference_model.with_traceback(None)
+    return model.reference_model
+
+
+def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFile) -> Optional[str]:
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(outputs.shape)
+    difference = float(np.max(np.abs(predicted - outputs), initial=0.0))
+    scale = float(np.max(np.abs(outputs), initial=0.0))
+    if np.isfinite(difference) and difference <= FORWARD_RTOL * (1.0 + scale):
+        return None
+    return (
+        f"the numpy reference's forward pass differs from the model's outputs (max difference {difference:.3g} "
+        f"on outputs up to {scale:.3g}); the reference has misread {model.name}, so it cannot judge its relevance"
+    )
+
+
+def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
+    changes = {layer.name: layer.at_inputs - layer.at_output for layer in layers if layer.cls != "InputLayer"}
+    accounted = []
+    for layer in result.layers:
+        mechanisms = {name: np.asarray(layer.mechanisms.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
+        accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))
+    return LeakAccount(layers=accounted, errors=np.asarray(errors, dtype=np.float64))
+
+
+def _layer_differences(result, maps: dict, rule: Rule) -> list:
+    """From the output down: the relevance each layer hands to the layer below, innvestigate's vs the reference's."""
+    accounts = {account.name: account for account in result.layers}
+    differences = []
+    for account in result.layers:
+        if account.name not in maps or not account.maps:
+            continue
+        kept, consumers = maps[account.name]
+        reference_map = np.asarray(account.maps["out"], dtype=np.float64)
+        if np.size(kept) != np.size(reference_map) or consumers[0] not in accounts:
+            continue
+        consumer = accounts[consumers[0]]
+        shared = f" (with {', '.join(repr(c) for c in consumers[1:])})" if len(consumers) > 1 else ""
+        where = f"layer '{consumer.name}' ({consumer.class_name}, rule {consumer.rule}): relevance it hands to '{account.name}'{shared}"
+        differences.append(compare(where, reference_map, kept, rule.reference_tolerance))
+    return differences
