@@ -7,6 +7,7 @@ import pytest
 from ..base.errors import LrpUsageError
 from ..checks.layers import describe_change, largest_change
 from ..engine.workbench import workbench_key
+from .accounting import junit_properties, split_text
 from .results import REPORT_ATTRIBUTE, outcome_of, result_record
 
 records_key = pytest.StashKey[list]()
@@ -15,9 +16,12 @@ records_key = pytest.StashKey[list]()
 def before_report(item) -> None:
     """JUnit XML properties; they must be on the item before its report is made."""
     analysis = getattr(item, "analysis", None)
-    if analysis is None or item.check != "conservation" or getattr(item, "_lrp_properties_recorded", False):
+    if analysis is None or getattr(item, "_lrp_properties_recorded", False):
         return
     item._lrp_properties_recorded = True
+    if item.check != "conservation":
+        item.user_properties.extend(junit_properties(item, analysis))
+        return
     leak = largest_change(analysis.layers, analysis.worst) if analysis.layers else None
     tolerance = item.rule.tolerance
     item.user_properties.extend([
@@ -25,6 +29,7 @@ def before_report(item) -> None:
         ("lrp_max_relative_error", f"{float(analysis.relative_errors.max()):.6g}"),
         ("lrp_tolerance", f"rtol={tolerance.rtol:g} atol={tolerance.atol:g}"),
         ("lrp_leak_layer", f"{leak.name} ({leak.cls})" if leak else ""),
+        *junit_properties(item, analysis),
     ])
 
 
@@ -41,6 +46,8 @@ def after_report(item, report, call) -> None:
     analysis = item.analysis
     if analysis is not None and analysis.layers and hasattr(report, "wasxfail") and report.skipped:
         report.wasxfail += "; " + describe_change(largest_change(analysis.layers, analysis.worst), analysis.worst)
+    if analysis is not None and analysis.leaks is not None and hasattr(report, "wasxfail") and report.skipped:
+        report.wasxfail += "; leak by mechanism (numpy reference): " + split_text(analysis)
     settings = item.config.stash[workbench_key].settings
     folder = settings.path("lrp_heatmaps")
     if folder is not None and analysis is not None:

@@ -10,6 +10,7 @@ from typing import Optional
 
 from ..base.lazy import np
 from ..checks.layers import largest_change
+from .accounting import leak_record, reference_record, split_text
 
 REPORT_ATTRIBUTE = "lrp"
 
@@ -62,6 +63,10 @@ def result_record(item, report) -> dict:
         layers=[{"name": layer.name, "class": layer.cls, "relevance": _number(layer.at_output[worst])} for layer in analysis.layers],
         leak_layer=_leak(leak, worst),
     )
+    if item.check == "conservation":
+        record.update(leaks=leak_record(analysis, _number), leak_split=split_text(analysis))
+    if item.check == "reference":
+        record["reference"] = reference_record(analysis.reference, _number)
     return record
 
 

@@ -6,7 +6,7 @@ from ..config.rulefile import CHECK_NAMES
 
 # Outcomes where relevance was not conserved; elsewhere the largest change is float noise.
 LEAKING = ("failed", "xfailed")
-COLUMNS = ("model", "rule", "analyzer", "max |error|", "max rel. error", "tolerance", "outcome", "leaking layer")
+COLUMNS = ("model", "rule", "analyzer", "max |error|", "max rel. error", "tolerance", "outcome", "leaking layer", "leak by mechanism")
 
 
 def summary_rows(records: list) -> list:
@@ -27,6 +27,7 @@ def summary_rows(records: list) -> list:
             f"rtol {tol['rtol']:g}, atol {tol['atol']:g}" if conservation else "",
             r["outcome"],
             f"{leak['name']} ({leak['class']})" if leak and r["outcome"] in LEAKING else "-",
+            _mechanisms(r) if conservation else "",
         ))
     return rows
 
@@ -41,6 +42,15 @@ def write_summary(terminalreporter, records: list) -> None:
     terminalreporter.write_line(line(COLUMNS))
     for row in rows:
         terminalreporter.write_line(line(row))
+
+
+def _mechanisms(record: dict) -> str:
+    """The worst sample's leak by mechanism; for a rule with `leaks:`, whether they explain it."""
+    leaks = record.get("leaks")
+    if not leaks or leaks["verdict"] == "conserved":
+        return "-"
+    declared = f" (declared: {', '.join(leaks['declared'])}; {leaks['verdict']})" if leaks["declared"] else ""
+    return (record.get("leak_split") or "-") + declared
 
 
 def _format(value, pattern: str) -> str:
