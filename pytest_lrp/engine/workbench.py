@@ -71,15 +71,28 @@ class Workbench:
         # Every test of a broken model reports the same line; the file is read once.
         return _remembered(self._models, path, load, LrpUsageError)
 
+    def keras3_header_lines(self) -> list:
+        """Which model files Keras 3 wrote, and whether their translation is checked (models/fidelity.py)."""
+        from ..models.fidelity import header_lines
+
+        try:
+            return header_lines(self.model_paths(), self.settings.inputs(self.rule_file))
+        except LrpUsageError:
+            return []  # a broken rule file is reported at collection, in one line
+
     def inputs(self, model) -> np.ndarray:
+        from ..models.fidelity import check_outputs
         from ..models.inputs import load_inputs
 
-        if model.path not in self._inputs:
+        def load():
             rule_file = self.rule_file
-            self._inputs[model.path] = load_inputs(
-                self.settings.inputs(rule_file), model.input_shape, self.settings.samples(rule_file), self.settings.seed(rule_file)
-            )
-        return self._inputs[model.path]
+            path = self.settings.inputs(rule_file)
+            x = load_inputs(path, model.input_shape, self.settings.samples(rule_file), self.settings.seed(rule_file))
+            # Outputs recorded beside the inputs (y) that the model does not reproduce: every test of it errors.
+            check_outputs(model, x, path)
+            return x
+
+        return _remembered(self._inputs, model.path, load, LrpUsageError)
 
     def analysis(self, model_path: Path, rule: Rule, x: Optional[np.ndarray] = None):
         from .analysis import analyze

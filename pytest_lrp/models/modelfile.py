@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
 from ..base.tf_runtime import tensorflow
+from .keras3 import load_keras3_model
+from .keras3_archive import is_keras3, keras_version_of
 from .supported import check_softmax_only_at_the_end
 from .trust import check_before_loading, deserialization_scope
 
@@ -35,6 +38,7 @@ class ModelFile:
     trusted: bool = False  # rebuilding a trusted model may deserialize its Lambda layers
     # The numpy reference's copy (or why it cannot have one), built once by engine/reference_run.py.
     reference_model: object = field(default=None, repr=False)
+    keras3_version: Optional[str] = None  # a Keras 3 file, translated to tf.keras 2 (keras3.py)
 
     @property
     def input_shape(self) -> tuple:
@@ -86,12 +90,12 @@ def load_model_file(path: Path, name: str, trusted: bool = False) -> ModelFile:
             f"{shown(path)}: TensorFlow eager execution is disabled in this process; pytest-lrp runs the analyses in their "
             "own graphs, so remove the global tf.compat.v1.disable_eager_execution() call"
         )
-    check_before_loading(path, trusted)
-    try:
-        # safe_mode (used for .keras only) refuses Lambda bytecode; trust lifts it.
-        model = tf.keras.models.load_model(str(path), compile=False, safe_mode=not trusted)
-    except Exception as exc:  # h5py, keras and TF raise many unrelated types for a bad file
-        raise LrpUsageError(f"{shown(path)}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
+    version = keras_version_of(path)
+    if is_keras3(version):
+        # Translated from its JSON config, never deserialized by Keras: no code in the file runs, trusted or not.
+        model = load_keras3_model(path)
+    else:
+        model = _load_tf_keras(tf, path, trusted)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise LrpUsageError(
             f"{shown(path)}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
@@ -110,7 +114,17 @@ def load_model_file(path: Path, name: str, trusted: bool = False) -> ModelFile:
         weights=model.get_weights(),
         sequential=isinstance(model, tf.keras.Sequential),
         trusted=trusted,
+        keras3_version=version if is_keras3(version) else None,
     )
+
+
+def _load_tf_keras(tf, path: Path, trusted: bool):
+    check_before_loading(path, trusted)
+    try:
+        # safe_mode (used for .keras only) refuses Lambda bytecode; trust lifts it.
+        return tf.keras.models.load_model(str(path), compile=False, safe_mode=not trusted)
+    except Exception as exc:  # h5py, keras and TF raise many unrelated types for a bad file
+        raise LrpUsageError(f"{shown(path)}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,6 +7,9 @@ legacy loader (``.h5``, SavedModel) has no safe mode, so the model config is
 read here as JSON first and such layers are refused unless the user says the
 file is trusted (``--lrp-trust-model`` / ``lrp_trust_model``).
 
+A file written by Keras 3 never gets here: keras3.py translates its config without
+deserializing anything, and refuses custom and Lambda layers whether trusted or not.
+
 A SavedModel folder is refused unless trusted: its TensorFlow graphs run as
 stored (they may read or write files) and cannot be vetted from their config.
 """
