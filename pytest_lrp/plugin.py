@@ -45,7 +45,10 @@ def pytest_report_header(config: pytest.Config) -> list:
     workbench = config.stash[workbench_key]
     if not workbench.settings.models_given and not workbench.rules_path.exists():
         return []
-    return [f"lrp: rules {workbench.rules_path}; a final softmax is stripped automatically, targets are pre-softmax outputs"]
+    return [
+        f"lrp: rules {workbench.rules_path}; a final softmax is stripped automatically, targets are pre-softmax outputs",
+        *workbench.keras3_header_lines(),
+    ]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
