@@ -37,6 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Records arrive with the test reports, also from pytest-xdist workers.
     config.pluginmanager.register(reporting.ResultCollector(config), "lrp-results")
     config.pluginmanager.register(BaselineSummary(config), "lrp-baselines")
+    html_path = workbench.settings.path("lrp_html")
+    if html_path is not None:
+        from .reports.html import HtmlReport
+
+        config.pluginmanager.register(HtmlReport(config, html_path, workbench), "lrp-html")
     _adopt_explicit_rule_file(config, workbench)
     _collect_rule_file_too(config, workbench)
 

@@ -11,6 +11,12 @@ DPI = 100
 
 
 def write_comparison_image(path: Path, difference, title: str) -> Path:
+    figure = comparison_figure(difference, title)
+    return write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
+
+
+def comparison_figure(difference, title: str, names=("baseline", "current"), dpi: int = DPI):
+    """Expected, actual and their difference for the worst sample (also drawn into the HTML report)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -20,12 +26,13 @@ def write_comparison_image(path: Path, difference, title: str) -> Path:
     baseline = _plane(difference.expected[sample])
     current = _plane(difference.actual[sample])
     change = current - baseline
-    figure = Figure(figsize=(7.5, 2.9), dpi=DPI)
+    figure = Figure(figsize=(7.5, 2.9), dpi=dpi)
     figure.suptitle(f"{title}, sample {sample}", fontsize=9)
     # Baseline and current share one symmetric scale so that equal colours mean equal
     # relevance; the difference gets its own, or small changes would be invisible.
     scale = _scale(baseline, current)
-    panels = (("baseline", baseline, scale), ("current", current, scale), ("current - baseline", change, _scale(change)))
+    expected_name, actual_name = names
+    panels = ((expected_name, baseline, scale), (actual_name, current, scale), (f"{actual_name} - {expected_name}", change, _scale(change)))
     for column, (name, plane, limit) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, 3, column)
         shown = axes.imshow(np.nan_to_num(plane), cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -33,7 +40,7 @@ def write_comparison_image(path: Path, difference, title: str) -> Path:
         axes.set_xticks([])
         axes.set_yticks([])
         figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-    return write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
+    return figure
 
 
 def _plane(heatmap: np.ndarray) -> np.ndarray:

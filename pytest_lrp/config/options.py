@@ -41,6 +41,7 @@ OPTIONS = (
     Option("--lrp-report", "lrp_report", "write the results of the LRP tests as JSON to PATH."),
     Option("--lrp-heatmaps", "lrp_heatmaps", "write a PNG of inputs and heatmaps to DIR for every failing or xfailing LRP test."),
     Option("--lrp-heatmaps-all", "lrp_heatmaps_all", "with --lrp-heatmaps: a PNG for every LRP test.", "bool", "store_true"),
+    Option("--lrp-html", "lrp_html", "write one self-contained HTML page of the LRP results (table, heatmaps, relevance per layer) to PATH."),
     Option("--lrp-no-summary", "lrp_no_summary", "do not print the table of LRP results at the end of the run.", "bool", "store_true"),
 )
 

@@ -38,9 +38,9 @@ def write_heatmap_image(folder: Path, nodeid: str, analysis) -> Path:
     for i in range(samples):
         row, pair = divmod(i, PAIRS_PER_ROW)
         shown_input = figure.add_subplot(rows, columns, row * columns + 2 * pair + 1)
-        shown_input.imshow(_as_image(analysis.inputs[i]), cmap="gray", interpolation="nearest")
+        shown_input.imshow(as_image(analysis.inputs[i]), cmap="gray", interpolation="nearest")
         shown_input.set_title(f"input {i}", fontsize=7)
-        heatmap = _as_plane(analysis.heatmaps[i])
+        heatmap = as_plane(analysis.heatmaps[i])
         scale = float(np.nanmax(np.abs(heatmap))) if np.isfinite(heatmap).any() else 1.0
         scale = scale if scale > 0 else 1.0
         shown_map = figure.add_subplot(rows, columns, row * columns + 2 * pair + 2)
@@ -55,7 +55,7 @@ def write_heatmap_image(folder: Path, nodeid: str, analysis) -> Path:
     return write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
 
 
-def _as_plane(array: np.ndarray) -> np.ndarray:
+def as_plane(array: np.ndarray) -> np.ndarray:
     """A 2-D view of one sample: channels summed, vectors as a single row."""
     array = np.asarray(array, dtype=np.float64)
     if array.ndim == 3:
@@ -65,9 +65,9 @@ def _as_plane(array: np.ndarray) -> np.ndarray:
     return array.reshape(1, -1)
 
 
-def _as_image(array: np.ndarray) -> np.ndarray:
+def as_image(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array, dtype=np.float64)
     if array.ndim == 3 and array.shape[-1] == 3:
         low, high = array.min(), array.max()
         return (array - low) / (high - low) if high > low else np.zeros_like(array)
-    return _as_plane(array)
+    return as_plane(array)

@@ -56,6 +56,10 @@ def after_report(item, report, call) -> None:
             from .heatmap_images import write_heatmap_image
 
             write_heatmap_image(folder, report.nodeid, analysis)
+    from . import html_images  # cheap: matplotlib and numpy load only when pictures are drawn
+
+    if html_images.wanted(item.config, settings):
+        html_images.attach_pictures(item, report, settings, item.config.stash[workbench_key].rules_path)
 
 
 class ResultCollector:

@@ -1,0 +1,406 @@
+"""The HTML report (--lrp-html): its content against numpy, xdist, pytest-html, and a real browser."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RULES = (
+    "rules:\n"
+    "  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n"
+    "  - {id: z-strict, analyzer: lrp.z, tolerance: {rtol: 1.0e-9, atol: 0}}\n"
+    "  - {id: flat, analyzer: lrp.flat, checks: [conservation, finite, determinism]}\n"
+)
+
+
+class Page(HTMLParser):
+    """The parts of the report a test reads: table rows, images, sections, captions."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.rows, self.images, self.sections, self.captions = [], [], [], []
+        self._row = self._cell = self._caption = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-outcome" in attrs:
+            self._row = {"id": attrs["id"], "outcome": attrs["data-outcome"], "nodeid": attrs["title"], "cells": [], "links": []}
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+        elif tag == "a" and self._row is not None:
+            self._row["links"].append(attrs["href"])
+        elif tag == "img":
+            self.images.append(attrs)
+        elif tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "figcaption":
+            self._caption = []
+
+    def handle_data(self, data):
+        for part in (self._cell, self._caption):
+            if part is not None:
+                part.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._row["cells"].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+        elif tag == "figcaption":
+            self.captions.append("".join(self._caption))
+            self._caption = None
+
+
+def _decode(src: str) -> np.ndarray:
+    import matplotlib.image
+
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    return matplotlib.image.imread(io.BytesIO(base64.b64decode(src[len(prefix):])), format="png")
+
+
+def _run(pytester, *args):
+    result = pytester.runpytest(*args, "--lrp-html=report.html", "--lrp-report=report.json")
+    page = Page((pytester.path / "report.html").read_text())
+    records = json.loads((pytester.path / "report.json").read_text())["results"]
+    return result, page, records
+
+
+def test_the_page_lists_every_test_failures_first_with_the_numbers_numpy_computes(lrp_project, pytester):
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\n" + RULES)
+    result, page, records = _run(pytester, f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    result.assert_outcomes(failed=1, xfailed=1, passed=5)
+    result.stdout.fnmatch_lines(["lrp: HTML report */report.html"])
+
+    assert sorted(row["nodeid"] for row in page.rows) == sorted(r["nodeid"] for r in records)
+    outcomes = [row["outcome"] for row in page.rows]
+    assert outcomes == ["failed", "xfailed"] + ["passed"] * 5
+    assert [row["cells"][:3] for row in page.rows[:2]] == [["biased", "z-strict", "conservation"], ["biased", "z", "conservation"]]
+    # Then by model, rule and check in the documented order.
+    assert [row["cells"][1:3] for row in page.rows[2:]] == [
+        ["flat", "conservation"], ["flat", "finite"], ["flat", "determinism"], ["z", "finite"], ["z-strict", "finite"]]
+
+    net = lrp_project.biased
+    x = np.load(lrp_project.inputs)["x"]
+    outputs = net.outputs(x)
+    sums = net.lrp_z(x).sum(axis=1)
+    errors = np.abs(sums - outputs.max(axis=1))
+    z = next(row for row in page.rows if row["cells"][1] == "z" and row["cells"][2] == "conservation")
+    model, rule, check, outcome, max_error, relative, tolerance, leak = z["cells"]
+    assert (outcome, tolerance) == ("xfailed", "rtol 1e-05, atol 1e-06")
+    assert float(max_error) == pytest.approx(errors.max(), rel=1e-3)  # printed to 4 digits
+    assert float(relative.rstrip("%")) / 100 == pytest.approx((errors / np.abs(outputs.max(axis=1))).max(), abs=1e-4)
+    json_leak = next(r for r in records if r["nodeid"] == z["nodeid"])["leak_layer"]
+    assert leak == f"{json_leak['name']} (Dense)"
+    # Every table row links to its rule's section, and every section exists.
+    assert {row["links"][0] for row in page.rows} == {f"#{s}" for s in page.sections}
+    assert len(page.sections) == 3
+
+    # Each sample's caption: the heatmap's sum and the target numpy computes.
+    captions = [c for c in page.captions if c.startswith(tuple(f"{i}: R" for i in range(len(x))))]
+    assert len(captions) == 3 * len(x)
+    z_captions = captions[len(x):2 * len(x)]  # sections in order: flat, z, z-strict
+    for i, caption in enumerate(z_captions):
+        r, t = caption.split(": R ")[1].split(" / t ")
+        assert float(r) == pytest.approx(sums[i], rel=1e-3) and float(t) == pytest.approx(outputs[i].max(), rel=1e-3)
+
+
+def test_heatmap_thumbnails_red_positive_blue_negative(lrp_project, pytester):
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n")
+    _, page, _ = _run(pytester, f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    x = np.load(lrp_project.inputs)["x"]
+    relevance = lrp_project.biased.lrp_z(x)
+    heatmaps = [img for img in page.images if img.get("alt", "").startswith("heatmap ")]
+    assert len(heatmaps) == len(x)
+    for i, img in enumerate(heatmaps):
+        pixels = _decode(img["src"])
+        assert pixels.shape[:2] == (1, x.shape[1])  # a vector of 5 is one row of 5 pixels
+        red, blue = pixels[0, :, 0], pixels[0, :, 2]
+        scale = np.abs(relevance[i]).max()
+        for value, r, b in zip(relevance[i], red, blue):
+            if value > 0.05 * scale:
+                assert r > b
+            elif value < -0.05 * scale:
+                assert b > r
+        # Symmetric scale: the largest |value| is fully saturated.
+        strongest = int(np.abs(relevance[i]).argmax())
+        assert min(red[strongest], blue[strongest]) < 0.05
+
+
+def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
+    # A bias only in layer 'd2': the z rule conserves everywhere else, so that is the leak.
+    tf = tensorflow_imported_once
+    rng = np.random.default_rng(5)
+    model = tf.keras.Sequential([
+        tf.keras.Input((4,)),
+        tf.keras.layers.Dense(6, activation="relu", use_bias=False, name="d1"),
+        tf.keras.layers.Dense(5, activation="relu", name="d2"),
+        tf.keras.layers.Dense(3, use_bias=False, name="out"),
+    ])
+    model.set_weights([np.abs(rng.normal(0.5, 0.3, w.shape)).astype(np.float32) for w in model.get_weights()])
+    model.save(pytester.path / "chain.h5")
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: bias in d2}\n")
+    result, page, records = _run(pytester, "--lrp-model=chain.h5", "rules.yaml", "-k", "conservation")
+    result.assert_outcomes(xfailed=1)
+    (chart,) = [img for img in page.images if img["alt"].startswith("relevance per layer")]
+    assert _decode(chart["src"]).shape[1] > 200
+    (record,) = records
+    for layer in record["layers"]:
+        assert f"{layer['name']} {layer['relevance']:.4g}" in chart["alt"]
+    assert any(c.startswith("leaking layer: d2 (Dense), change ") for c in page.captions)
+    assert page.rows[0]["cells"][-1] == "d2 (Dense)"
+
+
+def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: flat, analyzer: lrp.flat}}\n")
+    pytester.makeini("[pytest]\nlrp_html = out/lrp.html\n")
+    (pytester.path / "out").mkdir()
+    (pytester.path / "out" / "lrp.html").write_text("old page")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
+    result.assert_outcomes(passed=2)
+    text = (pytester.path / "out" / "lrp.html").read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert len(Page(text).rows) == 2
+    assert [p.name for p in (pytester.path / "out").iterdir()] == ["lrp.html"]  # no temporary file left
+
+
+def test_a_killed_run_leaves_the_old_page(lrp_project, pytester):
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: flat, analyzer: lrp.flat}}\n")
+    pytester.makepyfile(test_zz_killed="import os, signal\n\ndef test_kill():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    (pytester.path / "report.html").write_text("old page")
+    pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "test_zz_killed.py", "--lrp-html=report.html", "-p", "no:cacheprovider")
+    assert (pytester.path / "report.html").read_text() == "old page"
+    assert not [p for p in pytester.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_comparison_failures_show_expected_current_and_difference(lrp_project, pytester):
+    lrp_project.rules(
+        f"defaults:\n  inputs: {lrp_project.inputs}\n  baseline: true\n"
+        "rules:\n  - {id: flat, analyzer: lrp.flat, checks: [baseline]}\n"
+        "  - {id: noise, analyzer: random, target: output, checks: [determinism], xfail: no}\n"
+    )
+    model = f"--lrp-model={lrp_project.biased.path}"
+    pytester.runpytest(model, "rules.yaml", "--lrp-update-baselines").assert_outcomes(passed=1, failed=1)
+    stored = pytester.path / "lrp_baselines" / "biased" / "flat.npz"
+    with np.load(stored) as baseline:
+        heatmaps, metadata = baseline["heatmaps"].copy(), baseline["metadata"]
+    heatmaps[2, 1] += 0.5
+    np.savez(stored, heatmaps=heatmaps, metadata=metadata)
+    result, page, _ = _run(pytester, model, "rules.yaml")
+    result.assert_outcomes(failed=2)
+    figures = {c.split(":")[0]: c for c in page.captions if " / difference" in c}
+    assert figures["baseline"] == "baseline: baseline / current / difference, worst sample 2"
+    assert figures["determinism"].startswith("determinism: first / second / difference, worst sample ")
+    comparison = [img for img in page.images if img["alt"] == "baseline / current / difference"]
+    assert len(comparison) == 1 and _decode(comparison[0]["src"]).shape[1] > 300
+
+
+def test_one_page_from_xdist_workers(lrp_project, pytester):
+    pytest.importorskip("xdist")
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\n" + RULES)
+    model = f"--lrp-model={lrp_project.biased.path}"
+    _, alone, _ = _run(pytester, model, "rules.yaml", "-p", "no:randomly")
+    (pytester.path / "report.html").unlink()
+    result = pytester.runpytest_subprocess(model, "rules.yaml", "-n", "2", "--lrp-html=report.html")
+    result.assert_outcomes(failed=1, xfailed=1, passed=5)
+    spread = Page((pytester.path / "report.html").read_text())
+    assert [(r["nodeid"], r["outcome"], r["cells"]) for r in spread.rows] == [(r["nodeid"], r["outcome"], r["cells"]) for r in alone.rows]
+    # The pictures came from the workers: all samples of all three sections, the same pixels.
+    assert [i["alt"] for i in spread.images] == [i["alt"] for i in alone.images]
+    for a, b in zip(spread.images, alone.images):
+        np.testing.assert_array_equal(_decode(a["src"]), _decode(b["src"]))
+
+
+def test_pytest_html_rows_carry_heatmaps_and_chart(lrp_project, pytester):
+    pytest.importorskip("pytest_html")
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n")
+    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "--html=ph.html", "--self-contained-html")
+    result.assert_outcomes(xfailed=1, passed=1)
+    text = (pytester.path / "ph.html").read_text()
+    blob = json.loads(html.unescape(re.search(r'data-jsonblob="([^"]*)"', text).group(1)))
+    for test in blob["tests"].values():
+        (report,) = [r for r in test if r["extras"]]
+        names = [extra["name"] for extra in report["extras"]]
+        assert names == ["inputs and heatmaps", "relevance per layer"]
+        mosaic, chart = (_decode(extra["content"]) for extra in report["extras"])  # self-contained: data URIs
+        # 6 samples of 5 inputs, four input/heatmap pairs a row, each value an 8 x 8 block, 6 pixels apart
+        assert mosaic.shape[:2] == (8 + 6 + 8, 4 * (5 * 8 + 2 + 5 * 8) + 3 * 6)
+        assert chart.shape[1] > 300
+
+
+# ---- in a real browser -------------------------------------------------------------------------
+
+class Chromium:
+    """Headless Chromium driven through the DevTools protocol over a pipe (--remote-debugging-pipe):
+    the browser reads commands from its fd 3 and writes answers and events to its fd 4, each
+    message a JSON text ended by a NUL byte. No websocket, no extra package."""
+
+    def __init__(self, executable: str):
+        self._profile = tempfile.mkdtemp(prefix="lrp-chromium-")
+        commands, self._commands = os.pipe()
+        self._answers, answers = os.pipe()
+
+        def as_fds_3_and_4():
+            os.dup2(commands, 3)
+            os.dup2(answers, 4)
+
+        self.process = subprocess.Popen(
+            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
+             f"--user-data-dir={self._profile}", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=as_fds_3_and_4,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(commands)
+        os.close(answers)
+        self._buffer, self._id, self.events = b"", 0, []
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            self.send(f"{domain}.enable", session=self.session)
+
+    def send(self, method: str, session=None, timeout: float = 60, **params):
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            for answer in self._read(deadline):
+                if answer.get("id") == self._id:
+                    if "error" in answer:
+                        raise RuntimeError(f"{method}: {answer['error']}")
+                    return answer["result"]
+                self.events.append(answer)
+
+    def open(self, path: Path) -> None:
+        self.send("Page.navigate", session=self.session, url=path.as_uri())
+        self.wait_for("Page.loadEventFired")
+
+    def wait_for(self, event: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == event for e in self.events):
+            self.events.extend(self._read(deadline))
+
+    def evaluate(self, expression: str):
+        answer = self.send("Runtime.evaluate", session=self.session, expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in answer, answer
+        return answer["result"].get("value")
+
+    def problems(self) -> list:
+        """Console errors and warnings, uncaught exceptions, and log entries of level error."""
+        found = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning", "assert"):
+                found.append(params)
+            elif method == "Runtime.exceptionThrown" or (method == "Log.entryAdded" and params["entry"]["level"] == "error"):
+                found.append(params)
+        return found
+
+    def requests(self) -> list:
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+    def _read(self, deadline: float) -> list:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._answers], [], [], left)[0]:
+                raise TimeoutError("chromium did not answer")
+            chunk = os.read(self._answers, 1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self._buffer += chunk
+        *messages, self._buffer = self._buffer.split(b"\0")
+        return [json.loads(m) for m in messages]
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=5)
+            self.process.wait(timeout=10)
+        except (OSError, RuntimeError, TimeoutError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        os.close(self._commands)
+        os.close(self._answers)
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+
+@pytest.fixture
+def chromium():
+    executable = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not found on PATH: .ci/run installs it, so the browser tests must run in CI")
+        pytest.skip("chromium not found on PATH (apt-get install chromium); CI installs it")
+    browser = Chromium(executable)
+    yield browser
+    browser.close()
+
+
+@pytest.mark.browser
+def test_the_page_in_a_browser(lrp_project, pytester, chromium):
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\n" + RULES)
+    _, page, records = _run(pytester, f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
+    chromium.open(pytester.path / "report.html")
+    assert chromium.problems() == []
+    # Nothing fetched but the page itself and its data URIs.
+    assert [url for url in chromium.requests() if not url.startswith("data:")] == [(pytester.path / "report.html").as_uri()]
+    rows = chromium.evaluate("Array.from(document.querySelectorAll('#results tbody tr')).map(r => r.dataset.outcome)")
+    assert rows == [row["outcome"] for row in page.rows] and len(rows) == len(records)
+    images = chromium.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+    assert len(images) == len(page.images) > 10
+    assert all(complete and width > 0 and height > 0 for _, complete, width, height in images), images
+    # The outcome filter: untick "passed", and only the other rows stay visible.
+    shown = chromium.evaluate(
+        "document.querySelector('#filter input[data-outcome=passed]').click();"
+        "Array.from(document.querySelectorAll('#results tbody tr')).filter(r => r.offsetParent !== null).map(r => r.dataset.outcome)"
+    )
+    assert shown == [o for o in rows if o != "passed"] and shown
+    # A rule's link leads to its section.
+    target = chromium.evaluate(
+        "const a = document.querySelector('#results tbody tr a'); a.click();"
+        "[location.hash, document.querySelector(location.hash).tagName, document.querySelector(location.hash).getBoundingClientRect().top]"
+    )
+    assert target[0] == page.rows[0]["links"][0] and target[1] == "SECTION" and abs(target[2]) < 5
+    assert chromium.problems() == []
+
+
+@pytest.mark.browser
+def test_pytest_html_page_with_the_extras_in_a_browser(lrp_project, pytester, chromium):
+    pytest.importorskip("pytest_html")
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n")
+    # Rows render their extras only when expanded: expand every row.
+    pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "--html=ph.html", "--self-contained-html", "-o", "render_collapsed=none")
+    chromium.open(pytester.path / "ph.html")
+    # pytest-html shows a row's pictures one at a time: read the first, step to the next, read it.
+    shown = chromium.evaluate("""(async () => {
+        const seen = [];
+        const look = m => { const img = m.querySelector('img');
+            return [m.querySelector('.media__name').innerText, img.complete && img.naturalWidth > 0 && img.naturalHeight > 0]; };
+        for (const m of document.querySelectorAll('#results-table .media')) {
+            seen.push(look(m));
+            m.querySelector('.media-container__nav--right').click();
+            await new Promise(done => setTimeout(done, 100));
+            seen.push(look(m));
+        }
+        return seen;
+    })()""")
+    pictures = [["inputs and heatmaps", True], ["relevance per layer", True]]
+    assert shown == pictures * 2  # both tests of the rule
+    assert [p for p in chromium.problems() if "favicon" not in json.dumps(p)] == []
