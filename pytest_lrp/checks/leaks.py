@@ -70,14 +70,14 @@ class LeakVerdict:
         return not self.beyond
 
 
-def judge(account: LeakAccount, failing: np.ndarray, bounds: np.ndarray, declared: tuple) -> LeakVerdict:
-    """A failing sample is excused when every undeclared mechanism and the unexplained rest stay within its bound."""
+def judge(account: LeakAccount, failing: np.ndarray, bounds: np.ndarray, declared: tuple, unexplained_bounds: np.ndarray) -> LeakVerdict:
+    """A failing sample is excused when every undeclared mechanism stays within its bound and the unexplained rest
+    within ``unexplained_bounds`` (the tolerance applied to the relevance that flows, see conservation.py)."""
     beyond = {}
     for sample in np.flatnonzero(failing):
-        over = [
-            name for name in MECHANISMS + (UNEXPLAINED,)
-            if name not in declared and not abs(account.total(name)[sample]) <= bounds[sample]
-        ]
+        limits = {name: bounds[sample] for name in MECHANISMS}
+        limits[UNEXPLAINED] = unexplained_bounds[sample]
+        over = [name for name, limit in limits.items() if name not in declared and not abs(account.total(name)[sample]) <= limit]
         if over:
             beyond[int(sample)] = over
     explained = failing & ~np.isin(np.arange(len(failing)), list(beyond))
