@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .base.errors import LrpUsageError, shown
 from .config.options import add_options
 from .config.rulefile import CHECK_NAMES
 from .engine.workbench import Workbench, workbench_key
@@ -51,14 +52,32 @@ def pytest_report_header(config: pytest.Config) -> list:
     if not workbench.settings.models_given and not workbench.rules_path.exists():
         return []
     return [
-        f"lrp: rules {workbench.rules_path}; a final softmax is stripped automatically, targets are pre-softmax outputs",
+        _rules_line(workbench) + "; a final softmax is stripped automatically, targets are pre-softmax outputs",
         *workbench.keras3_header_lines(),
     ]
 
 
+def pytest_cmdline_main(config: pytest.Config):
+    """`pytest --lrp-write-rules=rules.yaml` writes the packaged default suite and exits."""
+    target = config.getoption("lrp_write_rules")
+    if not target:
+        return None
+    from .config.packaged import write_rules
+
+    try:
+        written = write_rules(Path(config.invocation_params.dir, target))
+    except LrpUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    print(f"wrote {shown(written)}: pytest-lrp's default rule suite; edit it, then run pytest --lrp-model=YOUR_MODEL")
+    return 0
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    if Path(file_path).resolve() == parent.config.stash[workbench_key].rules_path:
-        return RulesFile.from_parent(parent, path=file_path)
+    workbench = parent.config.stash[workbench_key]
+    if Path(file_path).resolve() == workbench.rules_path:
+        # The packaged suite lives outside the rootdir, where pytest would give it an empty node id.
+        named = {"nodeid": workbench.rules_path.name} if workbench.packaged_suite else {}
+        return RulesFile.from_parent(parent, path=file_path, **named)
     return None
 
 
@@ -97,6 +116,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     reporting.terminal_summary(terminalreporter, config)
+
+
+def _rules_line(workbench: Workbench) -> str:
+    if workbench.packaged_suite:
+        return (
+            f"lrp: rules: pytest-lrp's default suite ({workbench.rules_path}), as no rule file is configured or present; "
+            "pytest --lrp-write-rules=rules.yaml writes an editable copy"
+        )
+    return f"lrp: rules {workbench.rules_path}"
 
 
 def _adopt_explicit_rule_file(config: pytest.Config, workbench: Workbench) -> None:

@@ -42,6 +42,8 @@ OPTIONS = (
     Option("--lrp-heatmaps", "lrp_heatmaps", "write a PNG of inputs and heatmaps to DIR for every failing or xfailing LRP test."),
     Option("--lrp-heatmaps-all", "lrp_heatmaps_all", "with --lrp-heatmaps: a PNG for every LRP test.", "bool", "store_true"),
     Option("--lrp-html", "lrp_html", "write one self-contained HTML page of the LRP results (table, heatmaps, relevance per layer) to PATH."),
+    # Command line only: writes the packaged default suite and exits (config/packaged.py).
+    Option("--lrp-write-rules", "lrp_write_rules", "write pytest-lrp's default rule suite to PATH, an editable copy, and exit.", None),
     Option("--lrp-no-summary", "lrp_no_summary", "do not print the table of LRP results at the end of the run.", "bool", "store_true"),
 )
 

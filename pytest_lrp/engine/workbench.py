@@ -17,6 +17,7 @@ import pytest
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
 from ..config.options import Settings
+from ..config.packaged import PACKAGED_RULES
 from ..config.rulefile import Rule, RuleFile, load_rule_file
 from .reruns import reruns_needed
 
@@ -31,6 +32,9 @@ class Workbench:
     def __init__(self, config: pytest.Config):
         self.settings = Settings(config)
         self.rules_path = self.settings.rules_path
+        if self.settings.models_given and not self.settings.rules_configured and not self.rules_path.exists():
+            # A model to explain and no rule file: the default suite shipped in the package.
+            self.rules_path = PACKAGED_RULES
         self._rule_file: Optional[RuleFile] = None
         self._models: dict = {}
         self._inputs: dict = {}
@@ -43,6 +47,10 @@ class Workbench:
         if self._rule_file is None and (self.rules_path.exists() or self.settings.rules_configured):
             self._rule_file = load_rule_file(self.rules_path)
         return self._rule_file
+
+    @property
+    def packaged_suite(self) -> bool:
+        return self.rules_path == PACKAGED_RULES
 
     def require_configured_rule_file(self) -> None:
         """A rule file named by --lrp-rules or lrp_rules must exist: otherwise no LRP test would run, in silence."""
