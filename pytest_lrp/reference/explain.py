@@ -186,11 +186,13 @@ def _select(out: np.ndarray, mode: str, index, values: bool) -> tuple[np.ndarray
 
 def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
             neuron_selection: str = "max_activation", index=None, *,
-            keep_maps: bool = True, bn_fusion: str = "exact") -> ReferenceResult:
+            keep_maps: bool = True, bn_fusion: str = "exact", dtype=np.float64) -> ReferenceResult:
     params = dict(params or {})
+    if np.dtype(dtype) != np.float64:
+        model = model.astype(dtype)
     if analyzer not in ANALYZERS:
         raise UnsupportedRule(f"analyzer {analyzer!r} has no reference")
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=dtype)
     if analyzer == "input":
         return ReferenceResult(x.copy(), np.zeros(len(x)), [])
     if analyzer == "integrated_gradients":
@@ -214,15 +216,25 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
 
 def _integrated_gradients(model, x, params, neuron_selection, index) -> ReferenceResult:
     steps = int(params.get("steps", 64))
-    reference = np.broadcast_to(np.asarray(params.get("reference_inputs", 0.0), dtype=np.float64), x.shape)
+    reference = np.broadcast_to(np.asarray(params.get("reference_inputs", 0.0), dtype=x.dtype), x.shape)
     difference = x - reference
     if neuron_selection == "max_activation":
         # innvestigate's path wrapper fixes the neuron of the unperturbed input for every step
         neuron_selection, index = "index", model.predict(x).argmax(axis=1)
+    if neuron_selection == "index":
+        index = np.broadcast_to(np.asarray(index, dtype=int).ravel(), (len(x),))
     total = np.zeros_like(x)
-    for t in np.arange(steps) / steps:  # left Riemann sum: t = 0 .. (steps-1)/steps
-        point = reference + t * difference
-        total += explain(model, point, "gradient", {}, neuron_selection, index).heatmap
+    # left Riemann sum (t = 0 .. (steps-1)/steps); the path points of a sample go through the
+    # network together, in chunks of about 2**22 input values to bound the memory
+    per_chunk = max(1, min(steps, 2 ** 22 // max(1, x[0].size)))
+    ts = np.arange(steps) / steps
+    for i in range(len(x)):
+        for start in range(0, steps, per_chunk):
+            t = ts[start:start + per_chunk].reshape((-1,) + (1,) * (x.ndim - 1))
+            points = reference[i] + t * difference[i]
+            chosen = None if index is None else np.full(len(points), index[i])
+            grads = explain(model, points, "gradient", {}, neuron_selection, chosen, keep_maps=False, dtype=x.dtype).heatmap
+            total[i] += grads.sum(axis=0)
     return ReferenceResult(total / steps * difference, np.zeros(len(x)), [])
 
 

@@ -216,10 +216,24 @@ class ReferenceModel:
             if layer.activation == "softmax":
                 layer.refuse("softmax is covered only as the last activation")
 
+    def astype(self, dtype) -> "ReferenceModel":
+        """A copy computing in another precision: float32 shows how much of a difference to
+        innvestigate (float32) is rounding alone."""
+        layers = []
+        for layer in self.layers:
+            copy = Layer(layer.name, layer.class_name, layer.config, [w.astype(dtype) for w in layer.weights],
+                         list(layer.inputs), layer.activation, layer.op, spatial=layer.spatial)
+            copy.kernel = None if layer.kernel is None else layer.kernel.astype(dtype)
+            copy.bias = None if layer.bias is None else layer.bias.astype(dtype)
+            if hasattr(layer, "bn"):
+                copy.bn = tuple(v.astype(dtype) if isinstance(v, np.ndarray) else v for v in layer.bn)
+            layers.append(copy)
+        return ReferenceModel(layers, self.input_name, self.output_name, self.sequential)
+
     # ---- forward -------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> dict:
         """Every layer's output (and kernel layers' pre-activation under name + ':z')."""
-        acts: dict = {self.input_name: np.asarray(x, dtype=np.float64)}
+        acts: dict = {self.input_name: np.asarray(x)}
         for layer in self.layers:
             if layer.name == self.input_name:
                 continue

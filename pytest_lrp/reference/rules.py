@@ -131,7 +131,7 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
 
 def apply_terms(op, term_list, relevance: np.ndarray, x_shape) -> tuple[np.ndarray, dict]:
     """Relevance at the input of a linear layer, and the per-sample mechanisms."""
-    r_in = np.zeros(x_shape)
+    r_in = np.zeros(x_shape, dtype=relevance.dtype)
     batch = relevance.shape[0]
     axes = tuple(range(1, relevance.ndim))
     kept_by_bias = np.zeros_like(relevance, dtype=bool)
