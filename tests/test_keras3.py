@@ -255,14 +255,50 @@ def test_recorded_outputs_of_another_shape_are_an_error(pytester):
     result.stdout.fnmatch_lines(["*seq_cnn_inputs.npz: the recorded outputs y have shape (4, 2), the model predicts (4, 3)"])
 
 
-def test_without_recorded_outputs_the_header_says_the_translation_is_unchecked(pytester):
-    inputs = _inputs_file(pytester.path, "pools", with_y=False)
+def _swap_bn_statistics(monkeypatch):
+    """A translation bug no shape check sees: BatchNormalization's gamma and beta swapped."""
+    from pytest_lrp.models import keras3
+
+    original = keras3._set_weights
+
+    def swapped(path, model, weights):
+        weights = dict(weights)
+        gamma, beta, mean, variance = weights["stem_bn"]
+        weights["stem_bn"] = [beta, gamma, mean, variance]
+        original(path, model, weights)
+
+    monkeypatch.setattr(keras3, "_set_weights", swapped)
+
+
+def test_a_silently_wrong_translation_is_caught_by_the_recorded_outputs(pytester, monkeypatch):
+    _swap_bn_statistics(monkeypatch)
+    inputs = _inputs_file(pytester.path, "functional")
     (pytester.path / "rules.yaml").write_text(RULE_Z)
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'pools.h5'}", f"--lrp-inputs={inputs}", "--co")
-    result.stdout.fnmatch_lines([
-        "lrp: *pools.h5: written by Keras 3.15.1, translated to tf.keras 2; UNCHECKED: no outputs (y) recorded in the "
-        "inputs file and Keras 3 cannot be imported here to compare*"
-    ])
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'functional.keras'}", f"--lrp-inputs={inputs}")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*functional.keras: predicts other outputs than those recorded in *functional_inputs.npz (y): largest difference *"])
+
+
+def test_without_recorded_outputs_keras3_itself_checks_the_translation_or_the_header_says_unchecked(pytester, monkeypatch):
+    from pytest_lrp.models.fidelity import keras3_importable
+
+    _swap_bn_statistics(monkeypatch)
+    inputs = _inputs_file(pytester.path, "functional", with_y=False)
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: flat, analyzer: lrp.flat, params: {disable_model_checks: true}}\n")
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'functional.h5'}", f"--lrp-inputs={inputs}", "-k", "finite")
+    version = keras3_importable()
+    if version:  # Python 3.12+ with TensorFlow 2.16+: Keras 3 is installed beside tf_keras
+        result.stdout.fnmatch_lines([
+            f"lrp: *functional.h5: written by Keras 3.15.1, translated to tf.keras 2; checked against Keras {version} loading the same file*",
+            f"*functional.h5: predicts other outputs than Keras {version} loading the same file: largest difference *",
+        ])
+        result.assert_outcomes(errors=1)
+    else:  # the wrong translation runs: which is why the header says so
+        result.stdout.fnmatch_lines([
+            "lrp: *functional.h5: written by Keras 3.15.1, translated to tf.keras 2; UNCHECKED: no outputs (y) recorded in the "
+            "inputs file and Keras 3 cannot be imported here to compare*"
+        ])
+        result.assert_outcomes(passed=1)
 
 
 # --- untrusted archives: one line naming the file, nothing written, nothing run ------------------
