@@ -67,6 +67,7 @@ class Analysis:
 
     def assert_conserved(self) -> None:
         """Raise (failing the test with the worst sample's numbers) unless every sample is within tolerance."""
+        __tracebackhide__ = True  # a hand-written test's failure shows its own line and the message, as a generated one
         check_conservation(self)
 
 

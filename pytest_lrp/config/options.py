@@ -8,6 +8,7 @@ file's folder for the rule file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -106,8 +107,8 @@ class Settings:
     def models(self, rule_file=None) -> list:
         value, _, base = self._raw(self._option("lrp_model"))
         if value is not None:
-            return [(base / v).resolve() for v in value]
-        return [Path(m).resolve() for m in (rule_file.models if rule_file else [])]
+            return [_as_written(base / v) for v in value]
+        return [_as_written(Path(m)) for m in (rule_file.models if rule_file else [])]
 
     @property
     def rules_configured(self) -> bool:
@@ -141,3 +142,9 @@ class Settings:
         if number < minimum:
             raise LrpUsageError(f"{source}: expected a whole number >= {minimum}, got {number}")
         return number
+
+
+def _as_written(path: Path) -> Path:
+    """Absolute, without following symbolic links: DVC and git-annex keep models as links to
+    files named by their hash, and test ids and reports must show the name the user wrote."""
+    return Path(os.path.abspath(path))

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import yaml
+from . import yaml_loader
 from .analyzer_names import analyzer_names, close_matches
 from .analyzer_params import unknown_param_message
 
@@ -168,7 +169,9 @@ def _read_yaml(path: Path, where: _Where):
     except UnicodeDecodeError:
         return _raise(where.error("the rule file is not UTF-8 text"))
     try:
-        return yaml.safe_load(text)
+        return yaml_loader.load(text)
+    except yaml_loader.DuplicateKey as exc:
+        raise where.error(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -308,12 +311,6 @@ def _tolerance(raw, inherited: Tolerance, where: _Where) -> Tolerance:
 
 
 def _non_negative(value, where: _Where) -> float:
-    if isinstance(value, str):
-        # PyYAML reads '1e-5' (no dot) as a string; accept what is clearly a number.
-        try:
-            value = float(value)
-        except ValueError:
-            raise where.error(f"expected a non-negative number, got '{value}'") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise where.error(f"expected a non-negative number, got {value!r}")
     return float(value)
