@@ -73,12 +73,26 @@ def pytest_cmdline_main(config: pytest.Config):
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    workbench = parent.config.stash[workbench_key]
-    if Path(file_path).resolve() == workbench.rules_path:
-        # The packaged suite lives outside the rootdir, where pytest would give it an empty node id.
-        named = {"nodeid": workbench.rules_path.name} if workbench.packaged_suite else {}
-        return RulesFile.from_parent(parent, path=file_path, **named)
+    if Path(file_path).resolve() == parent.config.stash[workbench_key].rules_path:
+        return RulesFile.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """`pytest --lrp-model=m.h5` where there is no rule file and no LRP test of one's own runs the packaged suite."""
+    workbench = config.stash[workbench_key]
+    if workbench.use_packaged_suite([item for item in items if _is_lrp_test(item)]):
+        # Outside the rootdir, where pytest would give the file an empty node id.
+        suite = RulesFile.from_parent(session, path=workbench.rules_path, nodeid=workbench.rules_path.name)
+        report = suite.ihook.pytest_make_collect_report(collector=suite)
+        if report.failed:  # a model or rule problem: its one line, as for a rule file of one's own
+            raise pytest.UsageError(report.longreprtext.strip())
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(_rules_line(workbench))
+        config.hook.pytest_collectreport(report=report)  # counted in "collected N items"
+        items[:0] = report.result
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -118,12 +132,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     reporting.terminal_summary(terminalreporter, config)
 
 
+def _is_lrp_test(item) -> bool:
+    """A generated test, or a hand-written one using the plugin's fixtures."""
+    return isinstance(item, LrpItem) or "lrp_model" in getattr(item, "fixturenames", ())
+
+
 def _rules_line(workbench: Workbench) -> str:
     if workbench.packaged_suite:
         return (
             f"lrp: rules: pytest-lrp's default suite ({workbench.rules_path}), as no rule file is configured or present; "
             "pytest --lrp-write-rules=rules.yaml writes an editable copy"
         )
+    if not workbench.rules_path.exists():
+        return f"lrp: no rule file ({workbench.rules_path} not found): without LRP tests of your own, pytest-lrp's default suite runs"
     return f"lrp: rules {workbench.rules_path}"
 
 

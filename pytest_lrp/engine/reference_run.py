@@ -55,7 +55,7 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
         comparison.layers = _layer_differences(result, maps, rule)
-        comparison.heatmaps = compare("the heatmaps", result.heatmap, heatmaps, rule.reference_tolerance)
+        comparison.heatmaps = compare(_heatmap_place(result, reference_model), result.heatmap, heatmaps, rule.reference_tolerance)
     comparison.seconds = time.perf_counter() - started
     return comparison, account
 
@@ -94,6 +94,16 @@ def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
         mechanisms = {name: np.asarray(layer.mechanisms.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
         accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))
     return LeakAccount(layers=accounted, errors=np.asarray(errors, dtype=np.float64))
+
+
+def _heatmap_place(result, reference_model) -> str:
+    """The heatmaps are what the layers reading the model input hand to it: name them."""
+    accounts = {account.name: account for account in result.layers}
+    readers = [accounts[layer.name] for layer in reference_model.layers if reference_model.input_name in layer.inputs and layer.name in accounts]
+    if not readers:
+        return "the heatmaps"
+    named = ", ".join(f"layer '{a.name}' ({a.class_name}, rule {a.rule})" for a in readers)
+    return f"{named}: relevance handed to the input (the heatmaps)"
 
 
 def _layer_differences(result, maps: dict, rule: Rule) -> list:

@@ -32,9 +32,6 @@ class Workbench:
     def __init__(self, config: pytest.Config):
         self.settings = Settings(config)
         self.rules_path = self.settings.rules_path
-        if self.settings.models_given and not self.settings.rules_configured and not self.rules_path.exists():
-            # A model to explain and no rule file: the default suite shipped in the package.
-            self.rules_path = PACKAGED_RULES
         self._rule_file: Optional[RuleFile] = None
         self._models: dict = {}
         self._inputs: dict = {}
@@ -51,6 +48,14 @@ class Workbench:
     @property
     def packaged_suite(self) -> bool:
         return self.rules_path == PACKAGED_RULES
+
+    def use_packaged_suite(self, items: list) -> bool:
+        """A model to explain, no rule file configured or present, and no LRP test of the user's own
+        among ``items``: the run is the default suite shipped in the package (plugin.py collects it)."""
+        wanted = self.settings.models_given and not self.settings.rules_configured and not self.rules_path.exists()
+        if wanted and not items:
+            self.rules_path, self._rule_file = PACKAGED_RULES, None
+        return self.packaged_suite
 
     def require_configured_rule_file(self) -> None:
         """A rule file named by --lrp-rules or lrp_rules must exist: otherwise no LRP test would run, in silence."""
