@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .base import tf_runtime
 from .base.errors import LrpUsageError, shown
 from .config.options import add_options
 from .config.rulefile import CHECK_NAMES
@@ -95,6 +96,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:0] = report.result
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Before any test imports TensorFlow, whatever the order the tests run in (tf_runtime.py).
+    if any(_is_lrp_test(item) for item in session.items):
+        tf_runtime.choose_legacy_keras()
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list:
+    return [tf_runtime.keras_line()] if any(_is_lrp_test(item) for item in items) else []
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "lrp_model" in metafunc.fixturenames:
         parametrize_models(metafunc)
@@ -159,8 +171,8 @@ def _adopt_explicit_rule_file(config: pytest.Config, workbench: Workbench) -> No
 
 
 def _collect_rule_file_too(config: pytest.Config, workbench: Workbench) -> None:
-    """`pytest --lrp-model=m.h5` runs the rule file's tests even when testpaths points elsewhere."""
-    if config.args_source == pytest.Config.ArgsSource.ARGS or not workbench.settings.models_given:
+    """`pytest --lrp-model=m.h5` or `--lrp-rules=r.yaml` runs the rule file's tests even when testpaths points elsewhere."""
+    if config.args_source == pytest.Config.ArgsSource.ARGS or not (workbench.settings.models_given or config.getoption("lrp_rules")):
         return
     rules = workbench.rules_path
     searched = [Path(config.invocation_params.dir, a).resolve() for a in config.args]
