@@ -223,18 +223,19 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
         neuron_selection, index = "index", model.predict(x).argmax(axis=1)
     if neuron_selection == "index":
         index = np.broadcast_to(np.asarray(index, dtype=int).ravel(), (len(x),))
-    total = np.zeros_like(x)
-    # left Riemann sum (t = 0 .. (steps-1)/steps); the path points of a sample go through the
-    # network together, in chunks of about 2**22 input values to bound the memory
-    per_chunk = max(1, min(steps, 2 ** 22 // max(1, x[0].size)))
+    # left Riemann sum (t = 0 .. (steps-1)/steps); path points of all samples go through the
+    # network together, in chunks of about 2**19 input values to bound the memory (VGG16: 3 points)
     ts = np.arange(steps) / steps
-    for i in range(len(x)):
-        for start in range(0, steps, per_chunk):
-            t = ts[start:start + per_chunk].reshape((-1,) + (1,) * (x.ndim - 1))
-            points = reference[i] + t * difference[i]
-            chosen = None if index is None else np.full(len(points), index[i])
-            grads = explain(model, points, "gradient", {}, neuron_selection, chosen, keep_maps=False, dtype=x.dtype).heatmap
-            total[i] += grads.sum(axis=0)
+    sample = np.repeat(np.arange(len(x)), steps)
+    position = np.tile(ts, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
+    per_chunk = max(1, 2 ** 19 // max(1, x[0].size))
+    total = np.zeros_like(x)
+    for start in range(0, len(sample), per_chunk):
+        rows, t = sample[start:start + per_chunk], position[start:start + per_chunk]
+        points = reference[rows] + t * difference[rows]
+        chosen = None if index is None else index[rows]
+        grads = explain(model, points, "gradient", {}, neuron_selection, chosen, keep_maps=False, dtype=x.dtype).heatmap
+        np.add.at(total, rows, grads)
     return ReferenceResult(total / steps * difference, np.zeros(len(x)), [])
 
 
@@ -281,7 +282,8 @@ class _Backward:
             rule = self.policy.kernel_rule(layer)
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
-            r_in, mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias), r, x.shape)
+            known = (x, layer.kernel, self.acts[layer.name + ":xw"])
+            r_in, mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r, x.shape, known)
             return rule.label, [r_in], mech
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)

@@ -63,6 +63,7 @@ class Layer:
     kernel: np.ndarray | None = None
     bias: np.ndarray | None = None
     spatial: int = 0  # number of spatial axes of window layers
+    variants: dict = field(default_factory=dict)  # the kernel's positive part, squares, ... (rules.terms)
 
     def refuse(self, detail: str = ""):
         raise UnsupportedLayer(self.name, self.class_name, detail)
@@ -249,9 +250,9 @@ class ReferenceModel:
         cls, cfg = layer.class_name, layer.config
         x = xs[0] if xs else None
         if cls in KERNEL:
-            z = layer.op.forward(x, layer.kernel)
-            if layer.bias is not None:
-                z = z + layer.bias
+            xw = layer.op.forward(x, layer.kernel)
+            z = xw + layer.bias if layer.bias is not None else xw
+            acts[layer.name + ":xw"] = xw  # the z and epsilon rules reuse it
             acts[layer.name + ":z"] = z
             return activate(z, layer.activation)
         if cls in MAX_POOL:

@@ -81,15 +81,25 @@ class Rule:
 
 
 def _pos(a):
-    return a * (a > 0)
+    return np.maximum(a, 0)
 
 
 def _neg(a):
-    return a * (a < 0)
+    return np.minimum(a, 0)
 
 
-def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias):
-    """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer) per term."""
+def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | None = None):
+    """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer) per term.
+
+    ``cache`` keeps the kernel's variants (positive part, squares, ...) between calls: the
+    weights do not change, and VGG16's first Dense kernel alone has 10^8 entries."""
+    cache = {} if cache is None else cache
+
+    def variant(name, make):
+        if name not in cache:
+            cache[name] = make(kernel)
+        return cache[name]
+
     b = bias if (rule.bias and bias is not None) else None
     safe = ("safe", KERAS_EPSILON)
     if rule.kind == "z":
@@ -97,15 +107,15 @@ def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias):
     if rule.kind == "epsilon":
         return [(1.0, [(x, kernel, 1.0)], b, ("epsilon", rule.epsilon))]
     if rule.kind in ("w_square", "flat"):
-        w = kernel ** 2 if rule.kind == "w_square" else np.ones_like(kernel)
+        w = variant(rule.kind, np.square if rule.kind == "w_square" else np.ones_like)
         return [(1.0, [(np.ones_like(x), w, 1.0)], None, safe)]
+    wp, wn = variant("pos", _pos), variant("neg", _neg)
     if rule.kind == "z_plus_fast":
-        return [(1.0, [(x, _pos(kernel), 1.0)], None, safe)]
+        return [(1.0, [(x, wp, 1.0)], None, safe)]
     if rule.kind == "bounded":
         low, high = np.full_like(x, rule.low), np.full_like(x, rule.high)
-        return [(1.0, [(x, kernel, 1.0), (low, _pos(kernel), -1.0), (high, _neg(kernel), -1.0)],
-                 None, safe)]
-    xp, xn, wp, wn = _pos(x), _neg(x), _pos(kernel), _neg(kernel)
+        return [(1.0, [(x, kernel, 1.0), (low, wp, -1.0), (high, wn, -1.0)], None, safe)]
+    xp, xn = _pos(x), _neg(x)
     if rule.kind == "alpha_beta":
         out = [(rule.alpha, [(xp, wp, 1.0), (xn, wn, 1.0)], b, safe)]
         if rule.beta:
@@ -129,8 +139,12 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
     return d + np.where(d >= 0, eps, -eps)
 
 
-def apply_terms(op, term_list, relevance: np.ndarray, x_shape) -> tuple[np.ndarray, dict]:
-    """Relevance at the input of a linear layer, and the per-sample mechanisms."""
+def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None) -> tuple[np.ndarray, dict]:
+    """Relevance at the input of a linear layer, and the per-sample mechanisms.
+
+    ``known`` is an already computed forward product, (x, kernel, forward(x, kernel)), reused
+    when a term has that very pair. A pair whose input variant is all zeros (x- after a ReLU)
+    contributes exactly nothing and is skipped."""
     r_in = np.zeros(x_shape, dtype=relevance.dtype)
     batch = relevance.shape[0]
     axes = tuple(range(1, relevance.ndim))
@@ -139,7 +153,13 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape) -> tuple[np.ndarr
     any_present = np.zeros_like(relevance, dtype=bool)
     mech = {name: np.zeros(batch) for name in MECHANISMS}
     for kappa, pairs, b, stabilizer in term_list:
-        c = sum(sign * op.forward(xv, wv) for xv, wv, sign in pairs)
+        pairs = [(xv, wv, sign) for xv, wv, sign in pairs if xv.any()]
+        c = np.zeros_like(relevance)
+        for xv, wv, sign in pairs:
+            if known is not None and xv is known[0] and wv is known[1]:
+                c = c + sign * known[2]
+            else:
+                c = c + sign * op.forward(xv, wv)
         d = c + b if b is not None else c
         ds = stabilize(d, stabilizer)
         s = relevance / ds

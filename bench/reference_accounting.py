@@ -1,0 +1,198 @@
+"""Where each rule of the default suite loses relevance on the example CNN, and why (issue 12).
+
+    python bench/reference_accounting.py                  # all rules of rules.yaml, 16 digits
+    python bench/reference_accounting.py --rules z alpha2-beta1 --samples 4
+    python bench/reference_accounting.py --vgg16           # timing only: VGG16, one sample per rule
+
+For every rule: innvestigate 2.1.2 run directly (fresh graph, reverse_keep_tensors) and the
+numpy reference (pytest_lrp.reference) on the same inputs. Printed as Markdown:
+1. per rule: the conservation error max |sum(R) - t| / |t| (innvestigate and reference, next to
+   the original bug report's numbers where it measured the same rule), the heatmap difference,
+   and the mean over samples of each mechanism's change as a share of t, with `unexplained` =
+   innvestigate's total change minus the sum of the reference's mechanisms;
+2. per rule and layer: the layers whose mechanisms move more than 0.1% of t;
+3. times: the reference vs innvestigate (build + analyze), per rule, measured in this process.
+Nothing is asserted; the README quotes the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pytest_lrp.reference import MECHANISMS, ReferenceModel, explain  # noqa: E402
+
+# The original report (innvestigate 1.x, MNIST CNN, 16 test digits): max relative conservation error.
+BUG_REPORT = {"z-no-bias": ("lrp.z_IB", 2.5e-7), "epsilon-1": ("lrp.epsilon_IB eps=1", 0.80),
+              "alpha2-beta1-ib": ("lrp.alpha_2_beta_1_IB", 0.166), "alpha2-beta1": ("lrp.alpha_2_beta_1", 0.888),
+              "deep-taylor-bounded": ("deep_taylor.bounded", 0.0177)}
+SHOWN_SHARE = 1e-3
+
+
+def load_tf():
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import innvestigate
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf, innvestigate
+
+
+def innvestigate_run(tf, inn, config, weights, x, analyzer, params):
+    """(heatmap, per-layer (name -> relevance total at its output), seconds) with innvestigate run directly."""
+    started = time.perf_counter()
+    with tf.Graph().as_default():
+        model = (tf.keras.Model if "input_layers" in config else tf.keras.Sequential).from_config(config)
+        model.set_weights(weights)
+        keep = analyzer.startswith(("lrp", "deep_taylor"))
+        options = {"reverse_keep_tensors": True} if keep else {}
+        analyzer_object = inn.create_analyzer(analyzer, model, **options, **params)
+        heatmap = analyzer_object.analyze(x)
+        seconds = time.perf_counter() - started
+        totals = {}
+        if keep:
+            kept = dict(analyzer_object._reversed_tensors)
+            graph = inn.backend.graph.get_model_execution_graph(model)
+            for nid in sorted(k for k in graph if k is not None):
+                for index, producer in enumerate(graph[nid]["Xs_nids"]):
+                    if (nid, index) in kept and producer is not None:
+                        name = graph[producer]["layer"].name
+                        totals.setdefault(name, kept[(nid, index)].reshape(len(x), -1).sum(axis=1))
+    del analyzer_object, model
+    gc.collect()
+    return heatmap, totals, seconds
+
+
+def target(rule, outputs, reference_outputs):
+    chosen = outputs.max(axis=1)
+    kind = rule.get("target", "output")
+    if kind == "positive_output":
+        return np.maximum(chosen, 0)
+    if kind == "output_minus_reference":
+        return chosen - reference_outputs[np.arange(len(chosen)), outputs.argmax(axis=1)]
+    return chosen
+
+
+def fmt(value):
+    return "0" if value == 0 else f"{value:.3g}"
+
+
+def account_rule(tf, inn, rule, config, weights, x, reference, outputs):
+    analyzer, params = rule["analyzer"], dict(rule.get("params") or {})
+    heatmap, _, t_inn = innvestigate_run(tf, inn, config, weights, x, analyzer, params)
+    started = time.perf_counter()
+    result = explain(reference, x, analyzer, params)
+    t_ref = time.perf_counter() - started
+    ref_inputs = np.asarray(params.get("reference_inputs", 0.0)) * np.ones_like(x)
+    t = target(rule, outputs, reference.predict(ref_inputs))
+    scale = np.where(np.abs(t) > 0, np.abs(t), 1.0)
+    err_inn = np.abs(heatmap.reshape(len(x), -1).sum(axis=1) - t) / scale
+    err_ref = np.abs(result.heatmap.reshape(len(x), -1).sum(axis=1) - t) / scale
+    diff = np.abs(result.heatmap - heatmap).max()
+    row = {"rule": rule["id"], "analyzer": analyzer, "err_inn": err_inn.max(), "err_ref": err_ref.max(),
+           "diff": diff, "rel": diff / max(np.abs(result.heatmap).max(), 1e-30), "t_inn": t_inn, "t_ref": t_ref,
+           "mechanisms": {}, "layers": []}
+    if result.layers and result.layers[0].mechanisms:
+        total = {m: sum(a.mechanisms[m] for a in result.layers) for m in MECHANISMS}
+        change_inn = heatmap.reshape(len(x), -1).sum(axis=1) - result.output_relevance
+        total["unexplained"] = change_inn - sum(total[m] for m in MECHANISMS)
+        row["mechanisms"] = {m: float(np.mean(v / scale)) for m, v in total.items()}
+        for account in result.layers:
+            shares = {m: float(np.mean(account.mechanisms[m] / scale)) for m in MECHANISMS}
+            if any(abs(s) > SHOWN_SHARE for s in shares.values()):
+                row["layers"].append((account.name, account.rule, shares))
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rules", nargs="*", help="rule ids of rules.yaml (default: all)")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--vgg16", action="store_true", help="time VGG16 (weights=None, 1 sample) instead")
+    args = parser.parse_args(argv)
+    tf, inn = load_tf()
+    suite = yaml.safe_load((ROOT / "rules.yaml").read_text())
+    rules = [r for r in suite["rules"] if not args.rules or r["id"] in args.rules]
+    if args.vgg16:
+        return time_vgg16(tf, inn, rules)
+    keras_model = inn.model_wo_softmax(tf.keras.models.load_model(ROOT / "examples" / "cnn.hdf5", compile=False))
+    config, weights = keras_model.get_config(), keras_model.get_weights()
+    reference = ReferenceModel.from_keras(config, {layer.name: layer.get_weights() for layer in keras_model.layers})
+    x = np.load(ROOT / "examples" / "digits.npz")["x"][: args.samples].astype(np.float32)
+    outputs = keras_model.predict(x, verbose=0).astype(np.float64)
+    print(f"example CNN (examples/cnn.hdf5), {len(x)} digits; reference forward vs Keras: "
+          f"max difference {np.abs(reference.predict(x) - outputs).max():.2g}\n")
+    rows = [account_rule(tf, inn, rule, config, weights, x, reference, outputs) for rule in rules]
+    print_tables(rows)
+
+
+def print_tables(rows):
+    print("| rule | max error innvestigate | reference | bug report (1.x) | heatmap max diff (rel) | "
+          + " | ".join(MECHANISMS) + " | unexplained |")
+    print("|---" * (6 + len(MECHANISMS)) + "|")
+    for row in rows:
+        report = BUG_REPORT.get(row["rule"])
+        report_text = f"{report[1]:.3g} ({report[0]})" if report else ""
+        mech = row["mechanisms"]
+        cells = [fmt(mech.get(m, 0.0)) if mech else "" for m in (*MECHANISMS, "unexplained")]
+        print(f"| {row['rule']} | {row['err_inn']:.3g} | {row['err_ref']:.3g} | {report_text} | "
+              f"{row['diff']:.2g} ({row['rel']:.1g}) | " + " | ".join(cells) + " |")
+    print("\nMechanisms: mean over the digits of the change each causes, as a share of the explained output t "
+          "(negative: lost). unexplained = innvestigate's sum(R) - t minus the reference's mechanisms.\n")
+    print("| rule | layer | rule at the layer | " + " | ".join(MECHANISMS) + " |")
+    print("|---" * (3 + len(MECHANISMS)) + "|")
+    for row in rows:
+        for name, rule, shares in row["layers"]:
+            print(f"| {row['rule']} | {name} | {rule} | " + " | ".join(fmt(shares[m]) for m in MECHANISMS) + " |")
+    print("\n| rule | reference (s) | innvestigate build + analyze (s) | ratio |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['rule']} | {row['t_ref']:.2f} | {row['t_inn']:.2f} | {row['t_ref'] / row['t_inn']:.2f} |")
+    t_ref, t_inn = sum(r["t_ref"] for r in rows), sum(r["t_inn"] for r in rows)
+    print(f"| all | {t_ref:.1f} | {t_inn:.1f} | {t_ref / t_inn:.2f} |")
+
+
+def time_vgg16(tf, inn, rules):
+    """One sample per rule: the reference vs innvestigate (build + analyze), same process, one after the other."""
+    keras_model = tf.keras.applications.VGG16(weights=None, classifier_activation=None)
+    config, weights = keras_model.get_config(), keras_model.get_weights()
+    reference = ReferenceModel.from_keras(config, {layer.name: layer.get_weights() for layer in keras_model.layers})
+    x = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
+    outputs = keras_model.predict(x, verbose=0)
+    print(f"VGG16 (weights=None), 1 sample; reference forward vs Keras: max difference "
+          f"{np.abs(reference.predict(x) - outputs).max():.2g} on outputs up to {np.abs(outputs).max():.3g}\n")
+    print("| rule | reference (s) | innvestigate build + analyze (s) | ratio | heatmap max diff (rel) |")
+    print("|---|---|---|---|---|")
+    totals = [0.0, 0.0]
+    # integrated gradients last: innvestigate needs 9 GB for it on VGG16 (README, Performance)
+    for rule in sorted(rules, key=lambda r: r["analyzer"] == "integrated_gradients"):
+        analyzer, params = rule["analyzer"], dict(rule.get("params") or {})
+        started = time.perf_counter()
+        result = explain(reference, x, analyzer, params, keep_maps=False)
+        t_ref = time.perf_counter() - started
+        heatmap, _, t_inn = innvestigate_run(tf, inn, config, weights, x, analyzer, params)
+        diff = np.abs(result.heatmap - heatmap).max()
+        totals[0] += t_ref
+        totals[1] += t_inn
+        print(f"| {rule['id']} | {t_ref:.1f} | {t_inn:.1f} | {t_ref / t_inn:.2f} | "
+              f"{diff:.2g} ({diff / max(np.abs(result.heatmap).max(), 1e-30):.1g}) |", flush=True)
+        del result, heatmap
+        gc.collect()
+    print(f"| all | {totals[0]:.0f} | {totals[1]:.0f} | {totals[0] / totals[1]:.2f} | |")
+
+
+if __name__ == "__main__":
+    main()
