@@ -246,3 +246,13 @@ def test_accounting_sums_to_the_change_for_every_rule(net, bias_scale):
             if account.class_name != "InputLayer":
                 total = total + explained
         np.testing.assert_allclose(result.heatmap.sum(axis=1), total, rtol=1e-8, atol=1e-8)
+
+
+def test_integrated_gradients_completeness_and_left_riemann_sum(paper_net):
+    # f is piecewise linear along the path; with many steps the sum approaches f(x) - f(0)
+    result = explain(paper_net, X, "integrated_gradients", {"steps": 2000})
+    np.testing.assert_allclose(result.output_relevance, paper_net.predict(X)[:, 0] - paper_net.predict(0 * X)[:, 0])
+    np.testing.assert_allclose(result.heatmap.sum(axis=1), result.output_relevance, rtol=2e-3)
+    # one step is the gradient at t = 0 (the reference point) times x, not at x
+    one = explain(paper_net, X, "integrated_gradients", {"steps": 1})
+    np.testing.assert_allclose(one.heatmap, explain(paper_net, 0 * X, "gradient", {}).heatmap * X)

@@ -199,6 +199,17 @@ def test_reference_equals_innvestigate(zoo, tensorflow_imported_once, model_name
             compared += 1
     if analyzer not in ("integrated_gradients", "input_t_gradient"):
         assert compared >= len(entry[4].layers) - 2  # every layer but the input and the output head
+    if analyzer.startswith(("lrp", "deep_taylor")):
+        # the accounting identity at every layer type, and the mechanisms explain innvestigate's whole change
+        explained = np.zeros(len(heatmap))
+        for account in result.layers:
+            mechanisms = sum(account.mechanisms.values())
+            np.testing.assert_allclose(account.relevance_in - account.relevance_out, mechanisms,
+                                       atol=1e-9 * np.abs(account.relevance_out).max() + 1e-12, err_msg=account.name)
+            explained += mechanisms
+        change = heatmap.reshape(len(heatmap), -1).sum(axis=1) - result.output_relevance
+        scale = np.abs(result.heatmap).sum() / len(heatmap)
+        assert np.abs(change - explained).max() <= rtol * 10 * scale, "innvestigate changed relevance the formula does not explain"
 
 
 def test_batch_normalization_bug(zoo, tensorflow_imported_once):

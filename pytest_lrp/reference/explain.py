@@ -236,7 +236,12 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
         chosen = None if index is None else index[rows]
         grads = explain(model, points, "gradient", {}, neuron_selection, chosen, keep_maps=False, dtype=x.dtype).heatmap
         np.add.at(total, rows, grads)
-    return ReferenceResult(total / steps * difference, np.zeros(len(x)), [])
+    # what completeness promises: f(x) - f(reference) at the explained neuron
+    rows = np.arange(len(x))
+    out, base = model.predict(x), model.predict(np.ascontiguousarray(reference))
+    chosen = out.argmax(axis=1) if index is None else index
+    target = (out - base)[rows, chosen] if neuron_selection != "all" else (out - base).sum(axis=1)
+    return ReferenceResult(total / steps * difference, target, [], None if index is None else np.asarray(index))
 
 
 class _Backward:
