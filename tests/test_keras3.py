@@ -67,7 +67,9 @@ def _functional(keras):
 def _pools(keras):
     layers = keras.layers
     inputs = keras.Input((12, 3), name="signal")
-    x = layers.Conv1D(4, 3, activation="relu", name="c1")(inputs)
+    x = layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)
+    x = layers.Normalization(axis=-1, name="norm")(x)
+    x = layers.Conv1D(4, 3, activation="relu", name="c1")(x)
     x = layers.AveragePooling1D(2, name="avg1")(x)
     g1 = layers.GlobalMaxPooling1D(name="gmax1")(x)
     g2 = layers.GlobalAveragePooling1D(name="gavg1")(x)
@@ -92,6 +94,8 @@ def _twin(tf, name: str):
         arrays = [stored[f"{layer.name}/{i}"] for i in range(len(layer.weights))]
         if arrays:
             layer.set_weights(arrays)
+            if hasattr(layer, "finalize_state"):  # tf.keras 2's Normalization: mean/variance tensors from the weights
+                layer.finalize_state()
     return model
 
 

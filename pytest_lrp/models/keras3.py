@@ -39,7 +39,8 @@ TRANSLATED = frozenset(
     Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D UpSampling3D
     Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout
     Activation ReLU LeakyReLU ELU Softmax BatchNormalization
-    Add Subtract Multiply Average Maximum Minimum Concatenate""".split()
+    Add Subtract Multiply Average Maximum Minimum Concatenate
+    Rescaling Normalization""".split()  # the last two: keras.applications' EfficientNets start with them
 )
 # Keras 3 options that tf.keras 2 lacks, and the value under which leaving them out changes nothing.
 NEUTRAL = {"lora_rank": None, "lora_alpha": None, "quantization_config": None, "optional": False, "synchronized": False}
@@ -239,3 +240,8 @@ def _set_weights(path: Path, model, weights: dict) -> None:
                 )
         if stored:
             layer.set_weights(stored)
+            if hasattr(layer, "finalize_state"):
+                # tf.keras 2's Normalization computes its mean and variance tensors from the
+                # weights when built; in eager mode set_weights alone leaves them stale (Keras' own
+                # loader calls this after loading weights too).
+                layer.finalize_state()

@@ -74,9 +74,11 @@ def functional():
 
 
 def pools():
-    """The remaining pooling layers, on a 1D and a 2D path."""
+    """The remaining pooling layers, on a 1D and a 2D path, after the preprocessing layers EfficientNets start with."""
     inputs = keras.Input((12, 3), name="signal")
-    x = layers.Conv1D(4, 3, activation="relu", name="c1")(inputs)
+    x = layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)
+    x = layers.Normalization(axis=-1, name="norm")(x)
+    x = layers.Conv1D(4, 3, activation="relu", name="c1")(x)
     x = layers.AveragePooling1D(2, name="avg1")(x)
     g1 = layers.GlobalMaxPooling1D(name="gmax1")(x)
     g2 = layers.GlobalAveragePooling1D(name="gavg1")(x)
@@ -97,12 +99,18 @@ def randomize(model, rng):
         values = []
         for w in layer.weights:
             shape = tuple(w.shape)
-            if "moving_variance" in w.path:
+            if "count" in w.path:
+                values.append(np.array(100))
+            elif "variance" in w.path:
                 values.append(rng.uniform(0.5, 2.0, shape))
             else:
                 values.append(rng.normal(0.1, 0.5, shape))
         if values:
             layer.set_weights([v.astype(np.float32) for v in values])
+            if hasattr(layer, "finalize_state"):
+                # Normalization computes its mean/variance tensors from the weights only here;
+                # without it predict() would use the old ones, and reloading the file the new ones.
+                layer.finalize_state()
 
 
 def main():
