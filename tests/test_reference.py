@@ -107,6 +107,8 @@ def test_unknown_layer_and_rule_are_refused():
     model = ReferenceModel.from_keras(dense_config([2, 1], ["linear"]), {"d0": [np.ones((2, 1)), np.zeros(1)]})
     with pytest.raises(UnsupportedRule):
         explain(model, np.ones((1, 2)), "deconvnet", {})
+    with pytest.raises(UnsupportedRule, match="bn_layer_rule"):
+        explain(model, np.ones((1, 2)), "lrp.z", {"bn_layer_rule": "Flat"})
 
 
 def test_importable_without_tensorflow():

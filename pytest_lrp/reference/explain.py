@@ -184,6 +184,24 @@ def _select(out: np.ndarray, mode: str, index, values: bool) -> tuple[np.ndarray
     raise UnsupportedRule(f"neuron_selection {mode!r}")
 
 
+# Keywords that change nothing the reference computes (innvestigate's plumbing).
+PLUMBING = {"disable_model_checks", "neuron_selection_mode", "allow_lambda_layers"}
+MODELLED = {"epsilon", "bias", "alpha", "beta", "low", "high", "steps", "reference_inputs",
+            "input_layer_rule", "until_layer_idx", "until_layer_rule"}
+
+
+def _check_params(analyzer: str, params: dict) -> None:
+    """A keyword the reference does not model would make its answer silently wrong: refuse it."""
+    for key, value in params.items():
+        if key in PLUMBING or key.startswith("reverse_") or key in MODELLED:
+            continue
+        if key == "bn_layer_fuse_mode" and value == "one_linear":
+            continue
+        if key == "postprocess" and value is None:
+            continue
+        raise UnsupportedRule(f"{analyzer} with {key}={value!r} has no reference")
+
+
 def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
             neuron_selection: str = "max_activation", index=None, *,
             keep_maps: bool = True, bn_fusion: str = "exact", dtype=np.float64) -> ReferenceResult:
@@ -192,6 +210,7 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
         model = model.astype(dtype)
     if analyzer not in ANALYZERS:
         raise UnsupportedRule(f"analyzer {analyzer!r} has no reference")
+    _check_params(analyzer, params)
     x = np.asarray(x, dtype=dtype)
     if analyzer == "input":
         return ReferenceResult(x.copy(), np.zeros(len(x)), [])
@@ -288,7 +307,8 @@ class _Backward:
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
-            r_in, mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r, x.shape, known)
+            r_in, mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r, x.shape,
+                                     known, layer.variants)
             return rule.label, [r_in], mech
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)

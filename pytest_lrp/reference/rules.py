@@ -80,6 +80,17 @@ class Rule:
         return self.kind
 
 
+class _Ones:
+    """The input of w_square and flat: all ones, so their denominators do not depend on x and
+    are computed once per layer and input shape (apply_terms' cache)."""
+
+    def any(self):
+        return True
+
+
+ONES = _Ones()
+
+
 def _pos(a):
     return np.maximum(a, 0)
 
@@ -108,7 +119,7 @@ def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | Non
         return [(1.0, [(x, kernel, 1.0)], b, ("epsilon", rule.epsilon))]
     if rule.kind in ("w_square", "flat"):
         w = variant(rule.kind, np.square if rule.kind == "w_square" else np.ones_like)
-        return [(1.0, [(np.ones_like(x), w, 1.0)], None, safe)]
+        return [(1.0, [(ONES, w, 1.0)], None, safe)]
     wp, wn = variant("pos", _pos), variant("neg", _neg)
     if rule.kind == "z_plus_fast":
         return [(1.0, [(x, wp, 1.0)], None, safe)]
@@ -139,7 +150,7 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
     return d + np.where(d >= 0, eps, -eps)
 
 
-def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None) -> tuple[np.ndarray, dict]:
+def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache=None) -> tuple[np.ndarray, dict]:
     """Relevance at the input of a linear layer, and the per-sample mechanisms.
 
     ``known`` is an already computed forward product, (x, kernel, forward(x, kernel)), reused
@@ -158,13 +169,16 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None) -> tu
         for xv, wv, sign in pairs:
             if known is not None and xv is known[0] and wv is known[1]:
                 c = c + sign * known[2]
+            elif xv is ONES:
+                c = c + sign * _forward_of_ones(op, wv, x_shape, {} if cache is None else cache)
             else:
                 c = c + sign * op.forward(xv, wv)
         d = c + b if b is not None else c
         ds = stabilize(d, stabilizer)
         s = relevance / ds
         for xv, wv, sign in pairs:
-            r_in += sign * kappa * xv * op.transpose(s, wv, x_shape)
+            back = op.transpose(s, wv, x_shape)
+            r_in += sign * kappa * (back if xv is ONES else xv * back)
         present = c != 0
         any_present |= present
         present_kappa += kappa * present
@@ -183,6 +197,13 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None) -> tu
     mech["bias"] += np.where(kept_by_bias, lost, 0).sum(axis=axes)
     mech["dropped"] += np.where(kept_by_bias, 0, lost).sum(axis=axes)
     return r_in, mech
+
+
+def _forward_of_ones(op, kernel, x_shape, cache: dict) -> np.ndarray:
+    key = ("ones", id(kernel), tuple(x_shape[1:]))
+    if key not in cache:
+        cache[key] = op.forward(np.ones((1,) + tuple(x_shape[1:]), dtype=kernel.dtype), kernel)
+    return cache[key]
 
 
 def zero_mechanisms(batch: int) -> dict:
