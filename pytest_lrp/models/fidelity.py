@@ -18,6 +18,7 @@ from typing import Optional
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
+from .inputs import recorded_outputs
 from .keras3_archive import first_line, is_keras3, keras_version_of
 
 # float32 noise across backends (Keras 3 on JAX vs tf.keras 2 on TensorFlow) and summation
@@ -25,19 +26,6 @@ from .keras3_archive import first_line, is_keras3, keras_version_of
 # output scale itself.
 RTOL = 1e-4
 ATOL = 1e-5
-
-
-def recorded_outputs(inputs_path: Optional[Path], count: int) -> Optional[np.ndarray]:
-    """The array `y` of an inputs .npz (first `count` samples), or None when there is none."""
-    if inputs_path is None or Path(inputs_path).suffix != ".npz":
-        return None
-    with np.load(inputs_path, allow_pickle=False) as data:
-        if "y" not in data.files:
-            return None
-        y = data["y"]
-    if y.ndim == 0 or y.shape[0] < count:
-        raise LrpUsageError(f"{shown(inputs_path)}: the recorded outputs y hold {0 if y.ndim == 0 else y.shape[0]} samples, x {count}")
-    return y[:count]
 
 
 def check_outputs(model, x: np.ndarray, inputs_path: Optional[Path]) -> None:

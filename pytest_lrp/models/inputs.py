@@ -1,4 +1,8 @@
-"""The inputs the analyzers explain: from a .npy/.npz file, or seeded random."""
+"""The inputs the analyzers explain: from a .npy/.npz file, or seeded random.
+
+An .npz may also carry ``y``, the model's outputs recorded where it was trained;
+fidelity.py checks the loaded model against them.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +59,20 @@ def _read_array(path: Path) -> np.ndarray:
             return data["x"]
         if len(names) == 1:
             return data[names[0]]
-    raise LrpUsageError(f"{shown(path)}: has arrays {names}; name the inputs 'x' or keep only one array")
+    raise LrpUsageError(f"{shown(path)}: has arrays {names}; name the inputs 'x' (and recorded outputs 'y') or keep only one array")
+
+
+def recorded_outputs(path: Optional[Path], count: int) -> Optional[np.ndarray]:
+    """The array ``y`` of an inputs .npz (its first ``count`` samples), or None when there is none."""
+    if path is None or Path(path).suffix != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if "y" not in data.files:
+            return None
+        y = data["y"]
+    if y.ndim == 0 or y.shape[0] < count:
+        raise LrpUsageError(f"{shown(path)}: the recorded outputs y hold {0 if y.ndim == 0 else y.shape[0]} samples, x {count}")
+    return y[:count]
 
 
 def _fits(shape: tuple, input_shape: tuple) -> bool:
