@@ -365,6 +365,18 @@ def _swap_kernels(members):
     members["model.weights.h5"] = buffer.getvalue()
 
 
+def _h5_bomb(target: Path) -> Path:
+    """A Keras 3 .h5 whose kernel declares 512 MiB, gzip-compressed and never written: a few KB on disk."""
+    import h5py
+
+    shutil.copy(DATA / "seq_cnn.h5", target)
+    with h5py.File(target, "a") as file:
+        group = file["model_weights/dense/seq_cnn/dense"]
+        del group["kernel"]
+        group.create_dataset("kernel", shape=(1 << 27,), dtype="float32", chunks=(1 << 16,), compression="gzip", fillvalue=0.0)
+    return target
+
+
 def _escaping_member(members):
     members["../../escaped.txt"] = b"must never be written anywhere"
 
@@ -381,6 +393,8 @@ def _make_bad(name: str, folder: Path) -> Path:
         return _rewrite(seq, folder / "lora.keras", lambda m: _set_option(m, 4, "lora_rank", 4))
     if name == "bomb":
         return _write_bomb(folder / "bomb.keras")
+    if name == "h5-bomb":
+        return _h5_bomb(folder / "h5bomb.h5")
     if name == "truncated":
         return _truncated(folder / "truncated.keras")
     if name == "not-json":
@@ -411,6 +425,7 @@ BAD_ARCHIVES = {
     "lora": "*lora.keras: layer 'dense' (Dense): option lora_rank=4 of Keras 3 has no equivalent in tf.keras 2",
     "bomb": "*bomb.keras: model.weights.h5 would inflate from * to 83886080 bytes; refusing a possible zip bomb "
     "(Keras stores its members uncompressed)",
+    "h5-bomb": "*h5bomb.h5: weights dense/seq_cnn/dense/kernel declare 536870912 bytes in a file of *; refusing a possible HDF5 bomb",
     "truncated": "*truncated.keras: a damaged or truncated .keras archive (*)",
     "not-json": "*notjson.keras: config.json is not valid JSON",
     "no-weights": "*noweights.keras: a .keras archive without model.weights.h5 (*)",

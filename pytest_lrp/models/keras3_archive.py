@@ -117,7 +117,7 @@ def _read_archive(path: Path, check_config) -> Keras3File:
 
     try:
         with h5py.File(io.BytesIO(weights_bytes), "r") as store:
-            weights = _archive_weights(path, store, config)
+            weights = _archive_weights(path, store, config, len(weights_bytes))
     except LrpUsageError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -125,7 +125,7 @@ def _read_archive(path: Path, check_config) -> Keras3File:
     return Keras3File(path, str(metadata.get("keras_version", "3")), ".keras", config, weights)
 
 
-def _archive_weights(path: Path, store, config: dict) -> dict:
+def _archive_weights(path: Path, store, config: dict, stored_bytes: int) -> dict:
     """Layer name -> arrays, following Keras 3's per-class numbering of ``model.layers``."""
     weights = {}
     used: dict = {}
@@ -147,18 +147,18 @@ def _archive_weights(path: Path, store, config: dict) -> dict:
                 f"{shown(path)}: {WEIGHTS} holds the weights of layer '{stored_name}' where layer '{name}' "
                 f"({class_name}) was expected (layers/{key}); the weights layout is not one pytest-lrp knows"
             )
-        weights[name] = _numbered_arrays(path, group, f"layers/{key}/vars")
+        weights[name] = _numbered_arrays(path, group, f"layers/{key}/vars", stored_bytes)
     return weights
 
 
-def _numbered_arrays(path: Path, group, where: str) -> list:
+def _numbered_arrays(path: Path, group, where: str, stored_bytes: int) -> list:
     count = len(group.keys())
     arrays = []
     for i in range(count):
         dataset = group.get(str(i))
         if dataset is None or not hasattr(dataset, "shape"):
             raise LrpUsageError(f"{shown(path)}: {WEIGHTS} has no array {where}/{i} (expected 0..{count - 1})")
-        arrays.append(np.asarray(dataset[()]))
+        arrays.append(_array(path, dataset, f"{where}/{i}", stored_bytes))
     return arrays
 
 
@@ -177,11 +177,12 @@ def _read_legacy_h5(path: Path, check_config) -> Keras3File:
             check_config(config)
             group = file.get("model_weights", file)
             weights = {}
+            stored_bytes = path.stat().st_size
             for name in _strings(group.attrs.get("layer_names", [])):
                 layer_group = group.get(name)
                 if layer_group is None:
                     raise LrpUsageError(f"{shown(path)}: model_weights lists layer '{name}' but holds no group for it")
-                weights[name] = [np.asarray(layer_group[w][()]) for w in _strings(layer_group.attrs.get("weight_names", []))]
+                weights[name] = [_array(path, layer_group[w], f"{name}/{w}", stored_bytes) for w in _strings(layer_group.attrs.get("weight_names", []))]
     except LrpUsageError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -189,6 +190,21 @@ def _read_legacy_h5(path: Path, check_config) -> Keras3File:
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
     return Keras3File(path, str(version), ".h5", config, weights)
+
+
+def _array(path: Path, dataset, where: str, stored_bytes: int) -> np.ndarray:
+    """A weights array, its declared size and type checked before it is read.
+
+    A compressed HDF5 dataset can declare gigabytes and store almost nothing (an HDF5 bomb);
+    Keras writes its datasets uncompressed, so the zip rule applies to them too.
+    """
+    if not hasattr(dataset, "dtype") or dataset.dtype.kind not in "fiub":
+        raise LrpUsageError(f"{shown(path)}: weights {where} are not a numeric array")
+    if dataset.nbytes > BOMB_FLOOR_BYTES and dataset.nbytes > MAX_EXPANSION * max(stored_bytes, 1):
+        raise LrpUsageError(
+            f"{shown(path)}: weights {where} declare {dataset.nbytes} bytes in a file of {stored_bytes}; refusing a possible HDF5 bomb"
+        )
+    return np.asarray(dataset[()])
 
 
 def _model_layers(path: Path, config: dict) -> list:
