@@ -30,7 +30,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SECTIONS = ("suite", "xdist", "flat", "startup", "vgg16", "vgg16_all")
+SECTIONS = ("suite", "xdist", "flat", "startup", "reference", "vgg16", "vgg16_all")
+# The last commit before the numpy reference ran inside analyses (issue 12): the example suite
+# as it was then (its rules.yaml, xfails and all) is what the reference's cost is measured against.
+BEFORE_REFERENCE = "8802b1c"
+REFERENCE_REPEATS = 2
 # How VGG16's cost grows with samples is measured on four rule families (LRP, alpha-beta,
 # Deep Taylor, a composite preset); all 21 rules run once, with one sample (vgg16_all).
 VGG16_RULES = ("z", "alpha2-beta1", "deep-taylor-bounded", "preset-a")
@@ -189,6 +193,36 @@ def startup(env: dict) -> dict:
             "heavy_modules_imported_by_plugin": heavy}
 
 
+def reference(env: dict) -> dict:
+    """The example suite with the numpy reference (leak accounting in every LRP analysis, the
+    reference check on 20 rules) against the suite of BEFORE_REFERENCE; alternated, fastest of each.
+    Both run from `git archive` copies (HEAD and BEFORE_REFERENCE), not from the working tree,
+    on the example digits without `y` (class labels there, which newer inputs.py would read as
+    recorded outputs), so that only the reference differs."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        trees = {"before": Path(folder, "before"), "with_reference": Path(folder, "head")}
+        for tree, commit in zip(trees.values(), (BEFORE_REFERENCE, "HEAD")):
+            tree.mkdir()
+            archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        digits = Path(folder, "digits.npz")
+        np.savez(digits, x=np.load(ROOT / "examples" / "digits.npz")["x"])
+        report = RESULTS / "reference_report.json"
+        runs = {name: [] for name in trees}
+        for _ in range(REFERENCE_REPEATS):
+            for name, tree in trees.items():
+                extra = [f"--lrp-report={report}"] if name == "with_reference" else []
+                # PYTHONPATH: that tree's pytest_lrp before the installed one
+                runs[name].append(run(pytest_cmd("rules.yaml", f"--lrp-inputs={digits}", *extra), dict(env, PYTHONPATH=str(tree)), cwd=tree))
+    fastest = {name: min(r["seconds"] for r in values) for name, values in runs.items()}
+    records = json.loads(report.read_text())["results"]
+    seconds = sum((r.get("reference") or {}).get("seconds", 0) for r in records)
+    return {"runs": runs, "before_s": fastest["before"], "with_reference_s": fastest["with_reference"],
+            "ratio": round(fastest["with_reference"] / fastest["before"], 3), "reference_seconds_in_reference_tests": round(seconds, 2)}
+
+
 def vgg16(env: dict) -> dict:
     """keras.applications.VGG16(weights=None) at 224x224: 1 rule and 4 rules, with 1 and 2 samples."""
     rules = vgg16_rules(VGG16_RULES)
@@ -261,6 +295,8 @@ def goals(r: dict) -> dict:
     if "startup" in r:
         s = r["startup"]
         g["start-up within 5% and 50 ms of -p no:lrp"] = (s["ratio"], s["ratio"] <= 1.05 and s["difference_s"] <= 0.05)
+    if "reference" in r:
+        g["example suite with the reference <= 1.5 x before it"] = (r["reference"]["ratio"], r["reference"]["ratio"] <= 1.5)
     if "xdist" in r:
         x = r["xdist"]
         g["-n 2 same outcomes and >= 1.5 x faster"] = (x["speedup"], x["same_outcomes"] and x["speedup"] >= 1.5)
@@ -289,6 +325,11 @@ def table(r: dict) -> str:
         rows.append(("start-up, no LRP test, -p no:lrp (median)", s["median_no_lrp"], "", ""))
         rows.append(("start-up, no LRP test, plugin on (median)", s["median_with_plugin"], "",
                      f"+{s['difference_s'] * 1000:.0f} ms ({s['ratio']:.3f} x); plugin imports {s['heavy_modules_imported_by_plugin']}"))
+    if "reference" in r:
+        f = r["reference"]
+        rows.append((f"pytest rules.yaml at {BEFORE_REFERENCE}, before the reference (fastest of {REFERENCE_REPEATS})", f["before_s"], "", ""))
+        rows.append(("pytest rules.yaml with the reference", f["with_reference_s"], "",
+                     f"{f['ratio']:.2f} x; reference time in the reference tests {f['reference_seconds_in_reference_tests']} s"))
     for v in (r[k] for k in ("vgg16", "vgg16_all") if k in r):
         for key, value in v.items():
             if isinstance(value, dict):

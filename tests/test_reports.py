@@ -159,13 +159,13 @@ def test_terminal_summary_one_sorted_row_per_test(lrp_project, pytester):
     # Sorted by model and rule; a rule's conservation row comes before its other checks.
     result.stdout.fnmatch_lines([
         "*= LRP results =*",
-        "model   rule           analyzer  max |error|  max rel. error  tolerance * outcome * leaking layer",
+        "model   rule           analyzer  max |error|  max rel. error  tolerance * outcome * leaking layer * leak by mechanism",
         "biased  flat           lrp.flat  * passed * -",
         "biased  flat (finite)  lrp.flat  * passed * -",
-        "biased  z              lrp.z     * xfailed * dense_* (Dense)",
+        "biased  z              lrp.z     * xfailed * dense_* (Dense)  bias *%",
         "nobias  flat           lrp.flat  * passed * -",
         "nobias  flat (finite)  lrp.flat  * passed * -",
-        "nobias  z              lrp.z     * xpassed-strict  -",
+        "nobias  z              lrp.z     * xpassed-strict  - * -",
     ])
     header = next(line for line in result.stdout.lines if line.startswith("model "))
     rows = [line for line in result.stdout.lines if line.startswith(("biased ", "nobias "))]
