@@ -186,3 +186,15 @@ def test_a_dropped_stabilizer_is_unexplained_leak_and_a_reference_failure(conv_p
     for name, layer in layers.items():
         if name != "conv_a" and layer["unexplained"] is not None:
             assert abs(layer["unexplained"]) < 1e-4 * abs(records[("conservation", "eps")]["targets"][records[("conservation", "eps")]["worst_sample"]])
+
+
+def test_a_crash_of_the_reference_fails_its_check_and_leaves_the_analysis_alone(conv_project, monkeypatch):
+    import pytest_lrp.reference
+
+    def broken(*args, **kwargs):
+        raise KeyError("no such layer")
+
+    monkeypatch.setattr(pytest_lrp.reference, "explain", broken)
+    result = conv_project.run("  - {id: z, analyzer: lrp.z}")
+    result.assert_outcomes(passed=1, failed=1)  # conservation holds on the bias-free net; the reference check fails
+    result.stdout.fnmatch_lines(["the numpy reference could not run lrp.z on conv_bias_free (KeyError: 'no such layer') (lrp.z on conv_bias_free)"])

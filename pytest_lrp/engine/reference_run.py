@@ -15,13 +15,13 @@ from typing import Optional
 from ..base.lazy import np
 from ..checks.leaks import MECHANISMS, LayerLeaks, LeakAccount
 from ..checks.reference import FORWARD_RTOL, ReferenceComparison, compare
-from ..config.rulefile import Rule
+from ..config.rulefile import LEAK_ANALYZER_FAMILIES, Rule
 from ..models.modelfile import ModelFile
 
 
 def accounts_leaks(analyzer: str) -> bool:
     """The analyzers whose leaks have mechanisms: relevance propagation by a rule's formula."""
-    return analyzer.split(".")[0] in ("lrp", "deep_taylor")
+    return analyzer.split(".")[0] in LEAK_ANALYZER_FAMILIES
 
 
 def wanted(rule: Rule) -> bool:
@@ -51,6 +51,10 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
                          keep_maps="reference" in rule.checks)
     except (UnsupportedLayer, UnsupportedRule) as exc:
         comparison.skipped = f"the numpy reference cannot judge {rule.analyzer} on {model.name}: {exc}"
+        return comparison, None
+    except Exception as exc:  # a fault of the reference must not pass for one of innvestigate's analysis
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        comparison.problem = f"the numpy reference could not run {rule.analyzer} on {model.name} ({type(exc).__name__}: {first})"
         return comparison, None
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
