@@ -157,16 +157,24 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
     ])
     model.set_weights([np.abs(rng.normal(0.5, 0.3, w.shape)).astype(np.float32) for w in model.get_weights()])
     model.save(pytester.path / "chain.h5")
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: bias in d2}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, xfail: bias in d2}\n  - {id: w, analyzer: lrp.w_square}\n")
     result, page, records = _run(pytester, "--lrp-model=chain.h5", "rules.yaml", "-k", "conservation")
-    result.assert_outcomes(xfailed=1)
-    (chart,) = [img for img in page.images if img["alt"].startswith("relevance per layer")]
-    assert _decode(chart["src"]).shape[1] > 200
-    (record,) = records
-    for layer in record["layers"]:
-        assert f"{layer['name']} {layer['relevance']:.4g}" in chart["alt"]
-    assert any(c.startswith("leaking layer: d2 (Dense), change ") for c in page.captions)
+    result.assert_outcomes(xfailed=1, passed=1)
+    w_chart, z_chart = [img for img in page.images if img["alt"].startswith("relevance per layer")]  # sections: w, z
+    z = next(r for r in records if r["rule"] == "z")
+    for layer in z["layers"]:
+        assert f"{layer['name']} {layer['relevance']:.4g}" in z_chart["alt"]
+    assert any(f"red: the leaking layer d2 (Dense), change {z['leak_layer']['change']:+.4g}" in c for c in page.captions)
+    assert any(c.endswith("no leaking layer") for c in page.captions)  # w-square conserves
     assert page.rows[0]["cells"][-1] == "d2 (Dense)"
+    # The leaking step is drawn red; a conserving rule's chart has no red at all.
+    red = [int(np.sum((p[..., 0] > 0.75) & (p[..., 1] < 0.3) & (p[..., 2] < 0.3))) for p in map(_decode, (w_chart["src"], z_chart["src"]))]
+    assert red[0] == 0 and red[1] > 50
+    # The reference's split of the leak by mechanism: the bias of d2, as in the JSON report.
+    (table,) = re.findall(r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text())
+    bias = next(entry["bias"] for entry in z["leaks"]["layers"] if entry["name"] == "d2")
+    assert bias != 0 and f"<tr><td>d2</td><td>{bias:+.4g}</td>" in table
 
 
 def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 
 from ..base.atomic import write_atomically
+from ..checks.leaks import MECHANISMS, UNEXPLAINED
 from ..config.rulefile import CHECK_NAMES
 from .html_images import IMAGES_ATTRIBUTE, analysis_key, record_chart, shown_leak
 from .json_report import versions
@@ -181,15 +182,47 @@ def _chart(record) -> str:
     layers = record.get("layers") or []
     if len(layers) < 2:
         return ""
+    sample = record.get("worst_sample", 0)
     leak = shown_leak(record)
     png = record_chart(record)
     alt = "relevance per layer: " + ", ".join(f"{layer['name']} {float(layer['relevance']):.4g}" for layer in layers)
-    note = f"leaking layer: {leak['name']} ({leak['class']}), change {float(leak['change']):+.4g}" if leak else "no leaking layer named"
+    caption = (f"relevance total at each layer's output, sample {sample}, output (left) to input (right); "
+               f"dashed: the target {float(record['targets'][sample]):.4g}; ")
+    caption += f"red: the leaking layer {leak['name']} ({leak['class']}), change {float(leak['change']):+.4g}" if leak else "no leaking layer"
+    return (f'<figure class="chart"><img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
+            f"<figcaption>{escape(caption)}</figcaption>{_mechanisms(record)}</figure>")
+
+
+def _mechanisms(record) -> str:
+    """The numpy reference's split of each layer's change by mechanism, where any moved relevance."""
     leaks = record.get("leaks")
-    if leaks and record.get("leak_split"):
-        declared = ", ".join(leaks["declared"]) or "none"
-        note += f"; leak by mechanism (numpy reference): {record['leak_split']}; declared: {declared}; verdict: {leaks['verdict']}"
-    return f'<figure class="chart"><img alt="{escape(alt)}" src="data:image/png;base64,{png}"><figcaption>{escape(note)}</figcaption></figure>'
+    if not leaks or not leaks.get("layers") or leaks["verdict"] == "conserved":  # nothing to split but float noise
+        return ""
+    columns = MECHANISMS + (UNEXPLAINED,)
+    # What stays within the rule's tolerance is float noise, not a leak worth a row.
+    tolerance = record["tolerance"]
+    bound = tolerance["atol"] + tolerance["rtol"] * abs(float(record["targets"][leaks["sample"]]))
+    rows = [entry for entry in leaks["layers"] if any(_beyond(entry.get(c), bound) for c in columns)]
+    shown = [c for c in columns if any(_beyond(entry.get(c), bound) for entry in rows)]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(c)}</th>" for c in shown)
+    body = "".join(
+        f"<tr><td>{escape(entry['name'])}</td>" + "".join(f"<td>{_signed(entry.get(c))}</td>" for c in shown) + "</tr>" for entry in rows
+    )
+    summary = (f"leak by mechanism (numpy reference), sample {leaks['sample']}: {record.get('leak_split') or '-'}; "
+               f"declared: {', '.join(leaks['declared']) or 'none'}; verdict: {leaks['verdict']}")
+    return f'<table class="mechanisms"><caption>{escape(summary)}</caption><tr><th>layer</th>{head}</tr>{body}</table>'
+
+
+def _beyond(value, bound: float) -> bool:
+    return value is not None and (isinstance(value, str) or abs(value) > bound)  # "nan"/"inf" always show
+
+
+def _signed(value) -> str:
+    if value is None:
+        return "-"
+    return escape(value) if isinstance(value, str) else f"{value:+.4g}"
 
 
 def _table_order(record):
@@ -251,7 +284,8 @@ pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
 figure{margin:0}figcaption{font-size:12px;color:#555;max-width:36em}
 .grid{display:grid;grid-template-columns:repeat(4,max-content);gap:.4em .8em}
 .pair img{width:56px;image-rendering:pixelated;margin-right:2px;border:1px solid #ddd}.pair figcaption{font-size:11px}
-.chart img,.comparison img{max-width:100%}.top{font-size:12px}
+.chart img,.comparison img{max-width:100%}.chart figcaption{max-width:450px}
+.mechanisms{margin-top:.5em;font-size:12px}.mechanisms caption{text-align:left;color:#555;max-width:450px}.mechanisms td:not(:first-child){text-align:right}.top{font-size:12px}
 """
 
 # Hides the rows whose outcome is unticked; without script every row stays visible.
