@@ -46,7 +46,6 @@ MODEL_CLASSES = ("Sequential", "Functional", "Model")
 class Keras3File:
     path: Path
     keras_version: str
-    format: str  # ".keras" or ".h5"
     config: dict = field(repr=False)  # {"class_name": ..., "config": {...}} as Keras 3 wrote it
     weights: dict = field(repr=False)  # layer name -> list of arrays in get_weights() order
 
@@ -122,7 +121,7 @@ def _read_archive(path: Path, check_config) -> Keras3File:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LrpUsageError(f"{shown(path)}: {WEIGHTS} in the archive is not a readable HDF5 file ({first_line(exc)})") from None
-    return Keras3File(path, str(metadata.get("keras_version", "3")), ".keras", config, weights)
+    return Keras3File(path, str(metadata.get("keras_version", "3")), config, weights)
 
 
 def _archive_weights(path: Path, store, config: dict, stored_bytes: int) -> dict:
@@ -189,7 +188,7 @@ def _read_legacy_h5(path: Path, check_config) -> Keras3File:
         raise LrpUsageError(f"{shown(path)}: a damaged Keras 3 HDF5 file ({type(exc).__name__}: {first_line(exc)})") from None
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
-    return Keras3File(path, str(version), ".h5", config, weights)
+    return Keras3File(path, str(version), config, weights)
 
 
 def _array(path: Path, dataset, where: str, stored_bytes: int) -> np.ndarray:
