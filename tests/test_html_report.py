@@ -104,12 +104,13 @@ def test_the_page_lists_every_test_failures_first_with_the_numbers_numpy_compute
     sums = net.lrp_z(x).sum(axis=1)
     errors = np.abs(sums - outputs.max(axis=1))
     z = next(row for row in page.rows if row["cells"][1] == "z" and row["cells"][2] == "conservation")
-    model, rule, check, outcome, max_error, relative, tolerance, leak = z["cells"]
+    model, rule, check, outcome, max_error, relative, tolerance, leak, split = z["cells"]
     assert (outcome, tolerance) == ("xfailed", "rtol 1e-05, atol 1e-06")
     assert float(max_error) == pytest.approx(errors.max(), rel=1e-3)  # printed to 4 digits
     assert float(relative.rstrip("%")) / 100 == pytest.approx((errors / np.abs(outputs.max(axis=1))).max(), abs=1e-4)
-    json_leak = next(r for r in records if r["nodeid"] == z["nodeid"])["leak_layer"]
-    assert leak == f"{json_leak['name']} (Dense)"
+    z_record = next(r for r in records if r["nodeid"] == z["nodeid"])
+    assert leak == f"{z_record['leak_layer']['name']} (Dense)"
+    assert split == z_record["leak_split"] and "bias" in split  # the numpy reference's split, as in the summary
     # Every table row links to its rule's section, and every section exists.
     assert {row["links"][0] for row in page.rows} == {f"#{s}" for s in page.sections}
     assert len(page.sections) == 3
@@ -158,23 +159,29 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
     model.set_weights([np.abs(rng.normal(0.5, 0.3, w.shape)).astype(np.float32) for w in model.get_weights()])
     model.save(pytester.path / "chain.h5")
     (pytester.path / "rules.yaml").write_text(
-        "rules:\n  - {id: z, analyzer: lrp.z, xfail: bias in d2}\n  - {id: w, analyzer: lrp.w_square}\n")
+        "rules:\n  - {id: z, analyzer: lrp.z, xfail: bias in d2}\n  - {id: w, analyzer: lrp.w_square}\n"
+        "  - {id: z-declared, analyzer: lrp.z, leaks: [bias]}\n")
     result, page, records = _run(pytester, "--lrp-model=chain.h5", "rules.yaml", "-k", "conservation")
-    result.assert_outcomes(xfailed=1, passed=1)
-    w_chart, z_chart = [img for img in page.images if img["alt"].startswith("relevance per layer")]  # sections: w, z
+    result.assert_outcomes(xfailed=1, passed=2)
+    w_chart, z_chart, declared_chart = [img for img in page.images if img["alt"].startswith("relevance per layer")]
     z = next(r for r in records if r["rule"] == "z")
     for layer in z["layers"]:
         assert f"{layer['name']} {layer['relevance']:.4g}" in z_chart["alt"]
     assert any(f"red: the leaking layer d2 (Dense), change {z['leak_layer']['change']:+.4g}" in c for c in page.captions)
     assert any(c.endswith("no leaking layer") for c in page.captions)  # w-square conserves
-    assert page.rows[0]["cells"][-1] == "d2 (Dense)"
-    # The leaking step is drawn red; a conserving rule's chart has no red at all.
-    red = [int(np.sum((p[..., 0] > 0.75) & (p[..., 1] < 0.3) & (p[..., 2] < 0.3))) for p in map(_decode, (w_chart["src"], z_chart["src"]))]
-    assert red[0] == 0 and red[1] > 50
+    assert page.rows[0]["cells"][7:] == ["d2 (Dense)", z["leak_split"]]
+    # The leaking step is drawn red, also where the declared leaks explain it (the test passes);
+    # a conserving rule's chart has no red at all.
+    charts = (w_chart["src"], z_chart["src"], declared_chart["src"])
+    red = [int(np.sum((p[..., 0] > 0.75) & (p[..., 1] < 0.3) & (p[..., 2] < 0.3))) for p in map(_decode, charts)]
+    assert red[0] == 0 and red[1] > 50 and red[2] > 50
+    declared = next(row for row in page.rows if row["cells"][1] == "z-declared")
+    assert declared["outcome"] == "passed" and declared["cells"][7] == "d2 (Dense)"
     # The reference's split of the leak by mechanism: the bias of d2, as in the JSON report.
-    (table,) = re.findall(r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text())
+    table, declared_table = re.findall(r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text())
     bias = next(entry["bias"] for entry in z["leaks"]["layers"] if entry["name"] == "d2")
     assert bias != 0 and f"<tr><td>d2</td><td>{bias:+.4g}</td>" in table
+    assert "declared: none; verdict: not conserved" in table and "declared: bias; verdict: explained" in declared_table
 
 
 def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):

@@ -116,6 +116,7 @@ def _table(records, counts) -> str:
             _percent(r.get("max_relative_error")) if conservation else "",
             escape(f"rtol {tol['rtol']:g}, atol {tol['atol']:g}") if conservation else "",
             escape(f"{leak['name']} ({leak['class']})") if leak else "",
+            escape(r.get("leak_split") or "") if leak else "",
         )
         rows.append(
             f'<tr id="{row_id(r["nodeid"])}" data-outcome="{escape(r["outcome"])}" title="{escape(r["nodeid"])}">'
@@ -124,7 +125,7 @@ def _table(records, counts) -> str:
     return (
         '<h2>Tests</h2><form class="filter" id="filter">show: ' + buttons + "</form>"
         '<table id="results"><thead><tr><th>model</th><th>rule</th><th>check</th><th>outcome</th>'
-        "<th>max |error|</th><th>max rel. error</th><th>tolerance</th><th>leaking layer</th></tr></thead>"
+        "<th>max |error|</th><th>max rel. error</th><th>tolerance</th><th>leaking layer</th><th>leak by mechanism</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

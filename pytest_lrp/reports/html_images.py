@@ -83,8 +83,10 @@ def record_chart(record) -> str:
 
 
 def shown_leak(record):
-    """The leaking layer where relevance was not conserved; elsewhere the largest change is float noise."""
-    return record.get("leak_layer") if record["outcome"] in LEAKING else None
+    """The leaking layer where relevance was not conserved (also where the declared `leaks:`
+    explain it), as in the terminal summary; elsewhere the largest change is float noise."""
+    explained = (record.get("leaks") or {}).get("verdict") == "explained"
+    return record.get("leak_layer") if record["outcome"] in LEAKING or explained else None
 
 
 def _comparison(item, analysis, settings, rules_path):
