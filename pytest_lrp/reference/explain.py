@@ -243,11 +243,11 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
     if neuron_selection == "index":
         index = np.broadcast_to(np.asarray(index, dtype=int).ravel(), (len(x),))
     # left Riemann sum (t = 0 .. (steps-1)/steps); path points of all samples go through the
-    # network together, in chunks of about 2**19 input values to bound the memory (VGG16: 3 points)
+    # network together, in chunks of about 2**17 input values to bound the memory (VGG16: one point at a time)
     ts = np.arange(steps) / steps
     sample = np.repeat(np.arange(len(x)), steps)
     position = np.tile(ts, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
-    per_chunk = max(1, 2 ** 19 // max(1, x[0].size))
+    per_chunk = max(1, 2 ** 17 // max(1, x[0].size))
     total = np.zeros_like(x)
     for start in range(0, len(sample), per_chunk):
         rows, t = sample[start:start + per_chunk], position[start:start + per_chunk]

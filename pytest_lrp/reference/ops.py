@@ -75,6 +75,12 @@ class Windows:
                         for o, d, n, s in zip(offset, self.dilation, out, self.strides))
                 + (slice(None),))
 
+    def padded_zeros(self, batch: int, x_shape, dtype) -> np.ndarray:
+        """Zeros shaped like the padded input, for a transpose to scatter into."""
+        spatial = tuple(x_shape[1:-1])
+        sizes = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, self.pads(spatial)))
+        return np.zeros((batch,) + sizes + (x_shape[-1],), dtype=dtype)
+
     def crop(self, padded: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
         pads = self.pads(spatial)
         index = ((slice(None),)
@@ -122,11 +128,7 @@ class Conv:
     def transpose(self, g, kernel, x_shape):
         spatial = tuple(x_shape[1:-1])
         out = g.shape[1:-1]
-        pads = self.w.pads(spatial)
-        padded_shape = ((g.shape[0],)
-                        + tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
-                        + (x_shape[-1],))
-        grad = np.zeros(padded_shape, dtype=np.result_type(g, kernel))
+        grad = self.w.padded_zeros(g.shape[0], x_shape, np.result_type(g, kernel))
         if self.depthwise:
             g = g.reshape(g.shape[:-1] + kernel.shape[-2:])
         for offset in self.w.offsets():
@@ -186,9 +188,7 @@ class AveragePool:
 def _scatter_ones(windows: Windows, g, x_shape):
     """Transpose of the window sum: every window cell receives its window's value."""
     spatial = tuple(x_shape[1:-1])
-    pads = windows.pads(spatial)
-    padded = np.zeros((g.shape[0],) + tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
-                      + (x_shape[-1],), dtype=g.dtype)
+    padded = windows.padded_zeros(g.shape[0], x_shape, g.dtype)
     out = g.shape[1:-1]
     for offset in windows.offsets():
         padded[windows.slices(offset, out)] += g
@@ -210,9 +210,7 @@ class MaxPool:
 
     def transpose(self, g, argmax, x_shape):
         spatial = tuple(x_shape[1:-1])
-        pads = self.w.pads(spatial)
-        padded = np.zeros((g.shape[0],) + tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
-                          + (x_shape[-1],), dtype=g.dtype)
+        padded = self.w.padded_zeros(g.shape[0], x_shape, g.dtype)
         out = g.shape[1:-1]
         for flat_index, offset in enumerate(self.w.offsets()):
             padded[self.w.slices(offset, out)] += np.where(argmax == flat_index, g, 0.0)
