@@ -82,13 +82,16 @@ class Rule:
 
 class _Ones:
     """The input of w_square and flat: all ones, so their denominators do not depend on x and
-    are computed once per layer and input shape (apply_terms' cache)."""
+    are computed once per layer, rule and input shape (apply_terms' cache)."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
 
     def any(self):
         return True
 
 
-ONES = _Ones()
+ONES = {"w_square": _Ones("w_square"), "flat": _Ones("flat")}
 
 
 def _pos(a):
@@ -102,8 +105,9 @@ def _neg(a):
 def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | None = None):
     """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer) per term.
 
-    ``cache`` keeps the kernel's variants (positive part, squares, ...) between calls: the
-    weights do not change, and VGG16's first Dense kernel alone has 10^8 entries."""
+    ``cache`` keeps the kernel's positive and negative parts between calls (most rules use
+    them; VGG16's first Dense kernel alone has 10^8 entries); squares and ones are cheap to
+    make again and would double the memory."""
     cache = {} if cache is None else cache
 
     def variant(name, make):
@@ -118,8 +122,8 @@ def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | Non
     if rule.kind == "epsilon":
         return [(1.0, [(x, kernel, 1.0)], b, ("epsilon", rule.epsilon))]
     if rule.kind in ("w_square", "flat"):
-        w = variant(rule.kind, np.square if rule.kind == "w_square" else np.ones_like)
-        return [(1.0, [(ONES, w, 1.0)], None, safe)]
+        w = np.square(kernel) if rule.kind == "w_square" else np.ones_like(kernel)
+        return [(1.0, [(ONES[rule.kind], w, 1.0)], None, safe)]
     wp, wn = variant("pos", _pos), variant("neg", _neg)
     if rule.kind == "z_plus_fast":
         return [(1.0, [(x, wp, 1.0)], None, safe)]
@@ -169,8 +173,8 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
         for xv, wv, sign in pairs:
             if known is not None and xv is known[0] and wv is known[1]:
                 c = c + sign * known[2]
-            elif xv is ONES:
-                c = c + sign * _forward_of_ones(op, wv, x_shape, {} if cache is None else cache)
+            elif isinstance(xv, _Ones):
+                c = c + sign * _forward_of_ones(op, wv, xv.rule, x_shape, {} if cache is None else cache)
             else:
                 c = c + sign * op.forward(xv, wv)
         d = c + b if b is not None else c
@@ -178,7 +182,7 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
         s = relevance / ds
         for xv, wv, sign in pairs:
             back = op.transpose(s, wv, x_shape)
-            r_in += sign * kappa * (back if xv is ONES else xv * back)
+            r_in += sign * kappa * (back if isinstance(xv, _Ones) else xv * back)
         present = c != 0
         any_present |= present
         present_kappa += kappa * present
@@ -199,8 +203,8 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
     return r_in, mech
 
 
-def _forward_of_ones(op, kernel, x_shape, cache: dict) -> np.ndarray:
-    key = ("ones", id(kernel), tuple(x_shape[1:]))
+def _forward_of_ones(op, kernel, rule: str, x_shape, cache: dict) -> np.ndarray:
+    key = ("ones", rule, tuple(x_shape[1:]))
     if key not in cache:
         cache[key] = op.forward(np.ones((1,) + tuple(x_shape[1:]), dtype=kernel.dtype), kernel)
     return cache[key]
