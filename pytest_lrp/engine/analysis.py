@@ -28,15 +28,23 @@ def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.n
         # not something a user of the plugin can act on.
         warnings.simplefilter("ignore")
         try:
-            return _analyze(model, rule, x, reference_outputs)
+            analysis, maps = _analyze(model, rule, x, reference_outputs)
         finally:
             # The graph is garbage (a cycle of ops and tensors) only once _analyze's frame,
             # which holds the models and the analyzer, is gone: collect it now, before the
             # next analysis, not whenever the next automatic collection happens to run.
             gc.collect()
+    if wanted(rule):
+        # After the collection, so that the reference's peak (integrated gradients runs all its
+        # steps in one batch) does not come on top of the graph's.
+        analysis.reference, analysis.leaks = run_reference(
+            model, rule, x, analysis.heatmaps, analysis.outputs, analysis.neurons, analysis.sums - analysis.targets, analysis.layers, maps
+        )
+    return analysis
 
 
-def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> Analysis:
+def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> tuple:
+    """The Analysis, and innvestigate's per-layer maps for the reference check (engine/reference_run.py)."""
     tf = tensorflow()
     inn = innvestigate()
     graph = tf.Graph()
@@ -57,24 +65,19 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         # After layer_relevance: every further run replaces the analyzer's kept tensors.
         reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
         reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
-    targets = _targets(rule, selected, reference, neurons)
-    comparison, leaks = None, None
-    if wanted(rule):
-        comparison, leaks = run_reference(model, rule, x, heatmaps, outputs, neurons, heatmap_sums(heatmaps) - targets, layers, maps)
-    return Analysis(
+    analysis = Analysis(
         model=model,
         rule=rule,
         inputs=x,
         heatmaps=heatmaps,
         outputs=outputs,
         neurons=neurons,
-        targets=targets,
+        targets=_targets(rule, selected, reference, neurons),
         softmax_stripped=stripped,
         layers=layers,
         reruns=reruns,
-        reference=comparison,
-        leaks=leaks,
     )
+    return analysis, maps
 
 
 def _run(analyzer, rule: Rule, x: np.ndarray):

@@ -58,7 +58,7 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
         return comparison, None
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
-        comparison.layers = _layer_differences(result, maps, rule)
+        comparison.layers = _layer_differences(result, maps, layers, rule)
         comparison.heatmaps = compare(_heatmap_place(result, reference_model), result.heatmap, heatmaps, rule.reference_tolerance)
     comparison.seconds = time.perf_counter() - started
     return comparison, account
@@ -92,12 +92,30 @@ def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFil
 
 
 def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
-    changes = {layer.name: layer.at_inputs - layer.at_output for layer in layers if layer.cls != "InputLayer"}
+    changes = _changes_by_layer(result.layers, layers)
     accounted = []
     for layer in result.layers:
         mechanisms = {name: np.asarray(layer.mechanisms.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
         accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))
     return LeakAccount(layers=accounted, errors=np.asarray(errors, dtype=np.float64))
+
+
+def _reference_names(accounts: list, layers: list) -> dict:
+    """{innvestigate's layer name: the reference's}: the same name, else the same position from the output
+    and class (the analyzed copy of the model may rename its last layer when it strips a softmax)."""
+    kept = [layer for layer in layers if layer.cls != "InputLayer"]
+    accounts = [account for account in accounts if account.class_name != "InputLayer"]
+    names = {account.name for account in accounts}
+    found = {layer.name: layer.name for layer in kept if layer.name in names}
+    for index, account in enumerate(accounts):
+        if account.name not in found.values() and index < len(kept) and kept[index].name not in names and kept[index].cls == account.class_name:
+            found[kept[index].name] = account.name
+    return found
+
+
+def _changes_by_layer(accounts: list, layers: list) -> dict:
+    names = _reference_names(accounts, layers)
+    return {names[layer.name]: layer.at_inputs - layer.at_output for layer in layers if layer.name in names}
 
 
 def _heatmap_place(result, reference_model) -> str:
@@ -110,9 +128,11 @@ def _heatmap_place(result, reference_model) -> str:
     return f"{named}: relevance handed to the input (the heatmaps)"
 
 
-def _layer_differences(result, maps: dict, rule: Rule) -> list:
+def _layer_differences(result, maps: dict, layers: list, rule: Rule) -> list:
     """From the output down: the relevance each layer hands to the layer below, innvestigate's vs the reference's."""
     accounts = {account.name: account for account in result.layers}
+    names = _reference_names(result.layers, layers)
+    maps = {names.get(name, name): (kept, [names.get(c, c) for c in consumers]) for name, (kept, consumers) in maps.items()}
     differences = []
     for account in result.layers:
         if account.name not in maps or not account.maps:
