@@ -258,3 +258,77 @@ def test_integrated_gradients_completeness_and_left_riemann_sum(paper_net):
     # one step is the gradient at t = 0 (the reference point) times x, not at x
     one = explain(paper_net, X, "integrated_gradients", {"steps": 1})
     np.testing.assert_allclose(one.heatmap, explain(paper_net, 0 * X, "gradient", {}).heatmap * X)
+
+
+def _node(class_name, name, inputs, **config):
+    return {"class_name": class_name, "name": name, "config": {"name": name, **config},
+            "inbound_nodes": [[[source, 0, 0, {}] for source in inputs]] if inputs else []}
+
+
+def residual_config():
+    """A functional net with every layer kind whose accounting is not a Dense's, built without Keras."""
+    layers = [
+        _node("InputLayer", "in", [], batch_input_shape=[None, 6, 6, 2]),
+        _node("Conv2D", "conv", ["in"], filters=3, kernel_size=[3, 3], strides=[1, 1], padding="same",
+              dilation_rate=[1, 1], activation="relu", use_bias=True),
+        _node("BatchNormalization", "bn", ["conv"], axis=[3], epsilon=1e-3, center=True, scale=True),
+        _node("Conv2D", "side", ["in"], filters=3, kernel_size=[1, 1], strides=[1, 1], padding="valid",
+              dilation_rate=[1, 1], activation="relu", use_bias=True),
+        _node("Add", "add", ["bn", "side"]),
+        _node("ReLU", "relu", ["add"]),
+        _node("MaxPooling2D", "pool", ["relu"], pool_size=[2, 2], strides=[2, 2], padding="valid"),
+        _node("ZeroPadding2D", "pad", ["pool"], padding=[[1, 1], [1, 1]]),
+        _node("AveragePooling2D", "avg", ["pad"], pool_size=[2, 2], strides=[1, 1], padding="same"),
+        _node("DepthwiseConv2D", "dw", ["avg"], kernel_size=[2, 2], strides=[1, 1], padding="valid",
+              depth_multiplier=2, dilation_rate=[1, 1], activation="relu", use_bias=True),
+        _node("GlobalAveragePooling2D", "gap", ["dw"]),
+        _node("GlobalMaxPooling2D", "gmp", ["dw"]),
+        _node("Concatenate", "cat", ["gap", "gmp"], axis=-1),
+        _node("Dense", "out", ["cat"], units=3, activation="linear", use_bias=True),
+    ]
+    return {"name": "res", "layers": layers, "input_layers": [["in", 0, 0]], "output_layers": [["out", 0, 0]]}
+
+
+def residual_weights(rng):
+    return {"conv": [rng.normal(0, 0.5, (3, 3, 2, 3)), rng.normal(0, 0.3, 3)],
+            "bn": [rng.uniform(0.5, 1.5, 3), rng.normal(0, 0.3, 3), rng.normal(0, 0.3, 3), rng.uniform(0.3, 2, 3)],
+            "side": [rng.normal(0, 0.5, (1, 1, 2, 3)), rng.normal(0, 0.3, 3)],
+            "dw": [rng.normal(0, 0.5, (2, 2, 3, 2)), rng.normal(0, 0.3, 6)],
+            "out": [rng.normal(0, 0.5, (12, 3)), rng.normal(0, 0.3, 3)]}
+
+
+def test_forward_of_the_residual_config_by_hand():
+    rng = np.random.default_rng(5)
+    model = ReferenceModel.from_keras(residual_config(), residual_weights(rng))
+    x = rng.uniform(0, 1, (2, 6, 6, 2))
+    acts = model.forward(x)
+    w = residual_weights(np.random.default_rng(5))
+    side = np.maximum(x @ w["side"][0][0, 0] + w["side"][1], 0)
+    np.testing.assert_allclose(acts["side"], side)
+    gamma, beta, mean, var = w["bn"]
+    np.testing.assert_allclose(acts["bn"], gamma * (acts["conv"] - mean) / np.sqrt(var + 1e-3) + beta)
+    relu = np.maximum(acts["bn"] + side, 0)
+    np.testing.assert_allclose(acts["pool"], relu.reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4)))
+    assert acts["pad"].shape == (2, 5, 5, 3) and acts["avg"].shape == (2, 5, 5, 3)
+    np.testing.assert_allclose(acts["avg"][:, -1, -1], acts["pad"][:, -1, -1])  # 'same': the corner window holds one cell
+    assert acts["dw"].shape == (2, 4, 4, 6) and acts["out"].shape == (2, 3)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16))
+def test_accounting_identity_on_every_layer_kind(seed):
+    rng = np.random.default_rng(seed)
+    model = ReferenceModel.from_keras(residual_config(), residual_weights(rng))
+    x = np.maximum(rng.normal(0.3, 0.5, (2, 6, 6, 2)), 0)
+    for analyzer, params in RULES:
+        result = explain(model, x, analyzer, params)
+        total = result.output_relevance.copy()
+        for account in result.layers:
+            change = account.relevance_in - account.relevance_out
+            explained = sum(account.mechanisms.values())
+            scale = np.abs(account.relevance_out) + np.abs(account.relevance_in) + 1e-12
+            assert (np.abs(change - explained) <= 1e-9 * scale + 1e-9).all(), (analyzer, account.name)
+            if account.class_name in ("MaxPooling2D", "Flatten", "Concatenate", "GlobalMaxPooling2D", "InputLayer"):
+                assert not any(np.any(v) for v in account.mechanisms.values())  # conserve by construction
+            total = total + (explained if account.class_name != "InputLayer" else 0)
+        np.testing.assert_allclose(result.heatmap.reshape(2, -1).sum(axis=1), total, rtol=1e-7, atol=1e-7)
