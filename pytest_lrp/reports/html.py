@@ -273,7 +273,7 @@ h1{margin:0 0 .3em}h2{margin-top:1.5em;border-bottom:1px solid #ccc}
 dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;margin:0}dt{color:#666}dd{margin:0}
 .counts{list-style:none;padding:0;display:flex;gap:1em}.counts li{padding:.1em .5em;border-radius:3px;background:#eee}
 .warn{color:#b00;font-weight:bold}
-table{border-collapse:collapse;font-size:13px}th,td{padding:.2em .6em;border-bottom:1px solid #e4e4e4;text-align:left}
+table{border-collapse:collapse;font-size:13px}th,td{padding:.2em .6em;border-bottom:1px solid #e4e4e4;text-align:left;white-space:nowrap}
 th{position:sticky;top:0;background:#fafafa}tr:target{background:#ffd}td:nth-child(5),td:nth-child(6){text-align:right}
 .filter{margin:.5em 0}.filter label{margin-right:1em}
 .badge{padding:0 .4em;border-radius:3px;text-decoration:none;color:#222}
