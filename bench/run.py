@@ -3,7 +3,8 @@
     python bench/run.py                          # everything, about 25 minutes on 2 cores
     python bench/run.py --skip vgg16 vgg16_all   # about 5 minutes
     python bench/run.py --only vgg16_all --update   # one section, keeping the others' results
-    # sections: suite, xdist, flat, startup, vgg16 (4 rules, 1 and 2 samples), vgg16_all (21 rules)
+    # sections: suite, xdist, flat, startup, vgg16 (4 rules, 1 and 2 samples), vgg16_all (21 rules),
+    # deep_side_by_side, deep_suites (bench/deep.py: deep networks, with and without the speed-up)
 
 Every measurement runs as a subprocess of this script (pytest start-up included),
 timed by wall clock; peak memory is the child's ``ru_maxrss`` from ``os.wait4`` (for
@@ -30,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SECTIONS = ("suite", "xdist", "flat", "startup", "reference", "vgg16", "vgg16_all")
+SECTIONS = ("suite", "xdist", "flat", "startup", "reference", "vgg16", "vgg16_all", "deep_side_by_side", "deep_suites")
 # The last commit before the numpy reference ran inside analyses (issue 12): the example suite
 # as it was then (its rules.yaml, xfails and all) is what the reference's cost is measured against.
 BEFORE_REFERENCE = "8802b1c"
@@ -266,6 +267,20 @@ def vgg16_run(env: dict, rules: list, samples: int) -> dict:
     return r
 
 
+def deep_side_by_side(env: dict) -> dict:
+    """MobileNetV2, six rules: pytest-lrp against innvestigate run directly (bench/deep.py)."""
+    import deep
+
+    return deep.deep_side_by_side(env)
+
+
+def deep_suites(env: dict) -> dict:
+    """The default suite on deep networks, with and without the speed-up (bench/deep.py)."""
+    import deep
+
+    return deep.deep_suites(env, without=True)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -335,6 +350,17 @@ def table(r: dict) -> str:
             if isinstance(value, dict):
                 per = ", ".join(f"{rule} {s:.0f}" for rule, s in value["per_rule"])
                 rows.append((f"VGG16 {key.replace('_', ', ')}", value["seconds"], value["peak_rss_mb"], f"per rule s: {per}"))
+    if "deep_side_by_side" in r:
+        for rule, row in r["deep_side_by_side"]["per_rule"].items():
+            rows.append((f"MobileNetV2 {rule}: pytest-lrp / innvestigate directly", row.get("pytest_lrp_s"), "",
+                         f"{row.get('direct_s')} s directly; CPU s {row.get('pytest_lrp_cpu_s')} vs {row.get('direct_cpu_s')}; "
+                         f"ratio wall {row.get('ratio')}, CPU {row.get('cpu_ratio')}; bitwise identical: {row.get('bitwise_identical')}"))
+    for name, network in r.get("deep_suites", {}).items():
+        for key in ("with_speedup", "without_speedup"):
+            if key in network:
+                rows.append((f"{name}, 21 rules, {key.replace('_', ' ')}", network[key]["seconds"], network[key]["peak_rss_mb"],
+                             ", ".join(f"{o} {sum(1 for t in network[key]['tests'] if t[2] == o)}"
+                                       for o in ("passed", "failed", "xfailed", "error"))))
     widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(row[:3], widths)) + " | " + row[3] for row in rows]
     lines.insert(1, "-" * len(lines[0]))

@@ -1,0 +1,223 @@
+"""Deep networks (issues 11 and 14): pytest-lrp with and without its speed-up, and innvestigate run directly.
+
+    python bench/run.py --only deep_side_by_side --update        # MobileNetV2, 6 rules, about 25 minutes
+    python bench/run.py --only deep_suites --update              # 21 rules per network, with the speed-up
+    python bench/deep.py suites --networks vgg16 --without       # one network, also without the speed-up
+
+deep_side_by_side: MobileNetV2 (alpha 0.35, 96x96, weights=None, 10 classes, 2 samples), six rules.
+pytest-lrp runs them (hand-written tests that save heatmaps and inputs), then innvestigate runs
+them the usual way (bench/innvestigate_direct.py: the file loaded in a graph of its own per rule,
+Keras' normal path) on the same inputs. Per rule: both times, the ratio, and whether the heatmaps
+are bitwise identical.
+
+deep_suites: the default suite (rules.yaml's 21 rules with their checks, xfails and ceilings, plus
+`disable_model_checks: true`, which these networks need for LRP; without the numpy `reference` check,
+which is about the example network) on keras.applications networks (weights=None, small inputs) and
+a hand-made residual CNN with Keras' default layer names, 2 samples; with the speed-up
+and, with --without (PYTEST_LRP_SPEEDUP=0), without it. Per network: time, peak memory, outcome of
+every test. One network at a time (memory is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from run import RESULTS, ROOT, junit, pytest_cmd, run, write_yaml
+
+SIDE_BY_SIDE = {  # rules.yaml id -> (analyzer, params)
+    "z": ("lrp.z", {}),
+    "alpha2-beta1": ("lrp.alpha_2_beta_1", {}),
+    "preset-a": ("lrp.sequential_preset_a", {}),
+    "deep-taylor": ("deep_taylor", {}),
+    "input-times-gradient": ("input_t_gradient", {}),
+    "integrated-gradients": ("integrated_gradients", {"steps": 64, "reference_inputs": 0.0}),
+}
+# name -> (keras.applications class or None for the hand-made one, keyword arguments)
+NETWORKS = {
+    "mobilenetv2": ("MobileNetV2", {"alpha": 0.35, "input_shape": (96, 96, 3), "classes": 10}),
+    "resnet50": ("ResNet50", {"input_shape": (64, 64, 3), "classes": 10}),
+    "densenet121": ("DenseNet121", {"input_shape": (64, 64, 3), "classes": 10}),
+    "efficientnetb0": ("EfficientNetB0", {"input_shape": (64, 64, 3), "classes": 10}),
+    "vgg16": ("VGG16", {"input_shape": (224, 224, 3)}),
+    "residual_cnn": (None, {"input_shape": (32, 32, 3), "classes": 10}),
+}
+SAMPLES = 2
+# Wall time on a shared 2-core machine says how busy it was; the process's CPU time (all threads) per test
+# is what the work cost, and is what the ratio is reported on as well.
+CPU_PER_TEST = """
+import json, time
+import pytest
+
+times = {{}}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = yield
+    times[item.name] = {{"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}}
+    with open({out!r}, "w") as f:
+        json.dump(times, f)
+    return result
+"""
+
+BUILD = """
+import os, sys
+import numpy as np
+import tensorflow as tf
+name, cls, kwargs, path = sys.argv[1], sys.argv[2], eval(sys.argv[3]), sys.argv[4]
+if cls == "None":  # Conv-BN-ReLU residual blocks, Add, GlobalAveragePooling2D, Keras' default layer names
+    L = tf.keras.layers
+    inputs = L.Input(kwargs["input_shape"])
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(inputs)))
+    for filters in (16, 16, 32, 32):
+        if filters != x.shape[-1]:
+            x = L.Conv2D(filters, 1, strides=2)(x)
+        y = L.ReLU()(L.BatchNormalization()(L.Conv2D(filters, 3, padding="same")(x)))
+        y = L.BatchNormalization()(L.Conv2D(filters, 3, padding="same")(y))
+        x = L.ReLU()(L.Add()([x, y]))
+    model = tf.keras.Model(inputs, L.Dense(kwargs["classes"], activation="softmax")(L.GlobalAveragePooling2D()(x)))
+else:
+    model = getattr(tf.keras.applications, cls)(weights=None, **kwargs)
+model.save(path, include_optimizer=False)
+print(model.count_params(), len(model.layers))
+"""
+
+
+def model_file(name: str, env: dict) -> tuple:
+    path = RESULTS / f"{name}.h5"
+    info = RESULTS / f"{name}.json"
+    if not path.exists() or not info.exists():
+        cls, kwargs = NETWORKS[name]
+        out = subprocess.run([sys.executable, "-c", BUILD, name, str(cls), repr(kwargs), str(path)], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()
+        info.write_text(json.dumps({"parameters": int(out[-2]), "layers": int(out[-1])}))
+    return path, json.loads(info.read_text())
+
+
+def deep_side_by_side(env: dict, reuse_direct: bool = False) -> dict:
+    path, info = model_file("mobilenetv2", env)
+    folder = RESULTS / "side_by_side"
+    folder.mkdir(exist_ok=True)
+    import numpy as np
+
+    inputs = folder / "x.npz"
+    np.savez(inputs, x=np.random.default_rng(0).uniform(0, 1, (SAMPLES, 96, 96, 3)).astype(np.float32))
+    tests = ["import numpy as np", "import pytest", ""]
+    for rule_id, (analyzer, params) in SIDE_BY_SIDE.items():
+        name = rule_id.replace("-", "_")
+        tests += [f"@pytest.mark.lrp_rule({analyzer!r}, disable_model_checks=True, **{params!r})",
+                  f"def test_{name}(lrp_analysis):",
+                  f"    np.savez({str(folder / ('lrp_' + name + '.npz'))!r}, heatmaps=lrp_analysis.heatmaps, x=lrp_analysis.inputs)", ""]
+    (folder / "test_side_by_side.py").write_text("\n".join(tests))
+    (folder / "conftest.py").write_text(CPU_PER_TEST.format(out=str(folder / "lrp_times.json")))
+    xml = folder / "lrp.xml"
+    lrp = run(pytest_cmd(folder / "test_side_by_side.py", f"--lrp-model={path}", f"--lrp-inputs={inputs}", f"--lrp-samples={SAMPLES}", f"--junitxml={xml}"), env)
+    rules = json.dumps({rule_id.replace("-", "_"): [analyzer, params] for rule_id, (analyzer, params) in SIDE_BY_SIDE.items()})
+    if reuse_direct:  # innvestigate's times from an earlier run on the same inputs (they do not depend on pytest-lrp)
+        direct = {"reused": str(folder / "direct.json")}
+    else:
+        direct = run([sys.executable, str(ROOT / "bench" / "innvestigate_direct.py"), str(path), str(folder), rules], env)
+    return {"model": f"MobileNetV2 alpha 0.35, 96x96, weights=None, 10 classes ({info['layers']} layers, {info['parameters']} parameters)",
+            "samples": SAMPLES, "pytest_lrp": lrp, "direct": direct, "per_rule": side_by_side_table(folder)}
+
+
+def side_by_side_table(folder: Path) -> dict:
+    """Per rule: pytest-lrp's and innvestigate's seconds (wall, CPU), their ratios, bitwise identity of the heatmaps."""
+    import numpy as np
+
+    lrp_times = json.loads((folder / "lrp_times.json").read_text()) if (folder / "lrp_times.json").exists() else {}
+    times = json.loads((folder / "direct.json").read_text()) if (folder / "direct.json").exists() else {}
+    per_rule = {}
+    for rule_id in SIDE_BY_SIDE:
+        name = rule_id.replace("-", "_")
+        ours = lrp_times.get(f"test_{name}[mobilenetv2]", {})
+        row = {"pytest_lrp_s": ours.get("wall_s"), "pytest_lrp_cpu_s": ours.get("cpu_s"), **times.get(name, {})}
+        if row["pytest_lrp_s"] and row.get("direct_s"):
+            row["ratio"] = round(row["pytest_lrp_s"] / row["direct_s"], 4)
+            row["cpu_ratio"] = round(row["pytest_lrp_cpu_s"] / row["direct_cpu_s"], 4)
+            mine, theirs = np.load(folder / f"lrp_{name}.npz"), np.load(folder / f"direct_{name}.npz")
+            row["bitwise_identical"] = bool(np.array_equal(mine["heatmaps"], theirs["heatmaps"]))
+        per_rule[rule_id] = row
+    return per_rule
+
+
+def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False) -> dict:
+    result = {}
+    for name in networks:
+        path, info = model_file(name, env)
+        result[name] = {**info, "with_speedup": suite_run(name, path, env)}
+        if without:
+            result[name]["without_speedup"] = suite_run(name, path, dict(env, PYTEST_LRP_SPEEDUP="0"))
+            result[name]["speedup"] = round(result[name]["without_speedup"]["seconds"] / result[name]["with_speedup"]["seconds"], 2)
+    return result
+
+
+def suite_rules() -> list:
+    rules = []
+    for rule in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]:
+        rule = dict(rule, params={**(rule.get("params") or {}), "disable_model_checks": True})
+        if "checks" in rule:
+            rule["checks"] = [c for c in rule["checks"] if c != "reference"]
+        rules.append(rule)
+    return rules
+
+
+def suite_run(name: str, path: Path, env: dict) -> dict:
+    defaults = dict(yaml.safe_load((ROOT / "rules.yaml").read_text())["defaults"])
+    defaults.pop("inputs", None)
+    defaults.update(models=[str(path)], samples=SAMPLES, seed=0, checks=[c for c in defaults["checks"] if c != "reference"])
+    tag = "with" if env.get("PYTEST_LRP_SPEEDUP", "1") != "0" else "without"
+    rules_path = write_yaml(RESULTS / f"suite_{name}_{tag}.yaml", {"defaults": defaults, "rules": suite_rules()})
+    xml = RESULTS / f"suite_{name}_{tag}.xml"
+    r = run(pytest_cmd(rules_path, f"--junitxml={xml}", "-rfEX"), env)
+    tests = junit(xml) if xml.exists() else []
+    r["tests"] = tests
+    r["errors"] = error_lines(xml) if xml.exists() else {}
+    return r
+
+
+def error_lines(xml: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    lines = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        for child in case:
+            if child.tag in ("error", "failure"):
+                lines[case.get("name")] = (child.get("message") or "").splitlines()[0][:400] if child.get("message") else ""
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("section", choices=("side_by_side", "suites"))
+    parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--without", action="store_true", help="also run each suite without the speed-up")
+    parser.add_argument("--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run")
+    parser.add_argument("--table-only", action="store_true", help="side_by_side: recompute the per-rule table from the files of the last run")
+    parser.add_argument("--out", default=str(RESULTS / "deep.json"))
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if args.section == "side_by_side" and args.table_only:
+        results["deep_side_by_side"]["per_rule"] = side_by_side_table(RESULTS / "side_by_side")
+    elif args.section == "side_by_side":
+        results["deep_side_by_side"] = deep_side_by_side(env, args.reuse_direct)
+    else:
+        for name in args.networks:  # written after each network: a long run keeps what it measured
+            results.setdefault("deep_suites", {}).update(deep_suites(env, [name], args.without))
+            out.write_text(json.dumps(results, indent=1) + "\n")
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1)[:4000])
+
+
+if __name__ == "__main__":
+    main()
