@@ -256,7 +256,7 @@ def test_recorded_outputs_of_another_shape_are_an_error(pytester):
     (pytester.path / "rules.yaml").write_text(RULE_Z)
     result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'seq_cnn.h5'}", f"--lrp-inputs={inputs}")
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(["*seq_cnn_inputs.npz: the recorded outputs y have shape (4, 2), the model predicts (4, 3)"])
+    result.stdout.fnmatch_lines(["*seq_cnn_inputs.npz: the recorded outputs y have shape (4, 2), the model predicts (4, 3) (y is read as model.predict(x) *; store class labels under another name)"])
 
 
 def _swap_bn_statistics(monkeypatch):

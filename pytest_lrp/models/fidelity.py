@@ -39,7 +39,10 @@ def check_outputs(model, x: np.ndarray, inputs_path: Optional[Path]) -> None:
         return
     predicted = np.asarray(model.predict(x))
     if y.shape != predicted.shape:
-        raise LrpUsageError(f"{shown(inputs_path)}: the recorded outputs y have shape {y.shape}, the model predicts {predicted.shape}")
+        raise LrpUsageError(
+            f"{shown(inputs_path)}: the recorded outputs y have shape {y.shape}, the model predicts {predicted.shape} "
+            "(y is read as model.predict(x) recorded where the model was trained; store class labels under another name)"
+        )
     y = y.astype(np.float64)
     difference = np.abs(predicted - y)
     tolerance = ATOL + RTOL * float(np.max(np.abs(y), initial=0.0))
