@@ -14,6 +14,7 @@ from .base import tf_runtime
 from .base.errors import LrpUsageError, shown
 from .config.options import add_options
 from .config.rulefile import CHECK_NAMES
+from .engine import speedup
 from .engine.workbench import Workbench, workbench_key
 from .fixtures import lrp_analysis, lrp_inputs, lrp_model, parametrize_models  # noqa: F401  (fixtures)
 from .items import LrpItem, RulesFile
@@ -55,6 +56,7 @@ def pytest_report_header(config: pytest.Config) -> list:
     return [
         _rules_line(workbench) + "; a final softmax is stripped automatically, targets are pre-softmax outputs",
         *workbench.keras3_header_lines(),
+        *speedup.header_lines(),
     ]
 
 

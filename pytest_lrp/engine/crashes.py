@@ -12,6 +12,7 @@ import re
 from typing import Callable, Optional
 
 from ..base.errors import LrpUsageError, shown
+from .speedup import ModelCheckRefused
 
 TRACE_HINT = "-vv or --fulltrace shows the traceback"
 # Eager TensorFlow errors start with the name of the wrapped function, which says nothing.
@@ -25,6 +26,8 @@ def crash_line(config, rule, model, exc: BaseException) -> Optional[str]:
     if config.getoption("fulltrace", False) or config.get_verbosity() >= 2:
         return None
     message = first_line(exc)
+    if isinstance(exc, ModelCheckRefused):
+        return f"{model}: innvestigate refuses to run {rule.analyzer} on this model (rule '{rule.id}'): {exc}"
     if type(exc).__name__ == "NotAnalyzeableModelException":
         return f"{model}: innvestigate cannot analyze this model with {rule.analyzer} (rule '{rule.id}'): {message}"
     return f"{rule.analyzer} crashed (rule '{rule.id}' on {model}): {type(exc).__name__}: {message} [{TRACE_HINT}]"

@@ -1,0 +1,198 @@
+"""Every change pytest-lrp makes to innvestigate 2.1.2 and Keras 2 (keras 2.14 / tf_keras 2.21), in one place.
+
+All of it is scoped: `analyzer_build` is entered around building and running one
+analyzer and undoes everything on leaving, also when the build raises; `prepare_graph`
+only touches the fresh graph of one analysis, which is discarded afterwards. Nothing
+leaks into the user's own Keras code in the same process (tests/test_speedup.py).
+
+1. Speed. innvestigate applies Keras layers to plain TensorFlow tensors in graph mode;
+   for every constant input Keras' `create_keras_history` evaluates the constant through
+   a new session callable over the whole, growing graph (`backend.function([], t)([])`):
+   quadratic in depth, 180 s of MobileNetV2's 189 s `lrp.z` build. Keras' own switch
+   `base_layer_utils._UNSAFE_GRAPH_OP_LAYER_CREATION` keeps the tensors instead; the
+   price (op layers that cannot be re-serialized with get_config) does not matter for an
+   analyzer that lives for one analysis. Heatmaps are bitwise identical.
+2. Speed. In a graph, Keras' learning phase is a placeholder, so every BatchNormalization
+   and Dropout becomes a `tf.cond`; innvestigate's gradient-based reverse passes then
+   build a gradient function graph per cond (52 on MobileNetV2) and the session has to
+   compile them: half of input_t_gradient's remaining build. Setting the learning phase
+   of the analysis graph to 0 (inference, which the placeholder defaults to anyway)
+   makes Keras pick the inference branch while building. Bitwise identical heatmaps.
+3. Speed. innvestigate copies layers (`backend.graph.get_layer_from_config`): it builds each copy,
+   which creates variables with the layer's random initializers, and then gives the copy the
+   original's weights. The discarded random values are still generated in the session when the
+   first analyze call initializes all variables: VGG16 (138M parameters) spent 15-30 s there
+   per rule. The copies are built with zeros instead; the values are overwritten either way.
+4. Layer names. innvestigate names the layers it adds by Keras' per-graph counter. A model
+   rebuilt in a fresh graph keeps its saved names, so the counter starts below them and the
+   first `Add` or `ReLU` innvestigate creates is called `add` / `re_lu` like the model's
+   own: "The name "add" is used 2 times in the model". The counter is moved past every
+   name of the model; the model's layers keep their names, and so does the last layer, which
+   model_wo_softmax replaces by a copy without the softmax.
+5. Model checks. A failing innvestigate model check of type "warning" warns and then raises
+   `NotImplementedError()` without a message. `ModelCheckRefused` carries the check's
+   message, the layers it names and the override instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from importlib import import_module, metadata, util
+from pathlib import Path
+
+SWITCH = "_UNSAFE_GRAPH_OP_LAYER_CREATION"
+# PYTEST_LRP_SPEEDUP=0 turns 1., 2. and 3. off (the normal Keras path), for bench/ to measure both in one run.
+ENABLED_VARIABLE = "PYTEST_LRP_SPEEDUP"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLED_VARIABLE, "1") != "0"
+OVERRIDE = "disable_model_checks: true"
+
+
+class ModelCheckRefused(Exception):
+    """innvestigate refuses the model on one of its "warning"-type checks (which `disable_model_checks` skips)."""
+
+    def __init__(self, message: str, layers: list):
+        self.check_message = " ".join(message.split())
+        self.layers = layers
+        shown_layers = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+        super().__init__(f"innvestigate's model check says \"{self.check_message}\" (layers {shown_layers}); "
+                         f"to analyze anyway, set `{OVERRIDE}` in the rule's params")
+
+
+def keras_root(tf) -> str:
+    """'keras' for TensorFlow <= 2.15, 'tf_keras' where tf.keras is Keras 2 through TF_USE_LEGACY_KERAS."""
+    return tf.keras.layers.Layer.__module__.split(".")[0]
+
+
+def _switch_module(tf):
+    try:
+        module = import_module(f"{keras_root(tf)}.src.engine.base_layer_utils")
+    except ImportError:
+        return None
+    return module if hasattr(module, SWITCH) else None
+
+
+@contextmanager
+def analyzer_build(tf, inn):
+    """Keras' switch on, layer copies without random initial values, innvestigate's model checks explained:
+    for the duration of the block only."""
+    module = _switch_module(tf) if enabled() else None
+    base = inn.analyzer.base.AnalyzerBase
+    graph_module = inn.backend.graph
+    saved = (base.__dict__["_do_model_checks"], graph_module.get_layer_from_config, getattr(module, SWITCH, None))
+    base._do_model_checks = _explained_model_checks(inn)
+    if enabled():
+        graph_module.get_layer_from_config = _built_with_zeros(saved[1])
+    if module is not None:
+        setattr(module, SWITCH, True)
+    try:
+        yield
+    finally:
+        base._do_model_checks, graph_module.get_layer_from_config = saved[:2]
+        if module is not None:
+            setattr(module, SWITCH, saved[2])
+
+
+def _built_with_zeros(get_layer_from_config):
+    """innvestigate 2.1.2's get_layer_from_config, building the copy with zero initial values (3. above)."""
+
+    def copy_built_with_zeros(old_layer, new_config, *args, **kwargs):
+        zeros = {"class_name": "Zeros", "config": {}}
+        new_config = {key: zeros if key.endswith("_initializer") else value for key, value in new_config.items()}
+        return get_layer_from_config(old_layer, new_config, *args, **kwargs)
+
+    return copy_built_with_zeros
+
+
+def _explained_model_checks(inn):
+    """innvestigate 2.1.2's AnalyzerBase._do_model_checks, raising ModelCheckRefused instead of an empty NotImplementedError."""
+
+    def _do_model_checks(self) -> None:
+        if not self._disable_model_checks and self._model_checks:
+            checks = self._model_checks
+            for layers, check in zip(inn.backend.graph.model_contains(self._model, [c["check"] for c in checks]), checks):
+                if not layers:
+                    continue
+                if check["check_type"] == "exception":
+                    raise inn.analyzer.base.NotAnalyzeableModelException(f"{check['message']}\nCheck triggered by layers: {layers}")
+                raise ModelCheckRefused(check["message"], [layer.name for layer in layers])
+        self._model_check_done = True
+
+    return _do_model_checks
+
+
+# Where 2. was checked to leave every heatmap bitwise identical: Keras 2.14 (TensorFlow 2.14). Under tf_keras 2.21
+# (TensorFlow 2.21) the inference branch outside a cond rounds differently (lrp.z sums 278.03766 vs 278.03778 on a
+# residual CNN), so there the learning phase stays a placeholder, as in innvestigate run the usual way.
+LEARNING_PHASE_ROOTS = ("keras",)
+
+
+def prepare_graph(tf) -> None:
+    """Before the model is rebuilt in the analysis graph (the current default graph): inference learning phase (2. above)."""
+    if enabled() and keras_root(tf) in LEARNING_PHASE_ROOTS:
+        _backend(tf).deprecated_internal_set_learning_phase(0)  # the public one only adds a deprecation warning
+
+
+def reserve_layer_names(tf, model) -> None:
+    """After the model is rebuilt: Keras' name counter past the model's own layer names (4. above)."""
+    uids = _backend(tf).get_default_graph_uid_map()
+    for layer in model.layers:
+        prefix, number = _name_parts(layer.name)
+        key = ("", prefix)  # Keras' key for layer names: (namespace, name)
+        uids[key] = max(uids[key], number + 1)
+
+
+def keep_last_layer_name(model, name: str):
+    """innvestigate's model_wo_softmax replaces the last layer by a copy that Keras names by its counter
+    ('dense_1' for the user's 'dense'); the reports show the user's name (4. above)."""
+    model.layers[-1]._name = name
+    return model
+
+
+def _backend(tf):
+    return import_module(f"{keras_root(tf)}.src.backend")
+
+
+NUMBERED = re.compile(r"^(.*)_(\d+)$")
+
+
+def _name_parts(name: str):
+    """'add_3' -> ('add', 3); 'add' -> ('add', 0): Keras numbers layer names from zero."""
+    match = NUMBERED.match(name)
+    return (match.group(1), int(match.group(2))) if match else (name, 0)
+
+
+def header_lines() -> list:
+    """A report header line when the installed Keras 2 lacks the switch (without importing TensorFlow)."""
+    root = "keras" if _tensorflow_minor() < 16 else "tf_keras"
+    origin = package_origin(root)
+    if origin is None:
+        return []
+    source = Path(origin).parent / "src" / "engine" / "base_layer_utils.py"
+    try:
+        present = SWITCH in source.read_text()
+    except OSError:
+        present = False
+    if present:
+        return []
+    return [f"lrp: this {root} has no {SWITCH} switch; analyzer builds on deep networks run at innvestigate's own (slow) speed"]
+
+
+def package_origin(name: str):
+    """The __init__.py of an installed top-level package, found without importing it."""
+    spec = util.find_spec(name)
+    return spec.origin if spec is not None else None
+
+
+def _tensorflow_minor() -> int:
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            major, minor = metadata.version(dist).split(".")[:2]
+            return int(minor) if major == "2" else 99
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+    return 0

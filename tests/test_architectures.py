@@ -1,0 +1,89 @@
+"""Real architectures (issue 14, section 3) on a cheap stand-in: a residual CNN with Keras' default layer names.
+
+Conv-BN-ReLU blocks, Add, GlobalAveragePooling2D, named by Keras as a user's fresh session names them
+('add', 'add_1', 're_lu', ...). The keras.applications networks themselves run in bench/ (bench/deep.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from residual_cnn import residual_cnn
+
+RULES = """
+defaults:
+  samples: 2
+  tolerance: {rtol: 1.0e6}
+  checks: [conservation, finite]
+rules:
+  - id: z
+    analyzer: lrp.z
+  - id: z-anyway
+    analyzer: lrp.z
+    params: {disable_model_checks: true}
+  - id: alpha2-beta1-anyway
+    analyzer: lrp.alpha_2_beta_1
+    params: {disable_model_checks: true}
+  - id: deep-taylor-anyway
+    analyzer: deep_taylor
+    params: {disable_model_checks: true}
+  - id: input-times-gradient
+    analyzer: input_t_gradient
+  - id: integrated-gradients
+    analyzer: integrated_gradients
+    params: {steps: 4}
+"""
+
+
+@pytest.fixture(scope="module")
+def default_named(tmp_path_factory, tensorflow_imported_once):
+    tf = tensorflow_imported_once
+    model, names, graph = residual_cnn(tf, blocks=2, named=False)
+    assert {"add", "add_1", "re_lu", "batch_normalization", "conv2d"} <= set(names), names  # what makes it a test
+    folder = tmp_path_factory.mktemp("architectures")
+    with graph.as_default():
+        model.save(folder / "residual.h5", include_optimizer=False)
+    np.savez(folder / "x.npz", x=np.random.default_rng(1).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32))
+    return folder / "residual.h5", folder / "x.npz", names
+
+
+def test_a_refusing_model_check_says_what_innvestigate_objects_to_and_how_to_override_it(default_named, pytester):
+    path, inputs, _ = default_named
+    (pytester.path / "rules.yaml").write_text(RULES)
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={path}", f"--lrp-inputs={inputs}", "-k", "conservation and z and not anyway")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "*residual.h5: innvestigate refuses to run lrp.z on this model (rule 'z'): innvestigate's model check says "
+        "\"LRP is only tested for convolutional neural networks.\" (layers re_lu, re_lu_1, *); "
+        "to analyze anyway, set `disable_model_checks: true` in the rule's params",
+    ])
+    assert "NotImplementedError" not in result.stdout.str()
+
+
+def test_default_layer_names_do_not_collide_with_the_layers_innvestigate_adds(default_named, pytester):
+    # Before: 'The name "add" is used 2 times in the model' for every rule, input_t_gradient included.
+    path, inputs, _ = default_named
+    (pytester.path / "rules.yaml").write_text(RULES)
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={path}", f"--lrp-inputs={inputs}", "-k", "anyway or gradient",
+                                "--lrp-report=report.json")
+    result.assert_outcomes(passed=10)
+    assert "used 2 times" not in result.stdout.str()
+
+
+def test_reports_name_the_users_layers(default_named, pytester):
+    path, inputs, names = default_named
+    pytester.makepyfile(test_layers="""
+        import json
+        import pytest
+
+        @pytest.mark.lrp_rule("lrp.z", disable_model_checks=True)
+        def test_layers(lrp_analysis):
+            json.dump([layer.name for layer in lrp_analysis.layers], open("layers.json", "w"))
+    """)
+    result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
+    result.assert_outcomes(passed=1)
+    reported = json.loads((pytester.path / "layers.json").read_text())
+    assert "add" in reported and "add_1" in reported
+    assert set(reported) <= set(names), sorted(set(reported) - set(names))  # no layer innvestigate added, no renamed one
