@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
-import importlib.util
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from .errors import LrpUsageError
 
@@ -45,7 +43,7 @@ def keras_line() -> str:
     """One line for the report: which Keras ``tf.keras`` is (or will be) in this session, and why."""
     tf_module = sys.modules.get("tensorflow")
     if tf_module is not None and hasattr(tf_module, "__version__"):
-        tf_version, package = tf_module.__version__, _keras_package(tf_module)
+        tf_version, package = tf_module.__version__, keras_package(tf_module)
     else:  # not imported yet: what the import will give
         tf_version = _tensorflow_release() or "not installed"
         package = "tf_keras" if _legacy_keras_requested() and _at_least_2_16() else "keras"
@@ -100,22 +98,17 @@ def innvestigate():
     return inn
 
 
-def _keras_package(tf_module) -> str:
-    """The package tf.keras comes from: keras (Keras 2 before TF 2.16, Keras 3 after) or tf_keras.
+def keras_package(tf_module) -> str:
+    """The package tf.keras comes from: 'keras' (Keras 2 before TensorFlow 2.16, Keras 3 after) or 'tf_keras'.
 
-    Read from the module's file (reading it resolves TensorFlow's lazy tf.keras): its
+    Read from a class's module (reading it resolves TensorFlow's lazy tf.keras); tf.keras's own
     __name__ is 'tensorflow.keras' once something imported tensorflow.keras.models.
     """
-    origin = Path(tf_module.keras.__file__).resolve()
-    for package in ("tf_keras", "keras"):
-        spec = importlib.util.find_spec(package)
-        if spec and any(Path(folder).resolve() in origin.parents for folder in spec.submodule_search_locations or ()):
-            return package
-    return "keras"
+    return tf_module.keras.layers.Layer.__module__.split(".")[0]
 
 
 def _keras_major(tf_module) -> int:
-    version = _distribution_version(_keras_package(tf_module)) or "0"
+    version = _distribution_version(keras_package(tf_module)) or "0"
     return int(version.split(".")[0])
 
 

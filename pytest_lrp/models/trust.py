@@ -109,9 +109,14 @@ def _built_in(class_name: str) -> bool:
 def deserialization_scope(trusted: bool):
     """Keras' safe mode around ``from_config``: Lambda bytecode is refused unless the file is trusted."""
     import contextlib
+    import importlib
+
+    from ..base.tf_runtime import keras_package, tensorflow
 
     try:
-        from keras.src.saving.serialization_lib import SafeModeScope  # Keras 2.13-2.15
-    except ImportError:
+        # The safe mode of the Keras that tf.keras is: keras 2.13-2.15, or tf_keras from TensorFlow
+        # 2.16 on (the package `keras` is Keras 3 there, whose switch would change nothing).
+        library = importlib.import_module(f"{keras_package(tensorflow())}.src.saving.serialization_lib")
+        return library.SafeModeScope(safe_mode=not trusted)
+    except (ImportError, AttributeError):  # Keras before 2.13: no safe mode
         return contextlib.nullcontext()
-    return SafeModeScope(safe_mode=not trusted)
