@@ -197,6 +197,17 @@ def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):
     assert [p.name for p in (pytester.path / "out").iterdir()] == ["lrp.html"]  # no temporary file left
 
 
+def test_an_error_is_listed_with_its_message(lrp_project, pytester):
+    np.save(pytester.path / "narrow.npy", np.zeros((4, 3), np.float32))  # the model takes 5 inputs
+    lrp_project.rules("defaults:\n  inputs: narrow.npy\nrules:\n  - {id: flat, analyzer: lrp.flat}\n")
+    result, page, records = _run(pytester, f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
+    result.assert_outcomes(errors=2)
+    assert [row["outcome"] for row in page.rows] == ["error", "error"]
+    text = (pytester.path / "report.html").read_text()
+    assert html.escape("narrow.npy: inputs of shape (4, 3) do not fit the model's input shape (N, 5)") in text
+    assert page.images == []  # nothing was analyzed, so nothing to draw
+
+
 def test_a_killed_run_leaves_the_old_page(lrp_project, pytester):
     lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: flat, analyzer: lrp.flat}}\n")
     pytester.makepyfile(test_zz_killed="import os, signal\n\ndef test_kill():\n    os.kill(os.getpid(), signal.SIGKILL)\n")

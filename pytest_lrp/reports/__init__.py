@@ -1,4 +1,5 @@
-"""What a run tells afterwards: result records, terminal summary, JSON report, JUnit properties, images.
+"""What a run tells afterwards: result records, terminal summary, JSON report, JUnit properties, images,
+the HTML report (html.py; its pictures, drawn where the analysis ran, in html_images.py).
 
 May import: engine (the workbench's settings), checks, config, base.
 """

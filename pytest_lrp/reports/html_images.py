@@ -16,6 +16,7 @@ import base64
 import functools
 import io
 import math
+import weakref
 
 import pytest
 
@@ -54,8 +55,9 @@ def attach_pictures(item, report, settings, rules_path) -> None:
         return
     key = analysis_key(item.model_path, item.rule.id)
     drawn = item.config.stash.setdefault(_drawn_key, {})
-    if key not in drawn or drawn[key][0] is not analysis:
-        drawn[key] = (analysis, sample_pictures(analysis), {})
+    # A weak reference: the pictures must not keep an analysis (its heatmaps, its reruns) alive.
+    if key not in drawn or drawn[key][0]() is not analysis:
+        drawn[key] = (weakref.ref(analysis), sample_pictures(analysis), {})
     _, samples, charts = drawn[key]
     outcome = outcome_of(report)
     comparison = _comparison(item, analysis, settings, rules_path) if outcome == "failed" and item.check in COMPARED else None
