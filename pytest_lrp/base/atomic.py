@@ -17,6 +17,9 @@ def write_atomically(path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; reports and baselines are shared artifacts, so they get
+        # the mode any new file would get (0666 less the umask), as open() would give them.
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as f:
             write(f)
             f.flush()
@@ -26,3 +29,10 @@ def write_atomically(path, write) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; set it straight back.
+    current = os.umask(0)
+    os.umask(current)
+    return current
