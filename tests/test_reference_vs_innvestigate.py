@@ -113,8 +113,13 @@ def keras_2_14_fast_op_layers():
     """Workaround for tf.keras 2.14 (TensorFlow <= 2.15), only around analyzer builds in this file:
     keras' documented switch `_UNSAFE_GRAPH_OP_LAYER_CREATION` keeps tensors in the op layers
     innvestigate creates instead of evaluating each one in a session (measured here: 12 s ->
-    3.5 s for alpha_2_beta_1 on the CNN; heatmaps bitwise identical)."""
-    from keras.src.engine import base_layer_utils
+    3.5 s for alpha_2_beta_1 on the CNN; heatmaps bitwise identical). From TensorFlow 2.16 on
+    tf.keras is tf_keras (the package `keras` is Keras 3 there), which has the same switch."""
+    import importlib
+
+    from pytest_lrp.base.tf_runtime import keras_package, tensorflow
+
+    base_layer_utils = importlib.import_module(f"{keras_package(tensorflow())}.src.engine.base_layer_utils")
 
     before = base_layer_utils._UNSAFE_GRAPH_OP_LAYER_CREATION
     base_layer_utils._UNSAFE_GRAPH_OP_LAYER_CREATION = True
