@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -126,6 +127,12 @@ def test_the_wheel_ships_the_suite_and_runs_it_in_an_empty_folder(tmp_path):
     # Its own site-packages first, the machine's (TensorFlow, innvestigate) after: nothing is downloaded.
     venv.create(environment, system_site_packages=True, with_pip=True)
     python = environment / "bin" / "python"
+    if sys.prefix != sys.base_prefix:
+        # Run from a venv (CI's), system_site_packages reaches the base interpreter's packages, not
+        # this venv's: a .pth puts this one's after the new venv's own.
+        own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True)
+        outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+        (Path(own.stdout.strip()) / "outer_site_packages.pth").write_text("\n".join(sorted(outer)) + "\n")
     install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", str(wheel)],
                              capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-2000:]
