@@ -87,3 +87,29 @@ def test_reports_name_the_users_layers(default_named, pytester):
     reported = json.loads((pytester.path / "layers.json").read_text())
     assert "add" in reported and "add_1" in reported
     assert set(reported) <= set(names), sorted(set(reported) - set(names))  # no layer innvestigate added, no renamed one
+
+
+def test_a_separate_softmax_layer_is_dropped_and_the_layers_keep_their_names(pytester, tensorflow_imported_once):
+    # model_wo_softmax drops Activation('softmax') and leaves the Dense before it as the last layer:
+    # it must stay 'logits (Dense)', not take the dropped layer's name ('probabilities (Dense)').
+    tf = tensorflow_imported_once
+    graph = tf.Graph()
+    with graph.as_default():
+        model = tf.keras.Sequential([
+            tf.keras.layers.Dense(4, activation="relu", input_shape=(3,), name="hidden"),
+            tf.keras.layers.Dense(2, name="logits"),
+            tf.keras.layers.Activation("softmax", name="probabilities"),
+        ])
+        model.save(pytester.path / "separate_softmax.h5", include_optimizer=False)
+    pytester.makepyfile(test_layers="""
+        import json
+        import pytest
+
+        @pytest.mark.lrp_rule("lrp.z")
+        def test_layers(lrp_analysis):
+            json.dump([[layer.name, layer.cls] for layer in lrp_analysis.layers], open("layers.json", "w"))
+    """)
+    result = pytester.runpytest("--lrp-model=separate_softmax.h5", "--lrp-samples=2")
+    result.assert_outcomes(passed=1)
+    reported = json.loads((pytester.path / "layers.json").read_text())
+    assert reported[:2] == [["logits", "Dense"], ["hidden", "Dense"]], reported

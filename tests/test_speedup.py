@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from residual_cnn import residual_cnn
 
+from pytest_lrp.base.tf_runtime import keras_package
 from pytest_lrp.engine import speedup
 
 FAMILIES = {  # id -> (analyzer, params): one rule of every family the default suite uses
@@ -101,7 +102,7 @@ def test_heatmaps_are_bitwise_those_of_innvestigate_run_the_usual_way(key, famil
 def _switch(tf):
     from importlib import import_module
 
-    return import_module(f"{speedup.keras_root(tf)}.src.engine.base_layer_utils")
+    return import_module(f"{keras_package(tf)}.src.engine.base_layer_utils")
 
 
 def _process_state(tf):

@@ -92,7 +92,7 @@ def _run(analyzer, rule: Rule, x: np.ndarray):
 def _without_softmax(keras_model, inn):
     last = keras_model.layers[-1]
     if inn.backend.checks.contains_activation(last, "softmax"):
-        return keep_last_layer_name(inn.model_wo_softmax(keras_model), last.name), True
+        return keep_last_layer_name(inn.model_wo_softmax(keras_model), last), True
     return keras_model, False
 
 

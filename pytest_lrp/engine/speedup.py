@@ -42,6 +42,8 @@ from contextlib import contextmanager
 from importlib import import_module, metadata, util
 from pathlib import Path
 
+from ..base.tf_runtime import keras_package
+
 SWITCH = "_UNSAFE_GRAPH_OP_LAYER_CREATION"
 # PYTEST_LRP_SPEEDUP=0 turns 1., 2. and 3. off (the normal Keras path), for bench/ to measure both in one run.
 ENABLED_VARIABLE = "PYTEST_LRP_SPEEDUP"
@@ -63,14 +65,9 @@ class ModelCheckRefused(Exception):
                          f"to analyze anyway, set `{OVERRIDE}` in the rule's params")
 
 
-def keras_root(tf) -> str:
-    """'keras' for TensorFlow <= 2.15, 'tf_keras' where tf.keras is Keras 2 through TF_USE_LEGACY_KERAS."""
-    return tf.keras.layers.Layer.__module__.split(".")[0]
-
-
 def _switch_module(tf):
     try:
-        module = import_module(f"{keras_root(tf)}.src.engine.base_layer_utils")
+        module = import_module(f"{keras_package(tf)}.src.engine.base_layer_utils")
     except ImportError:
         return None
     return module if hasattr(module, SWITCH) else None
@@ -133,7 +130,7 @@ LEARNING_PHASE_ROOTS = ("keras",)
 
 def prepare_graph(tf) -> None:
     """Before the model is rebuilt in the analysis graph (the current default graph): inference learning phase (2. above)."""
-    if enabled() and keras_root(tf) in LEARNING_PHASE_ROOTS:
+    if enabled() and keras_package(tf) in LEARNING_PHASE_ROOTS:
         _backend(tf).deprecated_internal_set_learning_phase(0)  # the public one only adds a deprecation warning
 
 
@@ -146,15 +143,18 @@ def reserve_layer_names(tf, model) -> None:
         uids[key] = max(uids[key], number + 1)
 
 
-def keep_last_layer_name(model, name: str):
-    """innvestigate's model_wo_softmax replaces the last layer by a copy that Keras names by its counter
-    ('dense_1' for the user's 'dense'); the reports show the user's name (4. above)."""
-    model.layers[-1]._name = name
+def keep_last_layer_name(model, original):
+    """innvestigate's model_wo_softmax replaces a last layer with a softmax activation by a copy that Keras
+    names by its counter ('dense_1' for the user's 'dense'); the reports show the user's name (4. above).
+    A separate Activation('softmax') is dropped instead, and the layer before it keeps its own name."""
+    last = model.layers[-1]
+    if type(last) is type(original):
+        last._name = original.name
     return model
 
 
 def _backend(tf):
-    return import_module(f"{keras_root(tf)}.src.backend")
+    return import_module(f"{keras_package(tf)}.src.backend")
 
 
 NUMBERED = re.compile(r"^(.*)_(\d+)$")
