@@ -104,7 +104,9 @@ def test_report_errors_match_numpy(lrp_project, pytester):
     lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n  - {{id: flat, analyzer: lrp.flat}}\n")
     result, report = _report(pytester, f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
     result.assert_outcomes(passed=1, xfailed=1)
-    assert set(report["versions"]) >= {"python", "tensorflow", "keras", "innvestigate", "pytest-lrp"}
+    assert set(report["versions"]) >= {"python", "tensorflow", "keras", "tf_keras", "innvestigate", "pytest-lrp"}
+    assert report["versions"]["tensorflow"] is not None  # also where the distribution is tensorflow-cpu
+    assert report["versions"]["tf_keras"] == _installed_version("tf_keras")
     assert report["versions"]["innvestigate"] == "2.1.2"
     records = {r["rule"]: r for r in report["results"]}
     z = records["z"]
@@ -227,3 +229,12 @@ def test_same_results_under_xdist(lrp_project, pytester):
         return {r["nodeid"]: (r["outcome"], r["errors"], r["leak_layer"]) for r in report["results"]}
 
     assert key(parallel_report) == key(serial_report)
+
+
+def _installed_version(distribution: str):
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

@@ -16,13 +16,18 @@ def versions() -> dict:
     """Versions from package metadata: no import of TensorFlow needed (and innvestigate's
     own __version__ is stale in 2.1.2)."""
     found = {"python": platform.python_version()}
-    for name, distribution in (("tensorflow", "tensorflow"), ("keras", "keras"), ("innvestigate", "innvestigate"),
-                               ("pytest", "pytest"), ("pytest-lrp", "pytest-lrp")):
-        try:
-            found[name] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    # tf_keras is what tf.keras is on TensorFlow 2.16+ (README "Environments"); keras is then Keras 3.
+    for name, distributions in (("tensorflow", ("tensorflow", "tensorflow-cpu")), ("keras", ("keras",)), ("tf_keras", ("tf_keras",)),
+                                ("innvestigate", ("innvestigate",)), ("pytest", ("pytest",)), ("pytest-lrp", ("pytest-lrp",))):
+        found[name] = next(filter(None, map(_installed, distributions)), None)
     return found
+
+
+def _installed(distribution: str):
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def write_json_report(path: Path, records: list) -> Path:
