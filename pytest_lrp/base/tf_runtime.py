@@ -47,7 +47,7 @@ def keras_line() -> str:
     else:  # not imported yet: what the import will give
         tf_version = _tensorflow_release() or "not installed"
         package = "tf_keras" if _legacy_keras_requested() and _at_least_2_16() else "keras"
-    version = _distribution_version(package) or "not installed"
+    version = distribution_version(package) or "not installed"
     line = f"lrp: tf.keras is Keras {version} ({package}) under TensorFlow {tf_version}"
     if _set_by_us:
         line += f"; {LEGACY_KERAS}=1 set by pytest-lrp"
@@ -108,13 +108,13 @@ def keras_package(tf_module) -> str:
 
 
 def _keras_major(tf_module) -> int:
-    version = _distribution_version(keras_package(tf_module)) or "0"
+    version = distribution_version(keras_package(tf_module)) or "0"
     return int(version.split(".")[0])
 
 
 def _tensorflow_release():
     """The installed TensorFlow's version, read without importing it; None if not found."""
-    return next(filter(None, map(_distribution_version, TF_DISTRIBUTIONS)), None)
+    return next(filter(None, map(distribution_version, TF_DISTRIBUTIONS)), None)
 
 
 def _at_least_2_16() -> bool:
@@ -131,7 +131,7 @@ def _legacy_keras_requested() -> bool:
     return os.environ.get(LEGACY_KERAS, "1") in ("1", "true", "True")
 
 
-def _distribution_version(name: str):
+def distribution_version(name: str):
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

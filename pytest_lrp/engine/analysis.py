@@ -108,7 +108,6 @@ def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:
     return np.full(len(outputs), index)
 
 
-
 def keeps_layer_relevance(analyzer_name: str) -> bool:
     # Only the relevance-propagating analyzers return the per-layer tensors
     # correctly; input_t_gradient crashes with reverse_keep_tensors=True.

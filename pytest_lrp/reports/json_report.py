@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 
 from ..base.atomic import write_atomically
+from ..base.tf_runtime import distribution_version
 
 FORMAT_VERSION = 1
 
@@ -19,15 +19,8 @@ def versions() -> dict:
     # tf_keras is what tf.keras is on TensorFlow 2.16+ (README "Environments"); keras is then Keras 3.
     for name, distributions in (("tensorflow", ("tensorflow", "tensorflow-cpu")), ("keras", ("keras",)), ("tf_keras", ("tf_keras",)),
                                 ("innvestigate", ("innvestigate",)), ("pytest", ("pytest",)), ("pytest-lrp", ("pytest-lrp",))):
-        found[name] = next(filter(None, map(_installed, distributions)), None)
+        found[name] = next(filter(None, map(distribution_version, distributions)), None)
     return found
-
-
-def _installed(distribution: str):
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def write_json_report(path: Path, records: list) -> Path:
