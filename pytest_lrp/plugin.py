@@ -18,7 +18,7 @@ from .engine import speedup
 from .engine.workbench import Workbench, workbench_key
 from .fixtures import lrp_analysis, lrp_inputs, lrp_model, parametrize_models  # noqa: F401  (fixtures)
 from .items import LrpItem, RulesFile
-from .reports import reporting
+from .reports import keras_line, reporting
 from .reports.baseline_summary import BaselineSummary
 
 MARKERS = (
@@ -40,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Records arrive with the test reports, also from pytest-xdist workers.
     config.pluginmanager.register(reporting.ResultCollector(config), "lrp-results")
     config.pluginmanager.register(BaselineSummary(config), "lrp-baselines")
+    config.pluginmanager.register(keras_line.KerasLineRelay(config), "lrp-keras-line")  # under xdist
     html_path = workbench.settings.path("lrp_html")
     if html_path is not None:
         from .reports.html import HtmlReport
@@ -103,6 +104,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # Before any test imports TensorFlow, whatever the order the tests run in (tf_runtime.py).
     if any(_is_lrp_test(item) for item in session.items):
         tf_runtime.choose_legacy_keras()
+        keras_line.collected_lrp_tests(session.config)
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list:

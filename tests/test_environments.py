@@ -56,6 +56,49 @@ def test_lrp_session_gets_keras_2_and_says_which(lrp_project, pytester, fresh_pr
         assert (pytester.path / "seen.txt").read_text() == "unset"  # nothing to choose before TF 2.16
 
 
+
+TWO_RULES = RULES + "  - {id: eps, analyzer: lrp.epsilon, checks: [conservation]}\n"
+
+
+def _keras_lines(result) -> list:
+    return [line for line in result.outlines if line.startswith("lrp: tf.keras is")]
+
+
+def test_under_xdist_the_controller_prints_the_workers_line_once(lrp_project, pytester, fresh_process, tensorflow_imported_once):
+    """The controller imports no TensorFlow and collects nothing; both workers send their line, it shows once."""
+    lrp_project.rules(TWO_RULES)
+    result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2", "-v")
+    result.assert_outcomes(passed=2)
+    assert {"[gw0]", "[gw1]"} <= {line.split()[0] for line in result.outlines if line.startswith("[gw")}  # both workers ran a test
+    tf = tensorflow_imported_once
+    package = "tf_keras" if at_least_2_16() else "keras"
+    line = f"lrp: tf.keras is Keras {importlib.metadata.version(package)} ({package}) under TensorFlow {tf.__version__}"
+    if at_least_2_16():
+        line += "; TF_USE_LEGACY_KERAS=1 set by pytest-lrp"
+    assert _keras_lines(result) == [line]
+    # A header: after the workers' collection, before the first outcome.
+    shown = result.outlines.index(line)
+    assert any(previous.startswith("2 workers [2 items]") for previous in result.outlines[:shown])
+    assert not any(" PASSED " in previous for previous in result.outlines[:shown])
+
+
+def test_under_xdist_each_workers_own_keras_is_shown(lrp_project, pytester, fresh_process):
+    """A worker whose collection imported TensorFlow with Keras 3 says so, though the other worker's Keras is fine."""
+    if not tf_runtime._at_least_2_16():
+        pytest.skip("before TensorFlow 2.16 tf.keras is Keras 2 however TensorFlow is imported: the workers cannot differ")
+    pytester.makeconftest("import os\nif os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n    import tensorflow\n")
+    lrp_project.rules(TWO_RULES)
+    result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2")
+    result.assert_outcomes(passed=1, errors=1)
+    tf_version = tf_runtime._tensorflow_release()
+    result.stdout.fnmatch_lines_random([
+        f"lrp: tf.keras is Keras {importlib.metadata.version('tf_keras')} (tf_keras) under TensorFlow {tf_version}; TF_USE_LEGACY_KERAS=1 set by pytest-lrp",
+        f"lrp: tf.keras is Keras {importlib.metadata.version('keras')} (keras) under TensorFlow {tf_version}; "
+        f"TensorFlow {tf_version} was imported with tf.keras = Keras 3 before pytest-lrp could set TF_USE_LEGACY_KERAS=1*",
+    ])
+    assert len(_keras_lines(result)) == 2
+
+
 def test_session_without_lrp_tests_is_left_alone(pytester, fresh_process):
     pytester.makepyfile(test_plain=RECORD_ENVIRONMENT)
     result = pytester.runpytest_subprocess()
