@@ -178,3 +178,57 @@ def test_with_the_switch_the_header_says_nothing_about_it(pytester, models):
     pytester.makepyfile(test_none="def test_nothing():\n    pass\n")
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
     assert not [line for line in result.outlines if "_UNSAFE_GRAPH_OP_LAYER_CREATION" in line]
+
+
+def test_the_model_is_rebuilt_with_zero_initial_values_and_then_has_exactly_the_files_weights(models, monkeypatch, tensorflow_imported_once):
+    from pytest_lrp.models.modelfile import load_model_file
+
+    tf = tensorflow_imported_once
+    path, inputs, _ = models["deep"]
+    model = load_model_file(path, "deep")
+    config = speedup.rebuild_config(model.config)
+    initializers = [value for value in _values_of_keys_ending(config, "_initializer")]
+    assert initializers and all(value == {"class_name": "Zeros", "config": {}} for value in initializers)
+    assert config["layers"][1]["config"]["kernel_initializer"] != model.config["layers"][1]["config"]["kernel_initializer"]
+    x = np.load(inputs)["x"]
+    outputs = {}
+    for speed_up in ("1", "0"):
+        monkeypatch.setenv(speedup.ENABLED_VARIABLE, speed_up)
+        with tf.Graph().as_default(), tf.compat.v1.Session():
+            rebuilt = model.rebuild(speedup.rebuild_config(model.config))
+            assert all(np.array_equal(a, b) for a, b in zip(rebuilt.get_weights(), model.weights))
+            outputs[speed_up] = rebuilt.predict(x, verbose=0)
+    assert speedup.rebuild_config(model.config) is model.config  # the speed-up off: Keras' usual path
+    np.testing.assert_array_equal(outputs["1"], outputs["0"])
+
+
+def _values_of_keys_ending(config, suffix):
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key.endswith(suffix):
+                yield value
+            else:
+                yield from _values_of_keys_ending(value, suffix)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _values_of_keys_ending(value, suffix)
+
+
+def test_variables_a_layer_copy_built_and_then_swapped_for_the_originals_never_get_memory(tensorflow_imported_once):
+    import innvestigate
+
+    tf = tensorflow_imported_once
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session, speedup.analyzer_build(tf, innvestigate):
+        dense = tf.keras.layers.Dense(3, name="original")
+        dense(tf.keras.Input((4,)))
+        dense.set_weights([np.arange(12, dtype=np.float32).reshape(4, 3), np.ones(3, np.float32)])
+        before = {id(v) for v in tf.compat.v1.global_variables()}
+        # innvestigate's copies: the original's variables (the default), or its values in variables of the copy's own
+        shared = innvestigate.backend.graph.get_layer_from_config(dense, dense.get_config())
+        orphans = [v for v in tf.compat.v1.global_variables() if id(v) not in before]
+        valued = innvestigate.backend.graph.get_layer_from_config(dense, dense.get_config(), weights=dense.get_weights())
+        tf.compat.v1.keras.backend.get_session()  # where Keras initializes the variables it tracks
+        assert [id(w) for w in shared.weights] == [id(w) for w in dense.weights]
+        assert len(orphans) == 2 and not any(session.run([tf.compat.v1.is_variable_initialized(v) for v in orphans]))
+        assert all(session.run([tf.compat.v1.is_variable_initialized(v) for v in valued.weights]))
+        assert all(np.array_equal(a, b) for a, b in zip(valued.get_weights(), dense.get_weights()))

@@ -20,7 +20,7 @@ from ..models.modelfile import ModelFile
 from .layer_relevance import layer_maps, layer_relevance
 from .reference_run import run_reference, wanted
 from .reruns import extra_runs
-from .speedup import analyzer_build, keep_last_layer_name, prepare_graph, reserve_layer_names
+from .speedup import analyzer_build, keep_last_layer_name, prepare_graph, rebuild_config, reserve_layer_names
 
 
 def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> Analysis:
@@ -54,7 +54,7 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
     # analyze(), three alpha-beta analyses of VGG16 peak at 7.0 GB, as one does (11.3 GB before).
     with graph.as_default(), tf.compat.v1.Session(graph=graph), analyzer_build(tf, inn):
         prepare_graph(tf)
-        keras_model = model.rebuild()
+        keras_model = model.rebuild(rebuild_config(model.config))
         reserve_layer_names(tf, keras_model)
         model.check_same_outputs(keras_model.predict(x, verbose=0), reference_outputs)
         explained, stripped = _without_softmax(keras_model, inn)

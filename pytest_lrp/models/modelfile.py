@@ -52,12 +52,14 @@ class ModelFile:
         """Outputs of the model as loaded from the file (eagerly, final activation included)."""
         return np.asarray(self.keras_model(x, training=False))
 
-    def rebuild(self):
-        """A copy of the model in the current (graph) context, with the file's weights."""
+    def rebuild(self, config: Optional[dict] = None):
+        """A copy of the model in the current (graph) context, with the file's weights.
+
+        ``config`` replaces the file's config for building it (the same layers, other initial values)."""
         keras = tensorflow().keras
         cls = keras.Sequential if self.sequential else keras.Model
         with deserialization_scope(self.trusted):
-            model = cls.from_config(self.config)
+            model = cls.from_config(self.config if config is None else config)
         model.set_weights(self.weights)
         _reserve_names(model, keras.backend.get_uid)
         return model
