@@ -40,6 +40,10 @@ REFERENCE_REPEATS = 2
 # Deep Taylor, a composite preset); all 21 rules run once, with one sample (vgg16_all).
 VGG16_RULES = ("z", "alpha2-beta1", "deep-taylor-bounded", "preset-a")
 VGG16_SAMPLES = (1, 2)
+# VGG16's 21 rules are measured against the plugin before the rebuild with zero initial values and the
+# uninitialized orphans of innvestigate's layer copies (engine/speedup.py, issue 11), alternated in one run.
+BEFORE_VGG16_ALL = "2091047"
+VGG16_ALL_REPEATS = 1
 FLAT_RULES = 20
 STARTUP_REPEATS = 7
 XDIST_REPEATS = 2
@@ -76,7 +80,7 @@ def main() -> None:
 
 
 def run(cmd: list, env: dict, cwd: Path = ROOT) -> dict:
-    """Run ``cmd``; wall seconds, peak RSS (MB) of the largest process, exit code, output tail."""
+    """Run ``cmd``; wall and CPU seconds, peak RSS (MB) of the largest process, exit code, output tail."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -85,7 +89,8 @@ def run(cmd: list, env: dict, cwd: Path = ROOT) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         tail = out.read().decode(errors="replace").strip().splitlines()[-3:]
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": proc.returncode, "tail": tail}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": proc.returncode, "tail": tail}
 
 
 def pytest_cmd(*args) -> list:
@@ -104,6 +109,14 @@ def junit(path: Path) -> list:
                 outcome = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
         rows.append((case.get("name"), float(case.get("time")), outcome))
     return rows
+
+
+def archive(commit: str, tree: Path) -> Path:
+    """The project at ``commit`` in ``tree`` (`git archive`): run with PYTHONPATH=tree, its pytest_lrp comes first."""
+    tree.mkdir()
+    files = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=files, check=True)
+    return tree
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -205,9 +218,7 @@ def reference(env: dict) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         trees = {"before": Path(folder, "before"), "with_reference": Path(folder, "head")}
         for tree, commit in zip(trees.values(), (BEFORE_REFERENCE, "HEAD")):
-            tree.mkdir()
-            archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            archive(commit, tree)
         digits = Path(folder, "digits.npz")
         np.savez(digits, x=np.load(ROOT / "examples" / "digits.npz")["x"])
         report = RESULTS / "reference_report.json"
@@ -234,10 +245,23 @@ def vgg16(env: dict) -> dict:
 
 
 def vgg16_all(env: dict) -> dict:
-    """VGG16 through every rule of the default suite, one sample."""
+    """VGG16 through every rule of the default suite, one sample: this tree, and BEFORE_VGG16_ALL (a `git archive`
+    copy) alternated with it; the fastest run of each (CPU seconds and per-rule seconds are that run's)."""
     rules = vgg16_rules(None)
     result = {"model": "VGG16, 138.4M parameters, softmax stripped by the plugin", "rules": [r["id"] for r in rules]}
-    result[f"rules{len(rules)}_samples1"] = vgg16_run(env, rules, 1)
+    now, before = f"rules{len(rules)}_samples1", f"rules{len(rules)}_samples1_at_{BEFORE_VGG16_ALL}"
+    runs = {now: [], before: []}
+    with tempfile.TemporaryDirectory() as folder:
+        tree = archive(BEFORE_VGG16_ALL, Path(folder, "before"))
+        for _ in range(VGG16_ALL_REPEATS):
+            runs[before].append(vgg16_run(dict(env, PYTHONPATH=str(tree)), rules, 1, cwd=tree, tag="before"))
+            runs[now].append(vgg16_run(env, rules, 1))
+    for key, found in runs.items():
+        result[key] = min(found, key=lambda r: r["seconds"])
+        result[f"{key}_all_runs"] = [{k: r[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb", "exit")} for r in found]
+    result["ratio_seconds"] = round(result[now]["seconds"] / result[before]["seconds"], 3)
+    result["ratio_cpu_seconds"] = round(result[now]["cpu_seconds"] / result[before]["cpu_seconds"], 3)
+    result["ratio_to_630_s"] = round(result[now]["seconds"] / 630.06, 3)  # the README's earlier 21-rule run
     return result
 
 
@@ -250,17 +274,18 @@ def vgg16_rules(ids) -> list:
     return [{k: v for k, v in r.items() if k not in ("xfail", "checks", "max_error")} for r in chosen]
 
 
-def vgg16_run(env: dict, rules: list, samples: int) -> dict:
+def vgg16_run(env: dict, rules: list, samples: int, cwd: Path = ROOT, tag: str = "") -> dict:
     model = RESULTS / "vgg16.h5"
     if not model.exists():
         build = ("import tensorflow as tf; m = tf.keras.applications.VGG16(weights=None, input_shape=(224, 224, 3)); "
                  f"m.save({str(model)!r}, include_optimizer=False); print(m.count_params())")
         subprocess.run([sys.executable, "-c", build], env=env, check=True, capture_output=True)
     defaults = {"models": [str(model)], "samples": samples, "seed": 0, "tolerance": {"rtol": 1.0e6}}
-    stem = f"vgg16_{len(rules)}r_{samples}s"
+    stem = f"vgg16_{len(rules)}r_{samples}s{'_' + tag if tag else ''}"
     path = write_yaml(RESULTS / f"{stem}.yaml", {"defaults": defaults, "rules": rules})
     xml = RESULTS / f"{stem}.xml"
-    r = run(pytest_cmd(path, f"--junitxml={xml}"), env)
+    xml.unlink(missing_ok=True)
+    r = run(pytest_cmd(path, f"--junitxml={xml}"), env, cwd=cwd)
     tests = junit(xml) if xml.exists() else []
     r["per_rule"] = per_rule(tests)
     r["outcomes"] = sorted({outcome for _, _, outcome in tests})
@@ -349,7 +374,8 @@ def table(r: dict) -> str:
         for key, value in v.items():
             if isinstance(value, dict):
                 per = ", ".join(f"{rule} {s:.0f}" for rule, s in value["per_rule"])
-                rows.append((f"VGG16 {key.replace('_', ', ')}", value["seconds"], value["peak_rss_mb"], f"per rule s: {per}"))
+                rows.append((f"VGG16 {key.replace('_', ', ', 1)}", value["seconds"], value["peak_rss_mb"],
+                             f"CPU s {value.get('cpu_seconds')}; per rule s: {per}"))
     if "deep_side_by_side" in r:
         for rule, row in r["deep_side_by_side"]["per_rule"].items():
             rows.append((f"MobileNetV2 {rule}: pytest-lrp / innvestigate directly", row.get("pytest_lrp_s"), "",
