@@ -332,3 +332,83 @@ def test_accounting_identity_on_every_layer_kind(seed):
                 assert not any(np.any(v) for v in account.mechanisms.values())  # conserve by construction
             total = total + (explained if account.class_name != "InputLayer" else 0)
         np.testing.assert_allclose(result.heatmap.reshape(2, -1).sum(axis=1), total, rtol=1e-7, atol=1e-7)
+
+
+# ---- the speed-ups change nothing but rounding ---------------------------------------
+
+def _ig_point_by_point(model, x, steps, reference=0.0):
+    """Integrated gradients as its definition reads: one plain gradient per path point, no batching, no reuse."""
+    neuron = model.predict(x, cache=False).argmax(axis=1)
+    total = np.zeros_like(x)
+    for k in range(steps):
+        point = reference + k / steps * (x - reference)
+        total += explain(model, point, "gradient", {}, "index", neuron, keep_maps=False).heatmap
+    return total / steps * (x - reference)
+
+
+@pytest.mark.parametrize("bias_scale", [0.0, 0.3])
+def test_integrated_gradients_batched_and_reusing_patterns_equals_point_by_point(bias_scale, monkeypatch):
+    explain_module = sys.modules["pytest_lrp.reference.explain"]  # the package's `explain` is the function
+    rng = np.random.default_rng(11)
+    weights = residual_weights(rng)
+    for name in ("conv", "side", "dw", "out"):
+        weights[name][1] = weights[name][1] * bias_scale / 0.3
+    weights["bn"][1:3] = [weights["bn"][1] * bias_scale / 0.3, weights["bn"][2] * bias_scale / 0.3]  # BN's offset
+    model = ReferenceModel.from_keras(residual_config(), weights)
+    x = rng.uniform(0, 1, (3, 6, 6, 2))
+    expected = _ig_point_by_point(model, x, 16)
+    backward_points = []
+    run = explain_module._Backward.run
+    monkeypatch.setattr(explain_module._Backward, "run",
+                        lambda self, head, accounts: backward_points.append(len(head)) or run(self, head, accounts))
+    monkeypatch.setattr(explain_module, "IG_CHUNK_VALUES", 5 * x[0].size)  # 48 points in chunks of 5
+    result = explain(model, x, "integrated_gradients", {"steps": 16})
+    np.testing.assert_allclose(result.heatmap, expected, rtol=1e-12, atol=1e-14)
+    if bias_scale == 0.0:
+        # positively homogeneous: per sample, t = 0 (everything off) and t > 0 (the pattern of x) only
+        assert sum(backward_points) <= 6
+    else:
+        assert sum(backward_points) > 6
+
+
+def test_forward_pass_is_shared_by_equal_inputs_and_read_only():
+    rng = np.random.default_rng(2)
+    model = ReferenceModel.from_keras(residual_config(), residual_weights(rng))
+    x = rng.uniform(0, 1, (2, 6, 6, 2))
+    first = model.forward(x.astype(np.float32))  # converted to float64 first: the same pass as for x in float64
+    again = model.forward(x.astype(np.float32).astype(np.float64))
+    assert again["conv"] is first["conv"] and not again["conv"].flags.writeable
+    x32 = x.astype(np.float32)
+    x32[0, 0, 0, 0] += 1.0  # other values: computed anew
+    other = model.forward(x32)
+    assert other["conv"] is not first["conv"]
+    np.testing.assert_array_equal(model.forward(x.astype(np.float32), cache=False)["out"], first["out"])
+    # explain on the shared pass gives what a fresh model gives
+    fresh = ReferenceModel.from_keras(residual_config(), residual_weights(np.random.default_rng(2)))
+    x = x.astype(np.float32).astype(np.float64)
+    model.forward(x)
+    for analyzer, params in RULES[:6]:
+        np.testing.assert_array_equal(explain(model, x, analyzer, params).heatmap,
+                                      explain(fresh, x, analyzer, params).heatmap)
+
+
+def test_large_dense_kernels_made_slice_by_slice_equal_the_whole(monkeypatch):
+    from pytest_lrp.reference import rules
+
+    rng = np.random.default_rng(4)
+    sizes = [9, 7, 5, 3]
+    weights = {f"d{i}": [rng.normal(0, 0.8, (a, b)), rng.normal(0, 0.3, b)] for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+    config = dense_config(sizes, ["relu", "relu", "linear"])
+    x = rng.normal(size=(4, 9))
+    whole = [explain(ReferenceModel.from_keras(config, weights), x, analyzer, params) for analyzer, params in RULES]
+    monkeypatch.setattr(rules, "PART_ENTRIES", 1)  # every Dense kernel is "large"
+    monkeypatch.setattr(rules.KernelPart, "ROWS_ENTRIES", 10)  # slices of 1-2 rows
+    model = ReferenceModel.from_keras(config, weights)
+    for (analyzer, params), expected in zip(RULES, whole):
+        sliced = explain(model, x, analyzer, params)
+        np.testing.assert_allclose(sliced.heatmap, expected.heatmap, rtol=1e-12, atol=1e-14)
+        for a, b in zip(sliced.layers, expected.layers):
+            for name in MECHANISMS:
+                np.testing.assert_allclose(a.mechanisms[name], b.mechanisms[name], rtol=1e-12, atol=1e-14)
+    # nothing kernel-sized kept (only w_square's and flat's denominators, one value per output)
+    assert all(kept.size < layer.kernel.size for layer in model.layers for kept in layer.variants.values())

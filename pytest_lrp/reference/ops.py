@@ -90,13 +90,27 @@ class Windows:
 
 
 class Dense:
-    """x @ W on the last axis (Keras applies Dense to the last axis of any rank)."""
+    """x @ W on the last axis (Keras applies Dense to the last axis of any rank).
+
+    W may also be a rules.KernelPart (anything with .slices() of rows): the products are then
+    summed (forward) or assembled (transpose) slice by slice."""
 
     def forward(self, x, kernel):
-        return np.tensordot(x, kernel, axes=([-1], [0]))
+        if not hasattr(kernel, "slices"):
+            return np.tensordot(x, kernel, axes=([-1], [0]))
+        out = None
+        for start, stop, rows in kernel.slices():
+            part = np.tensordot(x[..., start:stop], rows, axes=([-1], [0]))
+            out = part if out is None else np.add(out, part, out=out)
+        return out
 
     def transpose(self, g, kernel, x_shape):
-        return np.tensordot(g, kernel, axes=([-1], [1]))
+        if not hasattr(kernel, "slices"):
+            return np.tensordot(g, kernel, axes=([-1], [1]))
+        out = np.empty(tuple(g.shape[:-1]) + (kernel.shape[0],), dtype=np.result_type(g, kernel.dtype))
+        for start, stop, rows in kernel.slices():
+            out[..., start:stop] = np.tensordot(g, rows, axes=([-1], [1]))
+        return out
 
 
 class Conv:
