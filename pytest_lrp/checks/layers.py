@@ -20,6 +20,8 @@ class LayerRelevance:
     cls: str
     at_output: np.ndarray = field(repr=False)
     at_inputs: np.ndarray = field(repr=False)
+    # Layers reported together because they read a common tensor (their name is the members' joined).
+    members: tuple = ()
 
     def change(self, sample: int) -> float:
         return float(self.at_inputs[sample] - self.at_output[sample])

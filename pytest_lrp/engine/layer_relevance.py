@@ -15,7 +15,14 @@ from ..checks.layers import LayerRelevance
 
 
 def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
-    """Layers from the output to the input; the last entry is the model input itself."""
+    """Layers from the output to the input; the last entry is the model input itself.
+
+    innvestigate keeps one array per tensor, the relevance summed over all the layers reading
+    it, so where a tensor feeds several layers (a residual block's input feeds its first
+    convolution and its Add) no single one of them can be told what it received from that
+    tensor. Such layers are reported together, as one entry whose change is theirs combined
+    (``members`` names them), instead of charging one of them with the others' relevance.
+    """
     kept = getattr(analyzer, "_reversed_tensors", None)
     if not kept:
         return []
@@ -23,25 +30,32 @@ def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output
     graph = inn.backend.graph.get_model_execution_graph(keras_model)
     nodes = [graph[nid] for nid in sorted(k for k in graph if k is not None)]
 
-    # Relevance arriving at the tensor a node produced is stored under the key of
-    # the (first) node consuming that tensor; summed over all consumers already.
-    at_output = {}
+    # The array kept for a tensor sits under the key (consumer node, input index) of one of its
+    # consumers; find it whichever consumer that is.
+    at_tensor, readers = {}, {}
     for node in nodes:
-        for index, creator in enumerate(node["Xs_nids"]):
+        for index, tensor in enumerate(node["Xs"]):
+            readers.setdefault(id(tensor), []).append(node["nid"])
             if (node["nid"], index) in totals:
-                at_output.setdefault(creator, totals[(node["nid"], index)])
+                at_tensor[id(tensor)] = totals[(node["nid"], index)]
+    groups = _reader_groups(nodes, readers)
     result = []
-    for node in reversed(nodes):
-        handed_down = [totals[(node["nid"], i)] for i in range(len(node["Xs"])) if (node["nid"], i) in totals]
+    for members in sorted(groups, key=max, reverse=True):
+        member_nodes = [graph[nid] for nid in sorted(members, reverse=True)]
+        inputs = {id(tensor) for node in member_nodes for tensor in node["Xs"]}
+        outputs = {id(tensor) for node in member_nodes for tensor in node["Ys"]}
+        handed_down = [at_tensor[t] for t in inputs - outputs if t in at_tensor]
         if not handed_down:
             continue
-        received = at_output.get(node["nid"], output_relevance)
+        received = [at_tensor.get(t, output_relevance) for t in outputs - inputs]
+        layers = [node["layer"] for node in member_nodes]
         result.append(
             LayerRelevance(
-                name=node["layer"].name,
-                cls=type(node["layer"]).__name__,
-                at_output=received,
+                name=" + ".join(layer.name for layer in layers),
+                cls=" + ".join(type(layer).__name__ for layer in layers),
+                at_output=np.sum(received, axis=0),
                 at_inputs=np.sum(handed_down, axis=0),
+                members=tuple(layer.name for layer in layers) if len(layers) > 1 else (),
             )
         )
     if result:
@@ -49,6 +63,25 @@ def layer_relevance(inn, analyzer, keras_model, heatmap_sums: np.ndarray, output
         name = input_layer.name if input_layer is not None else "input"
         result.append(LayerRelevance(name=name, cls="InputLayer", at_output=heatmap_sums, at_inputs=heatmap_sums))
     return result
+
+
+def _reader_groups(nodes: list, readers: dict) -> list:
+    """Sets of node ids: the nodes that read a common tensor (transitively) form one set."""
+    parent = {node["nid"]: node["nid"] for node in nodes}
+
+    def root(nid):
+        while parent[nid] != nid:
+            parent[nid] = parent[parent[nid]]
+            nid = parent[nid]
+        return nid
+
+    for nids in readers.values():
+        for other in nids[1:]:
+            parent[root(other)] = root(nids[0])
+    groups = {}
+    for nid in parent:
+        groups.setdefault(root(nid), set()).add(nid)
+    return list(groups.values())
 
 
 def layer_maps(inn, analyzer, keras_model) -> dict:

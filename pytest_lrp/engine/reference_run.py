@@ -93,10 +93,22 @@ def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFil
 
 def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
     changes = _changes_by_layer(result.layers, layers)
-    accounted = []
+    # Layers innvestigate's totals only give together (they read a common tensor) are accounted together.
+    groups = {member: group for group in layers for member in group.members}
+    accounted, merged = [], {}
     for layer in result.layers:
         mechanisms = {name: np.asarray(layer.mechanisms.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
-        accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))
+        group = groups.get(layer.name)
+        if group is None:
+            accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))
+        elif group.name not in merged:
+            merged[group.name] = LayerLeaks(group.name, group.cls, layer.rule, group.at_inputs - group.at_output, mechanisms)
+            accounted.append(merged[group.name])
+        else:
+            joint = merged[group.name]
+            joint.mechanisms = {name: joint.mechanisms[name] + mechanisms[name] for name in MECHANISMS}
+            if layer.rule not in joint.rule.split("/"):
+                joint.rule += f"/{layer.rule}"
     return LeakAccount(layers=accounted, errors=np.asarray(errors, dtype=np.float64))
 
 

@@ -60,7 +60,8 @@ def result_record(item, report) -> dict:
         failing_samples=int(np.sum(analysis.failing)),
         worst_sample=worst,
         softmax_stripped=analysis.softmax_stripped,
-        layers=[{"name": layer.name, "class": layer.cls, "relevance": _number(layer.at_output[worst])} for layer in analysis.layers],
+        layers=[{"name": layer.name, "class": layer.cls, "relevance": _number(layer.at_output[worst]),
+                 **({"members": list(layer.members)} if layer.members else {})} for layer in analysis.layers],
         leak_layer=_leak(leak, worst),
     )
     if item.check == "conservation":
