@@ -3,6 +3,8 @@
     python bench/run.py --only deep_side_by_side --update        # MobileNetV2, 6 rules, about 25 minutes
     python bench/run.py --only deep_suites --update              # 21 rules per network, with the speed-up
     python bench/deep.py suites --networks vgg16 --without       # one network, also without the speed-up
+    python bench/deep.py suites --subset z input-times-gradient  # and those rules alone, with and without it
+    python bench/deep.py matrix --out bench/results/deep_suites.json   # the README's table from a run's results
 
 deep_side_by_side: MobileNetV2 (alpha 0.35, 96x96, weights=None, 10 classes, 2 samples), six rules.
 pytest-lrp runs them (hand-written tests that save heatmaps and inputs), then innvestigate runs
@@ -148,20 +150,31 @@ def side_by_side_table(folder: Path) -> dict:
     return per_rule
 
 
-def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False) -> dict:
+def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False, subset: tuple = ()) -> dict:
+    """The whole suite with the speed-up; with ``without`` also without it; with ``subset`` (rule ids) those
+    rules alone with and without it, back to back (the whole suite without the speed-up takes over an hour
+    on the deeper networks)."""
     result = {}
+    off = dict(env, PYTEST_LRP_SPEEDUP="0")
     for name in networks:
         path, info = model_file(name, env)
         result[name] = {**info, "with_speedup": suite_run(name, path, env)}
         if without:
-            result[name]["without_speedup"] = suite_run(name, path, dict(env, PYTEST_LRP_SPEEDUP="0"))
+            result[name]["without_speedup"] = suite_run(name, path, off)
             result[name]["speedup"] = round(result[name]["without_speedup"]["seconds"] / result[name]["with_speedup"]["seconds"], 2)
+        if subset:
+            pair = {"rules": list(subset), "with_speedup": suite_run(name, path, env, subset),
+                    "without_speedup": suite_run(name, path, off, subset)}
+            pair["speedup"] = round(pair["without_speedup"]["seconds"] / pair["with_speedup"]["seconds"], 2)
+            result[name]["subset"] = pair
     return result
 
 
-def suite_rules() -> list:
+def suite_rules(only: tuple = ()) -> list:
     rules = []
     for rule in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]:
+        if only and rule["id"] not in only:
+            continue
         rule = dict(rule, params={**(rule.get("params") or {}), "disable_model_checks": True})
         if "checks" in rule:
             rule["checks"] = [c for c in rule["checks"] if c != "reference"]
@@ -169,12 +182,12 @@ def suite_rules() -> list:
     return rules
 
 
-def suite_run(name: str, path: Path, env: dict) -> dict:
+def suite_run(name: str, path: Path, env: dict, only: tuple = ()) -> dict:
     defaults = dict(yaml.safe_load((ROOT / "rules.yaml").read_text())["defaults"])
     defaults.pop("inputs", None)
     defaults.update(models=[str(path)], samples=SAMPLES, seed=0, checks=[c for c in defaults["checks"] if c != "reference"])
-    tag = "with" if env.get("PYTEST_LRP_SPEEDUP", "1") != "0" else "without"
-    rules_path = write_yaml(RESULTS / f"suite_{name}_{tag}.yaml", {"defaults": defaults, "rules": suite_rules()})
+    tag = ("with" if env.get("PYTEST_LRP_SPEEDUP", "1") != "0" else "without") + ("_subset" if only else "")
+    rules_path = write_yaml(RESULTS / f"suite_{name}_{tag}.yaml", {"defaults": defaults, "rules": suite_rules(only)})
     xml = RESULTS / f"suite_{name}_{tag}.xml"
     r = run(pytest_cmd(rules_path, f"--junitxml={xml}", "-rfEX"), env)
     tests = junit(xml) if xml.exists() else []
@@ -194,11 +207,41 @@ def error_lines(xml: Path) -> dict:
     return lines
 
 
+def matrix(results: dict) -> str:
+    """Markdown: one row per rule, one column per network; each cell the conservation test's outcome, the other
+    checks that did not pass, and the seconds of the rule's tests together."""
+    suites = results.get("deep_suites", {})
+    names = [name for name in NETWORKS if name in suites]
+    rule_ids = [rule["id"] for rule in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]]
+    lines = ["| rule | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for rule_id in rule_ids:
+        cells = []
+        for name in names:
+            tests = [t for t in suites[name]["with_speedup"]["tests"] if t[0].endswith(f"[{name}-{rule_id}]")]
+            if not tests:
+                cells.append("-")
+                continue
+            main_test = next((t for t in tests if t[0].startswith("conservation[")), tests[0])
+            others = [f"{t[0].split('[')[0]} {t[2]}" for t in tests if t is not main_test and t[2] != "passed"]
+            cells.append("; ".join([main_test[2], *others]) + f", {sum(t[1] for t in tests):.0f} s")
+        lines.append(f"| `{rule_id}` | " + " | ".join(cells) + " |")
+    totals = []
+    for name in names:
+        run_ = suites[name]["with_speedup"]
+        outcomes = [t[2] for t in run_["tests"]]
+        counts = ", ".join(f"{outcomes.count(o)} {o}" for o in ("passed", "failed", "xfailed", "skipped", "error") if outcomes.count(o))
+        totals.append(f"{counts}; {run_['seconds']:.0f} s, {run_['peak_rss_mb'] / 1024:.1f} GB")
+    lines.append("| all | " + " | ".join(totals) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=("side_by_side", "suites"))
+    parser.add_argument("section", choices=("side_by_side", "suites", "matrix"))
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--without", action="store_true", help="also run each suite without the speed-up")
+    parser.add_argument("--subset", nargs="*", default=[], metavar="RULE",
+                        help="also run these rules alone, with and without the speed-up, back to back")
     parser.add_argument("--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run")
     parser.add_argument("--table-only", action="store_true", help="side_by_side: recompute the per-rule table from the files of the last run")
     parser.add_argument("--out", default=str(RESULTS / "deep.json"))
@@ -207,13 +250,16 @@ def main() -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
+    if args.section == "matrix":
+        print(matrix(results))
+        return
     if args.section == "side_by_side" and args.table_only:
         results["deep_side_by_side"]["per_rule"] = side_by_side_table(RESULTS / "side_by_side")
     elif args.section == "side_by_side":
         results["deep_side_by_side"] = deep_side_by_side(env, args.reuse_direct)
     else:
         for name in args.networks:  # written after each network: a long run keeps what it measured
-            results.setdefault("deep_suites", {}).update(deep_suites(env, [name], args.without))
+            results.setdefault("deep_suites", {}).update(deep_suites(env, [name], args.without, tuple(args.subset)))
             out.write_text(json.dumps(results, indent=1) + "\n")
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1)[:4000])
