@@ -117,6 +117,26 @@ def test_per_layer_changes_add_up_to_the_error_on_a_residual_network(default_nam
     assert out["unexplained"] < 1e-4 * out["scale"], out
 
 
+def test_a_layer_deep_taylor_has_no_rule_for_is_named_in_one_line(pytester, tensorflow_imported_once):
+    # EfficientNet's swish activations: innvestigate's Deep Taylor raised "NotImplementedError: Layer
+    # <keras.src.layers.core.activation.Activation object at 0x7f...> not supported.", naming no layer.
+    tf = tensorflow_imported_once
+    graph = tf.Graph()
+    with graph.as_default():
+        model = tf.keras.Sequential([
+            tf.keras.layers.Dense(4, input_shape=(3,), name="hidden"),
+            tf.keras.layers.Activation("swish", name="swish_here"),
+            tf.keras.layers.Dense(2, name="logits"),
+        ])
+        model.save(pytester.path / "swish.h5", include_optimizer=False)
+    (pytester.path / "rules.yaml").write_text("rules:\n  - id: dt\n    analyzer: deep_taylor\n    params: {disable_model_checks: true}\n")
+    result = pytester.runpytest("rules.yaml", "--lrp-model=swish.h5", "--lrp-samples=2")
+    result.assert_outcomes(errors=2)  # conservation and finite
+    result.stdout.fnmatch_lines(["*swish.h5: deep_taylor has no rule for layer 'swish_here' (Activation, activation 'swish') (rule 'dt'): "
+                                 "innvestigate 2.1.2's Deep Taylor maps only ReLU activations, *and refuses any other layer*"])
+    assert "object at 0x" not in result.stdout.str()
+
+
 def test_a_separate_softmax_layer_is_dropped_and_the_layers_keep_their_names(pytester, tensorflow_imported_once):
     # model_wo_softmax drops Activation('softmax') and leaves the Dense before it as the last layer:
     # it must stay 'logits (Dense)', not take the dropped layer's name ('probabilities (Dense)').

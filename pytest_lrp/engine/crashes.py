@@ -30,7 +30,41 @@ def crash_line(config, rule, model, exc: BaseException) -> Optional[str]:
         return f"{model}: innvestigate refuses to run {rule.analyzer} on this model (rule '{rule.id}'): {exc}"
     if type(exc).__name__ == "NotAnalyzeableModelException":
         return f"{model}: innvestigate cannot analyze this model with {rule.analyzer} (rule '{rule.id}'): {message}"
+    refused = _layer_without_rule(exc)
+    if refused:
+        return (f"{model}: {rule.analyzer} has no rule for layer {refused} (rule '{rule.id}'): innvestigate 2.1.2's Deep Taylor "
+                f"maps only ReLU activations, Dense/Conv kernels, BatchNormalization, pooling, Add, Dropout, UpSampling and "
+                f"reshaping layers, and refuses any other layer")
     return f"{rule.analyzer} crashed (rule '{rule.id}' on {model}): {type(exc).__name__}: {message} [{TRACE_HINT}]"
+
+
+def _layer_without_rule(exc: BaseException) -> Optional[str]:
+    """'name' (Class, activation 'x') of the layer innvestigate 2.1.2's Deep Taylor refused.
+
+    Its ``_default_reverse_mapping`` raises NotImplementedError("Layer <... object at 0x...> not
+    supported."), naming the layer only by its repr; the layer itself is the ``reverse_state``
+    of the frame that raised.
+    """
+    if not isinstance(exc, NotImplementedError) or not str(exc).endswith("not supported."):
+        return None
+    # The workbench raises a remembered crash again without its traceback (for the rule's other
+    # checks): the first reading is kept on the exception.
+    if not hasattr(exc, "_pytest_lrp_layer"):
+        exc._pytest_lrp_layer = _raising_layer(exc)
+    return exc._pytest_lrp_layer
+
+
+def _raising_layer(exc: BaseException) -> Optional[str]:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    state = tb.tb_frame.f_locals.get("reverse_state") if tb is not None else None
+    layer = state.get("layer") if isinstance(state, dict) else None
+    if layer is None:
+        return None
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    detail = f", activation '{activation}'" if activation and activation != "linear" else ""
+    return f"'{layer.name}' ({type(layer).__name__}{detail})"
 
 
 def first_line(exc: BaseException) -> str:
