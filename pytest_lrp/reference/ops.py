@@ -129,14 +129,16 @@ class Conv:
         out = self.w.out_shape(x.shape[1:-1])
         padded = self.w.pad(x)
         channels = kernel.shape[-2] * kernel.shape[-1] if self.depthwise else kernel.shape[-1]
-        z = np.zeros((x.shape[0],) + out + (channels,), dtype=np.result_type(x, kernel))
+        shape = (x.shape[0],) + out + (channels,)
+        z = None
         for offset in self.w.offsets():
             window = padded[self.w.slices(offset, out)]
             if self.depthwise:
                 # kernel (*k, c, m): each input channel has its own m filters; output c*m, c-major
-                z += (window[..., :, None] * kernel[offset]).reshape(z.shape)
+                product = (window[..., :, None] * kernel[offset]).reshape(shape)
             else:
-                z += window @ kernel[offset]
+                product = window @ kernel[offset]
+            z = product if z is None else np.add(z, product, out=z)
         return z
 
     def transpose(self, g, kernel, x_shape):

@@ -220,7 +220,10 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
             else:
                 c = c + sign * op.forward(xv, wv)
         d = c + b if b is not None else c
-        ds = stabilize(d, stabilizer)
+        # safe division leaves every nonzero denominator alone: without a zero, ds is d and the
+        # stabilizer's part (d - ds) is 0 everywhere (the same numbers, without the full-size temporaries)
+        untouched = stabilizer[0] == "safe" and not (d == 0).any()
+        ds = d if untouched else stabilize(d, stabilizer)
         s = relevance / ds
         for xv, wv, sign in pairs:
             back = op.transpose(s, wv, x_shape)
@@ -231,7 +234,11 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
         if b is not None:
             kept_by_bias |= d != 0
             bias_part = -kappa * np.broadcast_to(b, d.shape) / ds * relevance
-        else:
+        if untouched:
+            if b is not None:
+                mech["bias"] += np.where(present, bias_part, 0).sum(axis=axes)
+            continue
+        if b is None:
             bias_part = np.zeros_like(d)
         stab_part = kappa * (d - ds) / ds * relevance
         # d == 0 with c != 0: the bias cancels the contributions exactly; the blow-up is the bias's
