@@ -2,7 +2,7 @@
 
     python bench/reference_accounting.py                  # all rules of rules.yaml, 16 digits
     python bench/reference_accounting.py --rules z alpha2-beta1 --samples 4
-    python bench/reference_accounting.py --vgg16           # timing only: VGG16, one sample per rule
+    python bench/reference_accounting.py --vgg16           # timing only: VGG16, one sample per rule (~10 GB)
 
 For every rule: innvestigate 2.1.2 run directly (fresh graph, reverse_keep_tensors) and the
 numpy reference (pytest_lrp.reference) on the same inputs. Printed as Markdown:
@@ -11,7 +11,8 @@ numpy reference (pytest_lrp.reference) on the same inputs. Printed as Markdown:
    and the mean over samples of each mechanism's change as a share of t, with `unexplained` =
    innvestigate's total change minus the sum of the reference's mechanisms;
 2. per rule and layer: the layers whose mechanisms move more than 0.1% of t;
-3. times: the reference vs innvestigate (build + analyze), per rule, measured in this process.
+3. times: the reference vs innvestigate (build + analyze), per rule, measured in this process
+   (--vgg16: CPU seconds, innvestigate with pytest-lrp's speed-up unless --without-speedup).
 Nothing is asserted; the README quotes the output.
 """
 
@@ -51,17 +52,36 @@ def load_tf():
     return tf, innvestigate
 
 
-def innvestigate_run(tf, inn, config, weights, x, analyzer, params):
-    """(heatmap, per-layer (name -> relevance total at its output), seconds) with innvestigate run directly."""
-    started = time.perf_counter()
+def innvestigate_run(tf, inn, config, weights, x, analyzer, params, speedup=False):
+    """(heatmap, per-layer (name -> relevance total at its output), wall seconds, CPU seconds) with innvestigate
+    run directly (fresh graph, reverse_keep_tensors); with ``speedup`` inside pytest-lrp's engine/speedup.py
+    switches, as the plugin builds it."""
+    from contextlib import nullcontext
+
+    started, cpu = time.perf_counter(), time.process_time()
     with tf.Graph().as_default():
-        model = (tf.keras.Model if "input_layers" in config else tf.keras.Sequential).from_config(config)
-        model.set_weights(weights)
-        keep = analyzer.startswith(("lrp", "deep_taylor"))
-        options = {"reverse_keep_tensors": True} if keep else {}
-        analyzer_object = inn.create_analyzer(analyzer, model, **options, **params)
-        heatmap = analyzer_object.analyze(x)
-        seconds = time.perf_counter() - started
+        scope = nullcontext()
+        if speedup:
+            from pytest_lrp.engine import speedup as fast
+
+            fast.prepare_graph(tf)
+            config = getattr(fast, "rebuild_config", lambda c: c)(config)
+            scope = fast.analyzer_build(tf, inn)
+        with scope:
+            model = (tf.keras.Model if "input_layers" in config else tf.keras.Sequential).from_config(config)
+            model.set_weights(weights)
+            # as the plugin does (models/modelfile.py): without it, integrated gradients' own Input is a second
+            # 'input_1' in the fresh graph and Keras refuses the model (why innvestigate never ran it here before)
+            from pytest_lrp.models.modelfile import _reserve_names
+
+            _reserve_names(model, tf.keras.backend.get_uid)
+            if speedup:
+                fast.reserve_layer_names(tf, model)
+            keep = analyzer.startswith(("lrp", "deep_taylor"))
+            options = {"reverse_keep_tensors": True} if keep else {}
+            analyzer_object = inn.create_analyzer(analyzer, model, **options, **params)
+            heatmap = analyzer_object.analyze(x)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         totals = {}
         if keep:
             kept = dict(analyzer_object._reversed_tensors)
@@ -73,7 +93,7 @@ def innvestigate_run(tf, inn, config, weights, x, analyzer, params):
                         totals.setdefault(name, kept[(nid, index)].reshape(len(x), -1).sum(axis=1))
     del analyzer_object, model
     gc.collect()
-    return heatmap, totals, seconds
+    return heatmap, totals, seconds, cpu
 
 
 def target(rule, outputs, reference_outputs):
@@ -92,7 +112,7 @@ def fmt(value):
 
 def account_rule(tf, inn, rule, config, weights, x, reference, outputs):
     analyzer, params = rule["analyzer"], dict(rule.get("params") or {})
-    heatmap, _, t_inn = innvestigate_run(tf, inn, config, weights, x, analyzer, params)
+    heatmap, _, t_inn, _ = innvestigate_run(tf, inn, config, weights, x, analyzer, params)
     started = time.perf_counter()
     result = explain(reference, x, analyzer, params)
     t_ref = time.perf_counter() - started
@@ -122,12 +142,15 @@ def main(argv=None):
     parser.add_argument("--rules", nargs="*", help="rule ids of rules.yaml (default: all)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--vgg16", action="store_true", help="time VGG16 (weights=None, 1 sample) instead")
+    parser.add_argument("--without-speedup", action="store_true",
+                        help="--vgg16: innvestigate run the usual way, not with pytest-lrp's speed-up")
+    parser.add_argument("--json", help="--vgg16: also write the rows to this file")
     args = parser.parse_args(argv)
     tf, inn = load_tf()
     suite = yaml.safe_load((ROOT / "rules.yaml").read_text())
     rules = [r for r in suite["rules"] if not args.rules or r["id"] in args.rules]
     if args.vgg16:
-        return time_vgg16(tf, inn, rules)
+        return time_vgg16(tf, inn, rules, not args.without_speedup, args.json)
     keras_model = inn.model_wo_softmax(tf.keras.models.load_model(ROOT / "examples" / "cnn.hdf5", compile=False))
     config, weights = keras_model.get_config(), keras_model.get_weights()
     reference = ReferenceModel.from_keras(config, {layer.name: layer.get_weights() for layer in keras_model.layers})
@@ -165,33 +188,59 @@ def print_tables(rows):
     print(f"| all | {t_ref:.1f} | {t_inn:.1f} | {t_ref / t_inn:.2f} |")
 
 
-def time_vgg16(tf, inn, rules):
-    """One sample per rule: the reference vs innvestigate (build + analyze), same process, one after the other."""
+def time_vgg16(tf, inn, rules, speedup, out_json=None):
+    """One sample per rule, the reference as the plugin runs it (engine/reference_run.py: the forward check
+    `predict`, then `explain` for innvestigate's neuron) and innvestigate (build + analyze), alternating in
+    one process. CPU seconds of the process (numpy's and TensorFlow's threads) are the measure; wall seconds
+    are shown too. The reference's peak is numpy's traced allocation peak during its run."""
+    import json
+    import resource
+    import tracemalloc
+
     keras_model = tf.keras.applications.VGG16(weights=None, classifier_activation=None)
     config, weights = keras_model.get_config(), keras_model.get_weights()
     reference = ReferenceModel.from_keras(config, {layer.name: layer.get_weights() for layer in keras_model.layers})
     x = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
     outputs = keras_model.predict(x, verbose=0)
-    print(f"VGG16 (weights=None), 1 sample; reference forward vs Keras: max difference "
+    del keras_model
+    gc.collect()
+    mode = "with pytest-lrp's speed-up (engine/speedup.py)" if speedup else "run the usual way"
+    print(f"VGG16 (weights=None), 1 sample; innvestigate {mode}; reference forward vs Keras: max difference "
           f"{np.abs(reference.predict(x) - outputs).max():.2g} on outputs up to {np.abs(outputs).max():.3g}\n")
-    print("| rule | reference (s) | innvestigate build + analyze (s) | ratio | heatmap max diff (rel) |")
-    print("|---|---|---|---|---|")
-    totals = [0.0, 0.0]
+    reference._last_forward = None  # the first rule pays for the forward pass, as in the plugin
+    print("| rule | reference CPU s | innvestigate CPU s | ratio | reference wall s | innvestigate wall s | "
+          "reference peak GB | heatmap max diff (rel) | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     # integrated gradients last: innvestigate needs 9 GB for it on VGG16 (README, Performance)
     for rule in sorted(rules, key=lambda r: r["analyzer"] == "integrated_gradients"):
         analyzer, params = rule["analyzer"], dict(rule.get("params") or {})
-        started = time.perf_counter()
-        result = explain(reference, x, analyzer, params, keep_maps=False)
-        t_ref = time.perf_counter() - started
-        heatmap, _, t_inn = innvestigate_run(tf, inn, config, weights, x, analyzer, params)
+        neurons = outputs.argmax(axis=1)
+        tracemalloc.start()
+        started, cpu = time.perf_counter(), time.process_time()
+        reference.predict(x)
+        result = explain(reference, x.astype(np.float64), analyzer, params, "index", neurons, keep_maps=False)
+        t_ref, c_ref = time.perf_counter() - started, time.process_time() - cpu
+        peak = tracemalloc.get_traced_memory()[1] / 1e9
+        tracemalloc.stop()
+        heatmap, _, t_inn, c_inn = innvestigate_run(tf, inn, config, weights, x, analyzer, params, speedup)
         diff = np.abs(result.heatmap - heatmap).max()
-        totals[0] += t_ref
-        totals[1] += t_inn
-        print(f"| {rule['id']} | {t_ref:.1f} | {t_inn:.1f} | {t_ref / t_inn:.2f} | "
-              f"{diff:.2g} ({diff / max(np.abs(result.heatmap).max(), 1e-30):.1g}) |", flush=True)
+        rel = diff / max(np.abs(result.heatmap).max(), 1e-30)
+        load = os.getloadavg()[0]
+        rows.append({"rule": rule["id"], "reference_cpu_s": round(c_ref, 2), "innvestigate_cpu_s": round(c_inn, 2),
+                     "reference_wall_s": round(t_ref, 2), "innvestigate_wall_s": round(t_inn, 2),
+                     "reference_peak_gb": round(peak, 2), "max_diff": float(diff), "rel_diff": float(rel), "load": load})
+        print(f"| {rule['id']} | {c_ref:.1f} | {c_inn:.1f} | {c_ref / c_inn:.2f} | {t_ref:.1f} | {t_inn:.1f} | "
+              f"{peak:.2f} | {diff:.2g} ({rel:.1g}) | {load:.1f} |", flush=True)
         del result, heatmap
         gc.collect()
-    print(f"| all | {totals[0]:.0f} | {totals[1]:.0f} | {totals[0] / totals[1]:.2f} | |")
+    c_ref, c_inn = sum(r["reference_cpu_s"] for r in rows), sum(r["innvestigate_cpu_s"] for r in rows)
+    t_ref, t_inn = sum(r["reference_wall_s"] for r in rows), sum(r["innvestigate_wall_s"] for r in rows)
+    print(f"| all | {c_ref:.0f} | {c_inn:.0f} | {c_ref / c_inn:.2f} | {t_ref:.0f} | {t_inn:.0f} | | | |")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"\nprocess peak (ru_maxrss) {maxrss:.1f} GB")
+    if out_json:
+        Path(out_json).write_text(json.dumps({"speedup": speedup, "rows": rows, "maxrss_gb": maxrss}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
