@@ -375,7 +375,7 @@ def table(r: dict) -> str:
             if isinstance(value, dict):
                 per = ", ".join(f"{rule} {s:.0f}" for rule, s in value["per_rule"])
                 rows.append((f"VGG16 {key.replace('_', ', ', 1)}", value["seconds"], value["peak_rss_mb"],
-                             f"CPU s {value.get('cpu_seconds')}; per rule s: {per}"))
+                             (f"CPU s {value['cpu_seconds']}; " if value.get("cpu_seconds") else "") + f"per rule s: {per}"))
     if "deep_side_by_side" in r:
         for rule, row in r["deep_side_by_side"]["per_rule"].items():
             rows.append((f"MobileNetV2 {rule}: pytest-lrp / innvestigate directly", row.get("pytest_lrp_s"), "",
