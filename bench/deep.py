@@ -141,7 +141,7 @@ def side_by_side_table(folder: Path) -> dict:
         name = rule_id.replace("-", "_")
         ours = lrp_times.get(f"test_{name}[mobilenetv2]", {})
         row = {"pytest_lrp_s": ours.get("wall_s"), "pytest_lrp_cpu_s": ours.get("cpu_s"), **times.get(name, {})}
-        if row["pytest_lrp_s"] and row.get("direct_s"):
+        if row["pytest_lrp_s"] and row.get("direct_s") and "error" not in row:
             row["ratio"] = round(row["pytest_lrp_s"] / row["direct_s"], 4)
             row["cpu_ratio"] = round(row["pytest_lrp_cpu_s"] / row["direct_cpu_s"], 4)
             mine, theirs = np.load(folder / f"lrp_{name}.npz"), np.load(folder / f"direct_{name}.npz")
