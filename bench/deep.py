@@ -150,15 +150,15 @@ def side_by_side_table(folder: Path) -> dict:
     return per_rule
 
 
-def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False, subset: tuple = ()) -> dict:
+def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False, subset: tuple = (), whole: bool = True) -> dict:
     """The whole suite with the speed-up; with ``without`` also without it; with ``subset`` (rule ids) those
     rules alone with and without it, back to back (the whole suite without the speed-up takes over an hour
-    on the deeper networks)."""
+    on the deeper networks), and with ``whole=False`` only those."""
     result = {}
     off = dict(env, PYTEST_LRP_SPEEDUP="0")
     for name in networks:
         path, info = model_file(name, env)
-        result[name] = {**info, "with_speedup": suite_run(name, path, env)}
+        result[name] = dict(info) if subset and not whole else {**info, "with_speedup": suite_run(name, path, env)}
         if without:
             result[name]["without_speedup"] = suite_run(name, path, off)
             result[name]["speedup"] = round(result[name]["without_speedup"]["seconds"] / result[name]["with_speedup"]["seconds"], 2)
@@ -166,6 +166,7 @@ def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False, subs
             pair = {"rules": list(subset), "with_speedup": suite_run(name, path, env, subset),
                     "without_speedup": suite_run(name, path, off, subset)}
             pair["speedup"] = round(pair["without_speedup"]["seconds"] / pair["with_speedup"]["seconds"], 2)
+            pair["cpu_speedup"] = round(pair["without_speedup"]["cpu_seconds"] / pair["with_speedup"]["cpu_seconds"], 2)
             result[name]["subset"] = pair
     return result
 
@@ -242,6 +243,7 @@ def main() -> None:
     parser.add_argument("--without", action="store_true", help="also run each suite without the speed-up")
     parser.add_argument("--subset", nargs="*", default=[], metavar="RULE",
                         help="also run these rules alone, with and without the speed-up, back to back")
+    parser.add_argument("--subset-only", action="store_true", help="with --subset: skip the whole suite")
     parser.add_argument("--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run")
     parser.add_argument("--table-only", action="store_true", help="side_by_side: recompute the per-rule table from the files of the last run")
     parser.add_argument("--out", default=str(RESULTS / "deep.json"))
@@ -259,7 +261,7 @@ def main() -> None:
         results["deep_side_by_side"] = deep_side_by_side(env, args.reuse_direct)
     else:
         for name in args.networks:  # written after each network: a long run keeps what it measured
-            results.setdefault("deep_suites", {}).update(deep_suites(env, [name], args.without, tuple(args.subset)))
+            results.setdefault("deep_suites", {}).setdefault(name, {}).update(deep_suites(env, [name], args.without, tuple(args.subset), not args.subset_only)[name])
             out.write_text(json.dumps(results, indent=1) + "\n")
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1)[:4000])
