@@ -84,13 +84,13 @@ def test_under_xdist_the_controller_prints_the_workers_line_once(lrp_project, py
 
 def test_under_xdist_each_workers_own_keras_is_shown(lrp_project, pytester, fresh_process):
     """A worker whose collection imported TensorFlow with Keras 3 says so, though the other worker's Keras is fine."""
-    if not tf_runtime._at_least_2_16():
+    if not tf_runtime.at_least_2_16():
         pytest.skip("before TensorFlow 2.16 tf.keras is Keras 2 however TensorFlow is imported: the workers cannot differ")
     pytester.makeconftest("import os\nif os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n    import tensorflow\n")
     lrp_project.rules(TWO_RULES)
     result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2")
     result.assert_outcomes(passed=1, errors=1)
-    tf_version = tf_runtime._tensorflow_release()
+    tf_version = tf_runtime.tensorflow_release()
     result.stdout.fnmatch_lines_random([
         f"lrp: tf.keras is Keras {importlib.metadata.version('tf_keras')} (tf_keras) under TensorFlow {tf_version}; TF_USE_LEGACY_KERAS=1 set by pytest-lrp",
         f"lrp: tf.keras is Keras {importlib.metadata.version('keras')} (keras) under TensorFlow {tf_version}; "
@@ -134,7 +134,7 @@ def test_a_users_own_setting_is_kept(monkeypatch):
     tf_runtime.choose_legacy_keras()
     assert tf_runtime.os.environ["TF_USE_LEGACY_KERAS"] == "0"
     problem = tf_runtime.keras_3_problem()
-    if tf_runtime._at_least_2_16():
+    if tf_runtime.at_least_2_16():
         assert problem.startswith("TF_USE_LEGACY_KERAS=0 in the environment makes tf.keras Keras 3")
     else:
         assert problem is None

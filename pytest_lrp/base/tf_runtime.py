@@ -33,7 +33,7 @@ def choose_legacy_keras() -> None:
     """
     if "tensorflow" in sys.modules or LEGACY_KERAS in os.environ:
         return
-    if _tensorflow_release() is not None and not _at_least_2_16():
+    if tensorflow_release() is not None and not at_least_2_16():
         return  # tf.keras is Keras 2 there anyway
     os.environ[LEGACY_KERAS] = "1"
     _set_by_us.append(True)
@@ -45,8 +45,8 @@ def keras_line() -> str:
     if tf_module is not None and hasattr(tf_module, "__version__"):
         tf_version, package = tf_module.__version__, keras_package(tf_module)
     else:  # not imported yet: what the import will give
-        tf_version = _tensorflow_release() or "not installed"
-        package = "tf_keras" if _legacy_keras_requested() and _at_least_2_16() else "keras"
+        tf_version = tensorflow_release() or "not installed"
+        package = "tf_keras" if _legacy_keras_requested() and at_least_2_16() else "keras"
     version = distribution_version(package) or "not installed"
     line = f"lrp: tf.keras is Keras {version} ({package}) under TensorFlow {tf_version}"
     if _set_by_us:
@@ -59,7 +59,7 @@ def keras_3_problem():
     """Why innvestigate cannot run in this process (tf.keras is Keras 3), or None."""
     tf_module = sys.modules.get("tensorflow")
     if tf_module is None:
-        if not _at_least_2_16() or LEGACY_KERAS not in os.environ or _legacy_keras_requested():
+        if not at_least_2_16() or LEGACY_KERAS not in os.environ or _legacy_keras_requested():
             return None
         return (f"{LEGACY_KERAS}={os.environ[LEGACY_KERAS]} in the environment makes tf.keras Keras 3, "
                 f"which innvestigate 2.1.2 cannot analyze: unset it or set it to 1 for LRP runs")
@@ -112,14 +112,14 @@ def _keras_major(tf_module) -> int:
     return int(version.split(".")[0])
 
 
-def _tensorflow_release():
+def tensorflow_release():
     """The installed TensorFlow's version, read without importing it; None if not found."""
     return next(filter(None, map(distribution_version, TF_DISTRIBUTIONS)), None)
 
 
-def _at_least_2_16() -> bool:
+def at_least_2_16() -> bool:
     """Whether the installed TensorFlow makes tf.keras Keras 3 unless told otherwise (unknown: assume so)."""
-    release = _tensorflow_release()
+    release = tensorflow_release()
     if release is None:
         return True
     major_minor = tuple(int(part) for part in release.split(".")[:2] if part.isdigit())

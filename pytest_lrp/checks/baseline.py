@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import zipfile
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Optional
 
 from ..base.atomic import write_atomically
 from ..base.errors import LrpCheckFailed, shown
 from ..base.lazy import np
+from ..base.tf_runtime import distribution_version, tensorflow_release
 from .properties import HeatmapDifference
 
 FOLDER = "lrp_baselines"
@@ -72,7 +72,7 @@ def record(analysis) -> dict:
         "params": json.loads(json.dumps(rule.params, sort_keys=True, default=repr)),
         "target": rule.target,
         "neuron_selection": rule.neuron_selection,
-        "versions": {name: _version(name) for name in VERSIONED},
+        "versions": {name: tensorflow_release() if name == "tensorflow" else distribution_version(name) for name in VERSIONED},
     }
 
 
@@ -200,15 +200,6 @@ def file_digest(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _version(name: str) -> Optional[str]:
-    for distribution in (name, f"{name}-cpu"):
-        try:
-            return importlib_metadata.version(distribution)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def _short(digest) -> str:

@@ -47,10 +47,10 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
-from importlib import import_module, metadata, util
+from importlib import import_module, util
 from pathlib import Path
 
-from ..base.tf_runtime import keras_package
+from ..base.tf_runtime import at_least_2_16, keras_package
 
 SWITCH = "_UNSAFE_GRAPH_OP_LAYER_CREATION"
 # PYTEST_LRP_SPEEDUP=0 turns 1., 2. and 3. off (the normal Keras path), for bench/ to measure both in one run.
@@ -197,7 +197,7 @@ def _name_parts(name: str):
 
 def header_lines() -> list:
     """A report header line when the installed Keras 2 lacks the switch (without importing TensorFlow)."""
-    root = "keras" if _tensorflow_minor() < 16 else "tf_keras"
+    root = "tf_keras" if at_least_2_16() else "keras"
     origin = package_origin(root)
     if origin is None:
         return []
@@ -216,12 +216,3 @@ def package_origin(name: str):
     spec = util.find_spec(name)
     return spec.origin if spec is not None else None
 
-
-def _tensorflow_minor() -> int:
-    for dist in ("tensorflow", "tensorflow-cpu"):
-        try:
-            major, minor = metadata.version(dist).split(".")[:2]
-            return int(minor) if major == "2" else 99
-        except (metadata.PackageNotFoundError, ValueError):
-            continue
-    return 0

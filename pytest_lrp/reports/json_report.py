@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 
 from ..base.atomic import write_atomically
-from ..base.tf_runtime import distribution_version
+from ..base.tf_runtime import distribution_version, tensorflow_release
 
 FORMAT_VERSION = 1
 
@@ -15,11 +15,10 @@ FORMAT_VERSION = 1
 def versions() -> dict:
     """Versions from package metadata: no import of TensorFlow needed (and innvestigate's
     own __version__ is stale in 2.1.2)."""
-    found = {"python": platform.python_version()}
+    found = {"python": platform.python_version(), "tensorflow": tensorflow_release()}
     # tf_keras is what tf.keras is on TensorFlow 2.16+ (README "Environments"); keras is then Keras 3.
-    for name, distributions in (("tensorflow", ("tensorflow", "tensorflow-cpu")), ("keras", ("keras",)), ("tf_keras", ("tf_keras",)),
-                                ("innvestigate", ("innvestigate",)), ("pytest", ("pytest",)), ("pytest-lrp", ("pytest-lrp",))):
-        found[name] = next(filter(None, map(distribution_version, distributions)), None)
+    for name in ("keras", "tf_keras", "innvestigate", "pytest", "pytest-lrp"):
+        found[name] = distribution_version(name)
     return found
 
 
