@@ -4,6 +4,7 @@
     python bench/run.py --only deep_suites --update              # 21 rules per network, with the speed-up
     python bench/deep.py suites --networks vgg16 --without       # one network, also without the speed-up
     python bench/deep.py suites --subset z input-times-gradient  # and those rules alone, with and without it
+    python bench/deep.py side_by_side --networks vgg16 --all-rules   # 21 rules against innvestigate directly
     python bench/deep.py matrix --out bench/results/deep_suites.json   # the README's table from a run's results
 
 deep_side_by_side: MobileNetV2 (alpha 0.35, 96x96, weights=None, 10 classes, 2 samples), six rules.
@@ -103,16 +104,17 @@ def model_file(name: str, env: dict) -> tuple:
     return path, json.loads(info.read_text())
 
 
-def deep_side_by_side(env: dict, reuse_direct: bool = False) -> dict:
-    path, info = model_file("mobilenetv2", env)
-    folder = RESULTS / "side_by_side"
+def deep_side_by_side(env: dict, reuse_direct: bool = False, network: str = "mobilenetv2", rules: dict = SIDE_BY_SIDE) -> dict:
+    path, info = model_file(network, env)
+    folder = side_by_side_folder(network)
     folder.mkdir(exist_ok=True)
     import numpy as np
 
     inputs = folder / "x.npz"
-    np.savez(inputs, x=np.random.default_rng(0).uniform(0, 1, (SAMPLES, 96, 96, 3)).astype(np.float32))
+    shape = NETWORKS[network][1]["input_shape"]
+    np.savez(inputs, x=np.random.default_rng(0).uniform(0, 1, (SAMPLES,) + tuple(shape)).astype(np.float32))
     tests = ["import numpy as np", "import pytest", ""]
-    for rule_id, (analyzer, params) in SIDE_BY_SIDE.items():
+    for rule_id, (analyzer, params) in rules.items():
         name = rule_id.replace("-", "_")
         tests += [f"@pytest.mark.lrp_rule({analyzer!r}, disable_model_checks=True, **{params!r})",
                   f"def test_{name}(lrp_analysis):",
@@ -121,25 +123,35 @@ def deep_side_by_side(env: dict, reuse_direct: bool = False) -> dict:
     (folder / "conftest.py").write_text(CPU_PER_TEST.format(out=str(folder / "lrp_times.json")))
     xml = folder / "lrp.xml"
     lrp = run(pytest_cmd(folder / "test_side_by_side.py", f"--lrp-model={path}", f"--lrp-inputs={inputs}", f"--lrp-samples={SAMPLES}", f"--junitxml={xml}"), env)
-    rules = json.dumps({rule_id.replace("-", "_"): [analyzer, params] for rule_id, (analyzer, params) in SIDE_BY_SIDE.items()})
+    spec = json.dumps({rule_id.replace("-", "_"): [analyzer, params] for rule_id, (analyzer, params) in rules.items()})
     if reuse_direct:  # innvestigate's times from an earlier run on the same inputs (they do not depend on pytest-lrp)
         direct = {"reused": str(folder / "direct.json")}
     else:
-        direct = run([sys.executable, str(ROOT / "bench" / "innvestigate_direct.py"), str(path), str(folder), rules], env)
-    return {"model": f"MobileNetV2 alpha 0.35, 96x96, weights=None, 10 classes ({info['layers']} layers, {info['parameters']} parameters)",
-            "samples": SAMPLES, "pytest_lrp": lrp, "direct": direct, "per_rule": side_by_side_table(folder)}
+        direct = run([sys.executable, str(ROOT / "bench" / "innvestigate_direct.py"), str(path), str(folder), spec], env)
+    cls, kwargs = NETWORKS[network]
+    return {"model": f"{cls} {kwargs}, weights=None ({info['layers']} layers, {info['parameters']} parameters)",
+            "samples": SAMPLES, "pytest_lrp": lrp, "direct": direct, "per_rule": side_by_side_table(folder, network, rules)}
 
 
-def side_by_side_table(folder: Path) -> dict:
+def side_by_side_folder(network: str) -> Path:
+    return RESULTS / ("side_by_side" if network == "mobilenetv2" else f"side_by_side_{network}")
+
+
+def all_rules() -> dict:
+    """rules.yaml's rules as SIDE_BY_SIDE: id -> (analyzer, params)."""
+    return {rule["id"]: (rule["analyzer"], rule.get("params") or {}) for rule in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]}
+
+
+def side_by_side_table(folder: Path, network: str = "mobilenetv2", rules: dict = SIDE_BY_SIDE) -> dict:
     """Per rule: pytest-lrp's and innvestigate's seconds (wall, CPU), their ratios, bitwise identity of the heatmaps."""
     import numpy as np
 
     lrp_times = json.loads((folder / "lrp_times.json").read_text()) if (folder / "lrp_times.json").exists() else {}
     times = json.loads((folder / "direct.json").read_text()) if (folder / "direct.json").exists() else {}
     per_rule = {}
-    for rule_id in SIDE_BY_SIDE:
+    for rule_id in rules:
         name = rule_id.replace("-", "_")
-        ours = lrp_times.get(f"test_{name}[mobilenetv2]", {})
+        ours = lrp_times.get(f"test_{name}[{network}]", {})
         row = {"pytest_lrp_s": ours.get("wall_s"), "pytest_lrp_cpu_s": ours.get("cpu_s"), **times.get(name, {})}
         if row["pytest_lrp_s"] and row.get("direct_s") and "error" not in row:
             row["ratio"] = round(row["pytest_lrp_s"] / row["direct_s"], 4)
@@ -244,6 +256,7 @@ def main() -> None:
     parser.add_argument("--subset", nargs="*", default=[], metavar="RULE",
                         help="also run these rules alone, with and without the speed-up, back to back")
     parser.add_argument("--subset-only", action="store_true", help="with --subset: skip the whole suite")
+    parser.add_argument("--all-rules", action="store_true", help="side_by_side: every rule of rules.yaml, not the six")
     parser.add_argument("--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run")
     parser.add_argument("--table-only", action="store_true", help="side_by_side: recompute the per-rule table from the files of the last run")
     parser.add_argument("--out", default=str(RESULTS / "deep.json"))
@@ -255,10 +268,15 @@ def main() -> None:
     if args.section == "matrix":
         print(matrix(results))
         return
-    if args.section == "side_by_side" and args.table_only:
-        results["deep_side_by_side"]["per_rule"] = side_by_side_table(RESULTS / "side_by_side")
-    elif args.section == "side_by_side":
-        results["deep_side_by_side"] = deep_side_by_side(env, args.reuse_direct)
+    if args.section == "side_by_side":
+        # MobileNetV2's six rules keep their section; another network (--networks NAME) gets one of its own
+        network = args.networks[0] if len(args.networks) == 1 else "mobilenetv2"
+        key = "deep_side_by_side" if network == "mobilenetv2" else f"deep_side_by_side_{network}"
+        rules = all_rules() if args.all_rules else SIDE_BY_SIDE
+        if args.table_only:
+            results[key]["per_rule"] = side_by_side_table(side_by_side_folder(network), network, rules)
+        else:
+            results[key] = deep_side_by_side(env, args.reuse_direct, network, rules)
     else:
         for name in args.networks:  # written after each network: a long run keeps what it measured
             results.setdefault("deep_suites", {}).setdefault(name, {}).update(deep_suites(env, [name], args.without, tuple(args.subset), not args.subset_only)[name])
