@@ -371,6 +371,33 @@ def test_integrated_gradients_batched_and_reusing_patterns_equals_point_by_point
         assert sum(backward_points) > 6
 
 
+@pytest.mark.parametrize("bias_scale", [0.0, 0.3])
+def test_integrated_gradients_walks_only_t0_and_x_on_a_positively_homogeneous_network(bias_scale, monkeypatch):
+    """Without biases and BatchNormalization offsets, t x has x's gradient for every t > 0: two forward passes per
+    sample instead of `steps`, with the sum of the definition (point by point); with them, every point is walked."""
+    explain_module = sys.modules["pytest_lrp.reference.explain"]
+    rng = np.random.default_rng(5)
+    weights = residual_weights(rng)
+    for name in ("conv", "side", "dw", "out"):
+        weights[name][1] = weights[name][1] * bias_scale / 0.3
+    weights["bn"][1:3] = [weights["bn"][1] * bias_scale / 0.3, weights["bn"][2] * bias_scale / 0.3]
+    model = ReferenceModel.from_keras(residual_config(), weights)
+    assert model.positively_homogeneous() == (bias_scale == 0.0)
+    x = rng.uniform(0, 1, (3, 6, 6, 2))
+    expected = _ig_point_by_point(model, x, 32)
+    walked = []
+    gradients = explain_module._path_gradients
+    monkeypatch.setattr(explain_module, "_path_gradients",
+                        lambda model, points, *rest: walked.append(len(points)) or gradients(model, points, *rest))
+    result = explain(model, x, "integrated_gradients", {"steps": 32})
+    np.testing.assert_allclose(result.heatmap, expected, rtol=1e-12, atol=1e-14)
+    assert sum(walked) == (2 * len(x) if bias_scale == 0.0 else 32 * len(x))
+    # a reference input other than 0 is not on a ray through the origin: every point again
+    walked.clear()
+    explain(model, x, "integrated_gradients", {"steps": 32, "reference_inputs": 0.25})
+    assert sum(walked) == 32 * len(x)
+
+
 def test_forward_pass_is_shared_by_equal_inputs_and_read_only():
     rng = np.random.default_rng(2)
     model = ReferenceModel.from_keras(residual_config(), residual_weights(rng))

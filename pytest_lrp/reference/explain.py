@@ -56,6 +56,9 @@ class LayerAccount:
     relevance_in: np.ndarray
     mechanisms: dict
     maps: dict | None = None
+    # the same mechanisms applied to the relevance another implementation had at this layer's
+    # output (explain's ``observed``); None where it had none
+    observed_mechanisms: dict | None = None
 
 
 @dataclass
@@ -205,7 +208,12 @@ def _check_params(analyzer: str, params: dict) -> None:
 
 def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
             neuron_selection: str = "max_activation", index=None, *,
-            keep_maps: bool = True, bn_fusion: str = "exact", dtype=np.float64) -> ReferenceResult:
+            keep_maps: bool = True, bn_fusion: str = "exact", dtype=np.float64,
+            observed: dict | None = None) -> ReferenceResult:
+    """``observed``: {layer name: relevance at that layer's output} of another implementation
+    (innvestigate's kept tensors); each such layer's account also gets observed_mechanisms, the
+    formula's mechanisms applied to that relevance (the split of what that implementation did at
+    this layer, independent of where its relevance and the reference's parted further up)."""
     params = dict(params or {})
     if np.dtype(dtype) != np.float64:
         model = model.astype(dtype)
@@ -226,7 +234,7 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
         flat = np.maximum(flat, 0.0)
     head, selected = _select(flat, neuron_selection, index, values=policy.family != "gradient")
     result = ReferenceResult(None, head.reshape(len(x), -1).sum(axis=1), [], selected)
-    walk = _Backward(model, acts, policy, keep_maps, bn_fusion)
+    walk = _Backward(model, acts, policy, keep_maps, bn_fusion, observed)
     heatmap = walk.run(head.reshape(shape), result.layers)
     if analyzer == "input_t_gradient":
         heatmap = heatmap * x
@@ -247,9 +255,10 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
     # left Riemann sum (t = 0 .. (steps-1)/steps); path points of all samples go through the
     # network together, in chunks of about IG_CHUNK_VALUES input values to bound the memory
     # (VGG16: 6 points, about 1 GB of activations; batching spares re-reading the Dense kernels per point)
-    ts = np.arange(steps) / steps
-    sample = np.repeat(np.arange(len(x)), steps)
+    ts, weights = _path(model, reference, steps)
+    sample = np.repeat(np.arange(len(x)), len(ts))
     position = np.tile(ts, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
+    weight = np.tile(weights, len(x)).reshape(position.shape)
     per_chunk = max(1, IG_CHUNK_VALUES // max(1, x[0].size))
     total = np.zeros_like(x)
     known: dict = {}
@@ -257,7 +266,7 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
         rows, t = sample[start:start + per_chunk], position[start:start + per_chunk]
         points = reference[rows] + t * difference[rows]
         chosen = None if index is None else index[rows]
-        np.add.at(total, rows, _path_gradients(model, points, neuron_selection, chosen, known))
+        np.add.at(total, rows, weight[start:start + per_chunk] * _path_gradients(model, points, neuron_selection, chosen, known))
     # what completeness promises: f(x) - f(reference) at the explained neuron
     rows = np.arange(len(x))
     base = model.predict(np.ascontiguousarray(reference), cache=False)
@@ -269,15 +278,29 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
 IG_CHUNK_VALUES = 2 ** 20
 
 
+def _path(model, reference: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The path points t of the Riemann sum and how many steps each stands for.
+
+    From a zero reference through a positively homogeneous network (no biases, no BatchNormalization)
+    the point t x has the activation pattern of x for every t > 0 (each pre-activation is t times x's,
+    so its sign is x's; each max-pooling window keeps its maximum; in floating point up to units within
+    rounding of zero, which innvestigate's float32 points may flip as well), hence x's gradient:
+    the sum needs t = 0 and t = 1 only, one forward and backward pass each instead of `steps`. On
+    VGG16 with fresh weights that is 2 forward passes in float64 instead of 64 (bench/reference_accounting.py).
+    Any other network walks every point, reusing the gradient of a pattern already seen (_path_gradients)."""
+    if steps > 1 and not np.any(reference) and model.positively_homogeneous():
+        return np.array([0.0, 1.0]), np.array([1.0, steps - 1.0])
+    return np.arange(steps) / steps, np.ones(steps)
+
+
 def _path_gradients(model, points, neuron_selection, index, known: dict) -> np.ndarray:
     """The plain gradient at points of a path, from a forward pass that keeps only what the gradient needs.
 
     The gradient of a network of ReLUs, max pooling and linear maps is a function of its activation
     pattern alone (which units are on, which cell is each window's maximum) and of the explained
     neuron: points with a pattern already seen (``known``: pattern -> gradient) get that gradient
-    without a backward pass. Along a path from 0 on a network without biases every t > 0 has the
-    pattern of x (the network is positively homogeneous): VGG16 with fresh weights needs 2 backward
-    passes for 64 steps. A trained network with biases changes its pattern along the path and gains nothing."""
+    without a backward pass. A trained network with biases changes its pattern along the path and gains
+    little; a network without them does not need the points between 0 and x at all (_path)."""
     acts = model.forward(points, products=False, cache=False)
     out = acts[model.output_name]
     head, _ = _select(out.reshape(len(out), -1), neuron_selection, index, values=False)
@@ -321,9 +344,11 @@ def _patterns(model, acts: dict, index) -> list:
 
 
 class _Backward:
-    def __init__(self, model: ReferenceModel, acts: dict, policy: Policy, keep_maps: bool, bn_fusion: str):
+    def __init__(self, model: ReferenceModel, acts: dict, policy: Policy, keep_maps: bool, bn_fusion: str,
+                 observed: dict | None = None):
         self.model, self.acts, self.policy = model, acts, policy
         self.keep_maps, self.bn_fusion = keep_maps, bn_fusion
+        self.observed = observed or {}
 
     def run(self, head: np.ndarray, accounts: list) -> np.ndarray:
         relevance = {self.model.output_name: head}
@@ -332,110 +357,121 @@ class _Backward:
                 continue
             r = relevance.pop(layer.name) if layer.name != self.model.input_name else relevance[layer.name]
             xs = [self.acts[p] for p in layer.inputs]
+            seen = self._observed(layer.name, r)
             if layer.name == self.model.input_name:
-                rule, r_ins, mech = "input", [], zero_mechanisms(len(r))
+                rule, r_ins, mech, seen_mech = "input", [], zero_mechanisms(len(r)), None
             else:
-                rule, r_ins, mech = self.layer(layer, xs, r)
+                rule, r_ins, mech, seen_mech = self.layer(layer, xs, r, seen)
             axes = tuple(range(1, r.ndim))
             r_out_total = r.sum(axis=axes)
             r_in_total = (sum(ri.reshape(len(ri), -1).sum(axis=1) for ri in r_ins)
                           if r_ins else r_out_total.copy())
             maps = {"out": r, "in": r_ins} if self.keep_maps else None
             if self.policy.family == "gradient":
-                mech = {}
+                mech, seen_mech = {}, None
             accounts.append(LayerAccount(layer.name, layer.class_name, rule, r_out_total,
-                                         r_in_total, mech, maps))
+                                         r_in_total, mech, maps, seen_mech))
             for producer, ri in zip(layer.inputs, r_ins):
                 relevance[producer] = relevance[producer] + ri if producer in relevance else ri
         return relevance[self.model.input_name]
 
-    # one layer: (rule label, relevance at each input, mechanisms)
-    def layer(self, layer: Layer, xs: list, r: np.ndarray):
+    def _observed(self, name: str, r: np.ndarray):
+        """The other implementation's relevance at this layer's output, if it has one of the same shape."""
+        seen = self.observed.get(name)
+        if seen is None or np.size(seen) != r.size:
+            return None
+        return np.asarray(seen, dtype=r.dtype).reshape(r.shape)  # summed in the reference's precision
+
+    # one layer: (rule label, relevance at each input, mechanisms, mechanisms of the observed relevance or None)
+    def layer(self, layer: Layer, xs: list, r: np.ndarray, seen=None):
         cls, family = layer.class_name, self.policy.family
         batch = len(r)
         x = xs[0] if xs else None
-        none = zero_mechanisms(batch)
+
+        def split(mechanism=None, of=None):
+            """Mechanisms of r and of seen: ``of(relevance)`` is the part ``mechanism`` takes of it (linear)."""
+            def one(relevance):
+                mech = zero_mechanisms(batch)
+                if mechanism is not None:
+                    mech[mechanism] = of(relevance)
+                return mech
+            return one(r), (one(seen) if seen is not None else None)
+
+        def total(relevance):
+            return relevance.reshape(batch, -1).sum(axis=1)
+
         if cls in KERNEL:
             if family == "gradient":
                 g = r * (self.acts[layer.name] > 0) if layer.activation == "relu" else r
-                return "gradient", [layer.op.transpose(g, layer.kernel, x.shape)], none
+                return ("gradient", [layer.op.transpose(g, layer.kernel, x.shape)]) + split()
             rule = self.policy.kernel_rule(layer)
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
-            r_in, mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r, x.shape,
-                                     known, layer.variants)
-            return rule.label, [r_in], mech
+            r_in, mech, seen_mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r,
+                                                x.shape, known, layer.variants, observed=seen)
+            return rule.label, [r_in], mech, seen_mech
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
             scale = Scale(layer.bn[-1], x.ndim)
             if family != "lrp":
                 r_in = scale.transpose(r, exact_k, x.shape)
-                mech = dict(none)
-                if family == "deep_taylor":
-                    mech["gradient"] = (r_in - r).reshape(batch, -1).sum(axis=1)
-                return "gradient", [r_in], mech
+                if family != "deep_taylor":
+                    return ("gradient", [r_in]) + split()
+                return ("gradient", [r_in]) + split("gradient", lambda rr: total(scale.transpose(rr, exact_k, x.shape) - rr))
             k, b = bn_affine(layer, self.bn_fusion)
             rule = self.policy.bn_rule
-            r_in, mech = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape)
-            return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech
+            r_in, mech, seen_mech = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape, observed=seen)
+            return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
             if family == "lrp":
-                return self._z_sum(xs, r, none)
-            mech = dict(none)
-            if family == "deep_taylor":
-                mech["gradient"] = (len(xs) - 1) * r.reshape(batch, -1).sum(axis=1)
-            return "gradient", [r.copy() for _ in xs], mech
+                return self._z_sum(xs, r, split)
+            if family != "deep_taylor":
+                return ("gradient", [r.copy() for _ in xs]) + split()
+            return ("gradient", [r.copy() for _ in xs]) + split("gradient", lambda rr: (len(xs) - 1) * total(rr))
         if cls in AVG_POOL or cls in GLOBAL_AVG:
             op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
             if family == "lrp":
-                r_in, mech = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))], r, x.shape)
-                return "z", [r_in], mech
-            return "gradient", [op.transpose(r, None, x.shape)], none
+                r_in, mech, seen_mech = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))], r,
+                                                    x.shape, observed=seen)
+                return "z", [r_in], mech, seen_mech
+            return ("gradient", [op.transpose(r, None, x.shape)]) + split()
         if cls in MAX_POOL:
-            return "gradient", [layer.op.transpose(r, self.acts[layer.name + ":argmax"], x.shape)], none
+            return ("gradient", [layer.op.transpose(r, self.acts[layer.name + ":argmax"], x.shape)]) + split()
         if cls in GLOBAL_MAX:
             axes = tuple(range(1, x.ndim - 1))
             best = x.max(axis=axes, keepdims=True)
             ties = x == best
             share = ties / ties.sum(axis=axes, keepdims=True)
-            return "gradient", [share * r.reshape(best.shape)], none
+            return ("gradient", [share * r.reshape(best.shape)]) + split()
         if cls in IDENTITY:
-            return "gradient", [r], none
+            return ("gradient", [r]) + split()
         if cls in ("Flatten", "Reshape"):
-            return "gradient", [r.reshape(x.shape)], none
+            return ("gradient", [r.reshape(x.shape)]) + split()
         if cls in PADDING:
             pads = padding_of(layer, x.ndim - 2)
             index = (slice(None),) + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1]))
-            r_in = r[index]
-            mech = dict(none)
-            mech["dropped"] = (r_in.reshape(batch, -1).sum(axis=1) - r.reshape(batch, -1).sum(axis=1))
-            return "gradient", [r_in], mech
+            return ("gradient", [r[index]]) + split("dropped", lambda rr: total(rr[index]) - total(rr))
         if cls == "Concatenate":
             axis = layer.config.get("axis", -1) % r.ndim
             cuts = np.cumsum([xi.shape[axis] for xi in xs])[:-1]
-            return "gradient", list(np.split(r, cuts, axis=axis)), none
+            return ("gradient", list(np.split(r, cuts, axis=axis))) + split()
         if cls == "Activation" and family == "lrp":
-            return "pass", [r], none
+            return ("pass", [r]) + split()
         if cls in ("Activation", "ReLU"):
             if cls == "Activation" and layer.activation == "linear":
-                return "gradient", [r], none
-            r_in = r * (x > 0)
-            mech = dict(none)
-            mech["dropped"] = -(r * (x <= 0)).reshape(batch, -1).sum(axis=1)
-            return "gradient", [r_in], mech
+                return ("gradient", [r]) + split()
+            return ("gradient", [r * (x > 0)]) + split("dropped", lambda rr: -total(rr * (x <= 0)))
         layer.refuse()
 
-    def _z_sum(self, xs, r, none):
+    def _z_sum(self, xs, r, split):
         """innvestigate's Add rule: z over the sum of the inputs, safe division, no bias."""
         z = sum(xs[1:], xs[0].copy())
         ds = z + KERAS_EPSILON * (z == 0)
         s = r / ds
         r_ins = [xi * s for xi in xs]
-        mech = dict(none)
         axes = tuple(range(1, r.ndim))
-        mech["dropped"] = -np.where(z == 0, r, 0).sum(axis=axes)
-        return "z", r_ins, mech
+        return ("z", r_ins) + split("dropped", lambda rr: -np.where(z == 0, rr, 0).sum(axis=axes))
 
 
 class _GlobalAverage:

@@ -224,6 +224,16 @@ class ReferenceModel:
             if layer.activation == "softmax":
                 layer.refuse("softmax is covered only as the last activation")
 
+    def positively_homogeneous(self) -> bool:
+        """f(t x) = t f(x) for every t > 0: no kernel layer with a non-zero bias and no BatchNormalization
+        with a non-zero offset. Every other layer the reference accepts is homogeneous (ReLU and linear
+        units, pooling, padding, reshapes, Add, Concatenate; a softmax only as the last activation, which is stripped)."""
+        for layer in self.layers:
+            offset = bn_affine(layer)[1] if layer.class_name == "BatchNormalization" else layer.bias
+            if offset is not None and np.any(offset):
+                return False
+        return True
+
     def astype(self, dtype) -> "ReferenceModel":
         """A copy computing in another precision: float32 shows how much of a difference to
         innvestigate (float32) is rounding alone."""
