@@ -45,7 +45,7 @@ def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.n
 
 
 def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> tuple:
-    """The Analysis, and innvestigate's per-layer maps for the reference check (engine/reference_run.py)."""
+    """The Analysis, and innvestigate's per-layer maps for the reference check and the leak accounting (engine/reference_run.py)."""
     tf = tensorflow()
     inn = innvestigate()
     graph = tf.Graph()
@@ -64,7 +64,7 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         heatmaps = np.asarray(_run(analyzer, rule, x))
         selected = outputs[np.arange(len(x)), neurons]
         layers = layer_relevance(inn, analyzer, explained, heatmap_sums(heatmaps), selected)
-        maps = layer_maps(inn, analyzer, explained) if "reference" in rule.checks else {}
+        maps = layer_maps(inn, analyzer, explained) if wanted(rule) else {}
         # After layer_relevance: every further run replaces the analyzer's kept tensors.
         reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
         reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None

@@ -34,7 +34,7 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
 
     ``outputs`` are the explained model's outputs (softmax stripped), ``errors`` sum(R) - target
     per sample, ``layers`` innvestigate's per-layer totals (LayerRelevance, output first) and
-    ``maps`` its per-element relevance at each layer's inputs ({layer name: [array per input]}).
+    ``maps`` its per-element relevance at each layer's output ({layer name: (array, names of the layers reading it)}).
     """
     from ..reference import UnsupportedLayer, UnsupportedRule, explain
 
@@ -48,7 +48,7 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
             return comparison, None
         # innvestigate's own choice of neuron: float32 and float64 may rank near-equal outputs differently.
         result = explain(reference_model, x.astype(np.float64), rule.analyzer, dict(rule.params), "index", neurons,
-                         keep_maps="reference" in rule.checks)
+                         keep_maps="reference" in rule.checks, observed=_observed(reference_model, maps, layers))
     except (UnsupportedLayer, UnsupportedRule) as exc:
         comparison.skipped = f"the numpy reference cannot judge {rule.analyzer} on {model.name}: {exc}"
         return comparison, None
@@ -91,13 +91,25 @@ def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFil
     )
 
 
+def _observed(reference_model, maps: dict, layers: list) -> dict:
+    """innvestigate's relevance at each layer's output, under the reference's layer names."""
+    names = _reference_names(list(reversed(reference_model.layers)), layers)
+    return {names.get(name, name): kept for name, (kept, _) in maps.items()}
+
+
 def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
     changes = _changes_by_layer(result.layers, layers)
     # Layers innvestigate's totals only give together (they read a common tensor) are accounted together.
     groups = {member: group for group in layers for member in group.members}
     accounted, merged = [], {}
     for layer in result.layers:
-        mechanisms = {name: np.asarray(layer.mechanisms.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
+        # The formula's mechanisms for the relevance innvestigate had at this layer, where it kept it: its
+        # change and the mechanisms then describe the same relevance. The reference's own relevance parts
+        # from innvestigate's where an ill-conditioned neuron (an Add whose inputs nearly cancel, amplifying
+        # float32 rounding) sends it elsewhere with the same total; its mechanisms below would charge the
+        # layers there (a ZeroPadding2D's border share) with 'unexplained' for what they did right.
+        own = layer.observed_mechanisms if layer.observed_mechanisms is not None else layer.mechanisms
+        mechanisms = {name: np.asarray(own.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
         group = groups.get(layer.name)
         if group is None:
             accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))

@@ -196,8 +196,14 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
     return d + np.where(d >= 0, eps, -eps)
 
 
-def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache=None) -> tuple[np.ndarray, dict]:
-    """Relevance at the input of a linear layer, and the per-sample mechanisms.
+def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache=None,
+                observed=None) -> tuple[np.ndarray, dict, dict | None]:
+    """Relevance at the input of a linear layer, the per-sample mechanisms, and the same mechanisms
+    for ``observed`` (another relevance at the layer's output, e.g. innvestigate's) or None.
+
+    Every mechanism is a per-neuron factor (fixed by x, the weights and the rule) times the
+    neuron's relevance, so it can be applied to any relevance arriving at this layer: the
+    mechanisms of ``observed`` are what the formula makes of *that* relevance here.
 
     ``known`` is an already computed forward product, (x, kernel, forward(x, kernel)), reused
     when a term has that very pair. A pair whose input variant is all zeros (x- after a ReLU)
@@ -208,7 +214,13 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
     kept_by_bias = np.zeros_like(relevance, dtype=bool)
     present_kappa = np.zeros_like(relevance)
     any_present = np.zeros_like(relevance, dtype=bool)
-    mech = {name: np.zeros(batch) for name in MECHANISMS}
+    targets = [relevance] if observed is None else [relevance, observed]
+    mechs = [{name: np.zeros(batch) for name in MECHANISMS} for _ in targets]
+
+    def charge(name, where, factor):
+        for r, mech in zip(targets, mechs):
+            mech[name] += np.where(where, factor * r, 0).sum(axis=axes)
+
     for kappa, pairs, b, stabilizer in term_list:
         pairs = [(xv, wv, sign) for xv, wv, sign in pairs if xv.any()]
         c = np.zeros_like(relevance)
@@ -233,23 +245,22 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
         present_kappa += kappa * present
         if b is not None:
             kept_by_bias |= d != 0
-            bias_part = -kappa * np.broadcast_to(b, d.shape) / ds * relevance
+            bias_factor = -kappa * np.broadcast_to(b, d.shape) / ds
         if untouched:
             if b is not None:
-                mech["bias"] += np.where(present, bias_part, 0).sum(axis=axes)
+                charge("bias", present, bias_factor)
             continue
         if b is None:
-            bias_part = np.zeros_like(d)
-        stab_part = kappa * (d - ds) / ds * relevance
+            bias_factor = np.zeros_like(d)
+        stab_factor = kappa * (d - ds) / ds
         # d == 0 with c != 0: the bias cancels the contributions exactly; the blow-up is the bias's
         blowup = present & (d == 0)
-        mech["bias"] += np.where(present, bias_part + np.where(blowup, stab_part, 0), 0).sum(axis=axes)
-        mech["stabilizer"] += np.where(present & ~blowup, stab_part, 0).sum(axis=axes)
-    mech["unbalanced"] += np.where(any_present, (present_kappa - 1) * relevance, 0).sum(axis=axes)
-    lost = np.where(any_present, 0, -relevance)
-    mech["bias"] += np.where(kept_by_bias, lost, 0).sum(axis=axes)
-    mech["dropped"] += np.where(kept_by_bias, 0, lost).sum(axis=axes)
-    return r_in, mech
+        charge("bias", present, bias_factor + np.where(blowup, stab_factor, 0))
+        charge("stabilizer", present & ~blowup, stab_factor)
+    charge("unbalanced", any_present, present_kappa - 1)
+    charge("bias", ~any_present & kept_by_bias, -1.0)
+    charge("dropped", ~any_present & ~kept_by_bias, -1.0)
+    return r_in, mechs[0], (mechs[1] if observed is not None else None)
 
 
 def _forward_of_ones(op, kernel, rule: str, x_shape, cache: dict) -> np.ndarray:
