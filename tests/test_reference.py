@@ -361,7 +361,8 @@ def test_integrated_gradients_batched_and_reusing_patterns_equals_point_by_point
     run = explain_module._Backward.run
     monkeypatch.setattr(explain_module._Backward, "run",
                         lambda self, head, accounts: backward_points.append(len(head)) or run(self, head, accounts))
-    monkeypatch.setattr(explain_module, "IG_CHUNK_VALUES", 5 * x[0].size)  # 48 points in chunks of 5
+    point_bytes = sum(a.nbytes for a in model.forward(x[:1], products=False, cache=False).values())
+    monkeypatch.setattr(explain_module, "IG_CHUNK_BYTES", 5 * point_bytes)  # 48 points: 1, then chunks of 5
     result = explain(model, x, "integrated_gradients", {"steps": 16})
     np.testing.assert_allclose(result.heatmap, expected, rtol=1e-12, atol=1e-14)
     if bias_scale == 0.0:
