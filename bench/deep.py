@@ -257,6 +257,7 @@ def main() -> None:
                         help="also run these rules alone, with and without the speed-up, back to back")
     parser.add_argument("--subset-only", action="store_true", help="with --subset: skip the whole suite")
     parser.add_argument("--all-rules", action="store_true", help="side_by_side: every rule of rules.yaml, not the six")
+    parser.add_argument("--rules", nargs="*", default=[], metavar="RULE", help="side_by_side: these rules of rules.yaml")
     parser.add_argument("--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run")
     parser.add_argument("--table-only", action="store_true", help="side_by_side: recompute the per-rule table from the files of the last run")
     parser.add_argument("--out", default=str(RESULTS / "deep.json"))
@@ -272,7 +273,9 @@ def main() -> None:
         # MobileNetV2's six rules keep their section; another network (--networks NAME) gets one of its own
         network = args.networks[0] if len(args.networks) == 1 else "mobilenetv2"
         key = "deep_side_by_side" if network == "mobilenetv2" else f"deep_side_by_side_{network}"
-        rules = all_rules() if args.all_rules else SIDE_BY_SIDE
+        rules = all_rules() if args.all_rules or args.rules else SIDE_BY_SIDE
+        if args.rules:
+            rules = {rule_id: rules[rule_id] for rule_id in args.rules}
         if args.table_only:
             results[key]["per_rule"] = side_by_side_table(side_by_side_folder(network), network, rules)
         else:
