@@ -346,15 +346,21 @@ def _ig_point_by_point(model, x, steps, reference=0.0):
     return total / steps * (x - reference)
 
 
-@pytest.mark.parametrize("bias_scale", [0.0, 0.3])
-def test_integrated_gradients_batched_and_reusing_patterns_equals_point_by_point(bias_scale, monkeypatch):
-    explain_module = sys.modules["pytest_lrp.reference.explain"]  # the package's `explain` is the function
-    rng = np.random.default_rng(11)
+def _residual_with_offsets(rng, bias_scale: float) -> ReferenceModel:
+    """The residual test net with its biases and BatchNormalization offset scaled to ``bias_scale`` (0.3 as drawn;
+    0.0: none, a positively homogeneous network)."""
     weights = residual_weights(rng)
     for name in ("conv", "side", "dw", "out"):
         weights[name][1] = weights[name][1] * bias_scale / 0.3
     weights["bn"][1:3] = [weights["bn"][1] * bias_scale / 0.3, weights["bn"][2] * bias_scale / 0.3]  # BN's offset
-    model = ReferenceModel.from_keras(residual_config(), weights)
+    return ReferenceModel.from_keras(residual_config(), weights)
+
+
+@pytest.mark.parametrize("bias_scale", [0.0, 0.3])
+def test_integrated_gradients_batched_and_reusing_patterns_equals_point_by_point(bias_scale, monkeypatch):
+    explain_module = sys.modules["pytest_lrp.reference.explain"]  # the package's `explain` is the function
+    rng = np.random.default_rng(11)
+    model = _residual_with_offsets(rng, bias_scale)
     x = rng.uniform(0, 1, (3, 6, 6, 2))
     expected = _ig_point_by_point(model, x, 16)
     backward_points = []
@@ -378,11 +384,7 @@ def test_integrated_gradients_walks_only_t0_and_x_on_a_positively_homogeneous_ne
     sample instead of `steps`, with the sum of the definition (point by point); with them, every point is walked."""
     explain_module = sys.modules["pytest_lrp.reference.explain"]
     rng = np.random.default_rng(5)
-    weights = residual_weights(rng)
-    for name in ("conv", "side", "dw", "out"):
-        weights[name][1] = weights[name][1] * bias_scale / 0.3
-    weights["bn"][1:3] = [weights["bn"][1] * bias_scale / 0.3, weights["bn"][2] * bias_scale / 0.3]
-    model = ReferenceModel.from_keras(residual_config(), weights)
+    model = _residual_with_offsets(rng, bias_scale)
     assert model.positively_homogeneous() == (bias_scale == 0.0)
     x = rng.uniform(0, 1, (3, 6, 6, 2))
     expected = _ig_point_by_point(model, x, 32)
