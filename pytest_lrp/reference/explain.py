@@ -44,7 +44,8 @@ import numpy as np
 
 from .model import AVG_POOL, GLOBAL_AVG, GLOBAL_MAX, IDENTITY, KERNEL, MAX_POOL, PADDING, Layer, ReferenceModel, bn_affine, padding_of
 from .ops import Scale
-from .rules import KERAS_EPSILON, MECHANISMS, Rule, UnsupportedRule, apply_terms, terms, zero_mechanisms
+from .rules import (FLOAT32_UNIT, KERAS_EPSILON, MECHANISMS, ROUNDING_SIGMAS, Rule, UnsupportedRule, _absolute_pieces,
+                    _squared, apply_terms, float32_bound, terms, zero_mechanisms)
 
 
 @dataclass
@@ -59,6 +60,10 @@ class LayerAccount:
     # the same mechanisms applied to the relevance another implementation had at this layer's
     # output (explain's ``observed``); None where it had none
     observed_mechanisms: dict | None = None
+    # how far float32 arithmetic may have moved the relevance at this layer's output (per element),
+    # and this layer's own share of the rounding of the total (per sample); None unless bounds were asked for
+    bound_out: np.ndarray | None = None
+    rounding: np.ndarray | None = None
 
 
 @dataclass
@@ -67,6 +72,13 @@ class ReferenceResult:
     output_relevance: np.ndarray
     layers: list = field(default_factory=list)
     selected: np.ndarray | None = None  # the explained output neuron per sample
+    heatmap_bound: np.ndarray | None = None  # float32 rounding bound per heatmap element (explain's bounds=True)
+    head_rounding: np.ndarray | float = 0.0  # per sample: the rounding of the output innvestigate starts from
+
+    def rounding_total(self) -> np.ndarray:
+        """Per sample: the most float32 rounding may move sum(R) from the formula's exact value (the
+        layers' own shares, worst case; and the output innvestigate starts from)."""
+        return self.head_rounding + sum((a.rounding for a in self.layers if a.rounding is not None), np.zeros(len(self.heatmap)))
 
     def layer(self, name: str) -> LayerAccount:
         return next(account for account in self.layers if account.name == name)
@@ -209,8 +221,11 @@ def _check_params(analyzer: str, params: dict) -> None:
 def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
             neuron_selection: str = "max_activation", index=None, *,
             keep_maps: bool = True, bn_fusion: str = "exact", dtype=np.float64,
-            observed: dict | None = None) -> ReferenceResult:
-    """``observed``: {layer name: relevance at that layer's output} of another implementation
+            observed: dict | None = None, bounds: bool = False) -> ReferenceResult:
+    """``bounds``: also bound how far float32 arithmetic (innvestigate's) may move the relevance from
+    this float64 result, per element at every layer and per sample in total (rules.float32_bound).
+
+    ``observed``: {layer name: relevance at that layer's output} of another implementation
     (innvestigate's kept tensors); each such layer's account also gets observed_mechanisms, the
     formula's mechanisms applied to that relevance (the split of what that implementation did at
     this layer, independent of where its relevance and the reference's parted further up)."""
@@ -224,7 +239,7 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
     if analyzer == "input":
         return ReferenceResult(x.copy(), np.zeros(len(x)), [])
     if analyzer == "integrated_gradients":
-        return _integrated_gradients(model, x, params, neuron_selection, index)
+        return _integrated_gradients(model, x, params, neuron_selection, index, bounds)
     policy = Policy(model, analyzer, params)
     acts = model.forward(x)
     out = acts[model.output_name]
@@ -234,15 +249,20 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
         flat = np.maximum(flat, 0.0)
     head, selected = _select(flat, neuron_selection, index, values=policy.family != "gradient")
     result = ReferenceResult(None, head.reshape(len(x), -1).sum(axis=1), [], selected)
-    walk = _Backward(model, acts, policy, keep_maps, bn_fusion, observed)
+    walk = _Backward(model, acts, policy, keep_maps, bn_fusion, observed, bounds)
     heatmap = walk.run(head.reshape(shape), result.layers)
     if analyzer == "input_t_gradient":
         heatmap = heatmap * x
+        if bounds:
+            walk.heatmap_bound = walk.heatmap_bound * np.abs(x)
     result.heatmap = heatmap
+    result.heatmap_bound = walk.heatmap_bound
+    if bounds:
+        result.head_rounding = np.abs(head).reshape(len(x), -1).sum(axis=1) * walk.forward_unit
     return result
 
 
-def _integrated_gradients(model, x, params, neuron_selection, index) -> ReferenceResult:
+def _integrated_gradients(model, x, params, neuron_selection, index, bounds: bool = False) -> ReferenceResult:
     steps = int(params.get("steps", 64))
     reference = np.broadcast_to(np.asarray(params.get("reference_inputs", 0.0), dtype=x.dtype), x.shape)
     difference = x - reference
@@ -260,14 +280,17 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
     position = np.tile(ts, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
     weight = np.tile(weights, len(x)).reshape(position.shape)
     total = np.zeros_like(x)
+    total_bound = np.zeros_like(x) if bounds else None
     known: dict = {}
     start, per_chunk = 0, 1
     while start < len(sample):
         rows, t = sample[start:start + per_chunk], position[start:start + per_chunk]
         points = reference[rows] + t * difference[rows]
         chosen = None if index is None else index[rows]
-        gradients, point_bytes = _path_gradients(model, points, neuron_selection, chosen, known)
+        gradients, point_bytes, gradient_bounds = _path_gradients(model, points, neuron_selection, chosen, known, bounds)
         np.add.at(total, rows, weight[start:start + per_chunk] * gradients)
+        if bounds:
+            np.add.at(total_bound, rows, weight[start:start + per_chunk] * gradient_bounds)
         start += len(rows)
         per_chunk = max(1, IG_CHUNK_BYTES // max(1, point_bytes))
     # what completeness promises: f(x) - f(reference) at the explained neuron
@@ -275,7 +298,11 @@ def _integrated_gradients(model, x, params, neuron_selection, index) -> Referenc
     base = model.predict(np.ascontiguousarray(reference), cache=False)
     chosen = out.argmax(axis=1) if index is None else index
     target = (out - base)[rows, chosen] if neuron_selection != "all" else (out - base).sum(axis=1)
-    return ReferenceResult(total / steps * difference, target, [], None if index is None else np.asarray(index))
+    result = ReferenceResult(total / steps * difference, target, [], None if index is None else np.asarray(index))
+    if bounds:
+        result.heatmap_bound = total_bound / steps * np.abs(difference)
+        result.head_rounding = np.zeros(len(x))
+    return result
 
 
 # The forward activations of one chunk of path points; the chunk's peak is about three times that (the
@@ -299,7 +326,7 @@ def _path(model, reference: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndar
     return np.arange(steps) / steps, np.ones(steps)
 
 
-def _path_gradients(model, points, neuron_selection, index, known: dict) -> tuple[np.ndarray, int]:
+def _path_gradients(model, points, neuron_selection, index, known: dict, bounds: bool = False) -> tuple:
     """The plain gradient at points of a path, from a forward pass that keeps only what the gradient needs,
     and the bytes of that pass's activations per point.
 
@@ -316,11 +343,13 @@ def _path_gradients(model, points, neuron_selection, index, known: dict) -> tupl
     todo = sorted({keys.index(key) for key in keys if key not in known})
     if todo:
         subset = acts if len(todo) == len(keys) else {name: value[todo] for name, value in acts.items()}
-        walk = _Backward(model, subset, Policy(model, "gradient", {}), False, "exact")
+        walk = _Backward(model, subset, Policy(model, "gradient", {}), False, "exact", bounds=bounds)
         grads = walk.run(head[todo], [])
-        for i, grad in zip(todo, grads):
-            known[keys[i]] = grad
-    return np.stack([known[key] for key in keys]), sum(a.nbytes for a in acts.values()) // len(points)
+        grad_bounds = walk.heatmap_bound if bounds else [None] * len(grads)
+        for i, grad, grad_bound in zip(todo, grads, grad_bounds):
+            known[keys[i]] = (grad, grad_bound)
+    gradient_bounds = np.stack([known[key][1] for key in keys]) if bounds else None
+    return np.stack([known[key][0] for key in keys]), sum(a.nbytes for a in acts.values()) // len(points), gradient_bounds
 
 
 def _patterns(model, acts: dict, index) -> list:
@@ -352,23 +381,35 @@ def _patterns(model, acts: dict, index) -> list:
 
 class _Backward:
     def __init__(self, model: ReferenceModel, acts: dict, policy: Policy, keep_maps: bool, bn_fusion: str,
-                 observed: dict | None = None):
+                 observed: dict | None = None, bounds: bool = False):
         self.model, self.acts, self.policy = model, acts, policy
         self.keep_maps, self.bn_fusion = keep_maps, bn_fusion
         self.observed = observed or {}
+        self.bounds = bounds
+        self.heatmap_bound = None
+        self._rounding = None  # the Rounding of the layer being walked, where its rule computed one
+        # float32's forward pass rounds every pre-activation by up to this share of sum |x w| + |b| (the
+        # dot products of all layers up to it, Higham's n u); a ReLU whose input is within it of 0 may be
+        # on in one precision and off in the other
+        self.forward_unit = FLOAT32_UNIT * sum(_fan_in(layer) for layer in model.layers)
 
     def run(self, head: np.ndarray, accounts: list) -> np.ndarray:
         relevance = {self.model.output_name: head}
+        # innvestigate starts from its float32 output, which the forward pass has rounded
+        # variances in units where an element's bound is ROUNDING_SIGMAS * sqrt(variance) (rules.float32_bound)
+        errors = {self.model.output_name: np.square(head * self.forward_unit)} if self.bounds else {}
         for layer in reversed(self.model.layers):
             if layer.name not in relevance:
                 continue
             r = relevance.pop(layer.name) if layer.name != self.model.input_name else relevance[layer.name]
+            e = (errors.pop(layer.name) if layer.name != self.model.input_name else errors[layer.name]) if self.bounds else None
             xs = [self.acts[p] for p in layer.inputs]
             seen = self._observed(layer.name, r)
+            self._rounding = None
             if layer.name == self.model.input_name:
                 rule, r_ins, mech, seen_mech = "input", [], zero_mechanisms(len(r)), None
             else:
-                rule, r_ins, mech, seen_mech = self.layer(layer, xs, r, seen)
+                rule, r_ins, mech, seen_mech = self.layer(layer, xs, r, seen, e)
             axes = tuple(range(1, r.ndim))
             r_out_total = r.sum(axis=axes)
             r_in_total = (sum(ri.reshape(len(ri), -1).sum(axis=1) for ri in r_ins)
@@ -376,11 +417,56 @@ class _Backward:
             maps = {"out": r, "in": r_ins} if self.keep_maps else None
             if self.policy.family == "gradient":
                 mech, seen_mech = {}, None
-            accounts.append(LayerAccount(layer.name, layer.class_name, rule, r_out_total,
-                                         r_in_total, mech, maps, seen_mech))
+            e_ins, local = (self._bound(layer, xs, r, e) if r_ins else ([], None)) if self.bounds else ([], None)
+            accounts.append(LayerAccount(layer.name, layer.class_name, rule, r_out_total, r_in_total, mech, maps, seen_mech,
+                                         self._element_bound(e) if maps is not None else None, local))
             for producer, ri in zip(layer.inputs, r_ins):
                 relevance[producer] = relevance[producer] + ri if producer in relevance else ri
+            for producer, ei in zip(layer.inputs, e_ins):
+                errors[producer] = errors[producer] + ei if producer in errors else ei
+        if self.bounds:
+            self.heatmap_bound = self._element_bound(errors[self.model.input_name])
         return relevance[self.model.input_name]
+
+    @staticmethod
+    def _element_bound(variance):
+        return None if variance is None else ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(variance)
+
+    def _bound(self, layer: Layer, xs: list, r: np.ndarray, e: np.ndarray) -> tuple[list, np.ndarray]:
+        """The rounding variance at each input of ``layer`` (float32_bound), and the layer's own most on the total."""
+        batch = len(r)
+        if self._rounding is not None:  # a rule's terms (apply_terms)
+            return [self._rounding.variance], self._rounding.local
+        cls, family = layer.class_name, self.policy.family
+        x = xs[0] if xs else None
+        if cls == "Add" and family == "lrp":
+            z = sum(xs[1:], xs[0].copy())
+            ds = z + KERAS_EPSILON * (z == 0)
+            absolute = sum(np.abs(xi) for xi in xs)
+            carried, local = float32_bound(1.0, z, absolute, None, ds, r, e, (len(xs), 1))
+            return [np.square(xi) * carried for xi in xs], local.reshape(batch, -1).sum(axis=1)
+        if cls in KERNEL and family == "gradient":
+            g_variance = e
+            if layer.activation == "relu":
+                z = layer.op.forward(x, layer.kernel) + (layer.bias if layer.bias is not None else 0.0)
+                pieces = _absolute_pieces(layer.kernel, layer.variants)
+                absolute = sum(sign * layer.op.forward(np.abs(x), w) for w, sign in pieces)
+                if layer.bias is not None:
+                    absolute = absolute + np.abs(layer.bias)
+                # a ReLU within float32's reach of 0 may be on in one precision and off in the other
+                undecided = np.abs(z) < self.forward_unit * absolute
+                g_variance = e * (z > 0) + np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)) * undecided
+            return [layer.op.transpose(g_variance, _squared(layer.kernel, layer.variants), x.shape)], np.zeros(batch)
+        if cls == "BatchNormalization":
+            exact_k, _ = bn_affine(layer)
+            return [Scale(layer.bn[-1], x.ndim).transpose(e, np.square(exact_k), x.shape)], np.zeros(batch)
+        if cls in ("Activation", "ReLU") and family != "lrp" and not (cls == "Activation" and layer.activation == "linear"):
+            scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
+            undecided = np.abs(x) < self.forward_unit * scale
+            return [e * (x > 0) + np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)) * undecided], np.zeros(batch)
+        # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing) or with
+        # positive weights (average pooling's 1/n, used as they are: an overestimate of its variances)
+        return self.layer(layer, xs, e, None)[1], np.zeros(batch)
 
     def _observed(self, name: str, r: np.ndarray):
         """The other implementation's relevance at this layer's output, if it has one of the same shape."""
@@ -390,7 +476,7 @@ class _Backward:
         return np.asarray(seen, dtype=r.dtype).reshape(r.shape)  # summed in the reference's precision
 
     # one layer: (rule label, relevance at each input, mechanisms, mechanisms of the observed relevance or None)
-    def layer(self, layer: Layer, xs: list, r: np.ndarray, seen=None):
+    def layer(self, layer: Layer, xs: list, r: np.ndarray, seen=None, bound=None):
         cls, family = layer.class_name, self.policy.family
         batch = len(r)
         x = xs[0] if xs else None
@@ -415,8 +501,8 @@ class _Backward:
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
-            r_in, mech, seen_mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r,
-                                                x.shape, known, layer.variants, observed=seen)
+            r_in, mech, seen_mech, self._rounding = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants),
+                                                                r, x.shape, known, layer.variants, observed=seen, bound=bound)
             return rule.label, [r_in], mech, seen_mech
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
@@ -428,7 +514,8 @@ class _Backward:
                 return ("gradient", [r_in]) + split("gradient", lambda rr: total(scale.transpose(rr, exact_k, x.shape) - rr))
             k, b = bn_affine(layer, self.bn_fusion)
             rule = self.policy.bn_rule
-            r_in, mech, seen_mech = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape, observed=seen)
+            r_in, mech, seen_mech, self._rounding = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape,
+                                                                observed=seen, bound=bound)
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
             if family == "lrp":
@@ -439,8 +526,8 @@ class _Backward:
         if cls in AVG_POOL or cls in GLOBAL_AVG:
             op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
             if family == "lrp":
-                r_in, mech, seen_mech = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))], r,
-                                                    x.shape, observed=seen)
+                r_in, mech, seen_mech, self._rounding = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))],
+                                                                    r, x.shape, observed=seen, bound=bound)
                 return "z", [r_in], mech, seen_mech
             return ("gradient", [op.transpose(r, None, x.shape)]) + split()
         if cls in MAX_POOL:
@@ -479,6 +566,11 @@ class _Backward:
         r_ins = [xi * s for xi in xs]
         axes = tuple(range(1, r.ndim))
         return ("z", r_ins) + split("dropped", lambda rr: -np.where(z == 0, rr, 0).sum(axis=axes))
+
+
+def _fan_in(layer: Layer) -> int:
+    kernel = getattr(layer, "kernel", None)
+    return int(np.prod(kernel.shape[:-1])) if kernel is not None and np.ndim(kernel) >= 2 else 0
 
 
 class _GlobalAverage:

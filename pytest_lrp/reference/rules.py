@@ -132,13 +132,19 @@ class KernelPart:
 
 
 PARTS = {"pos": lambda w: np.maximum(w, 0), "neg": lambda w: np.minimum(w, 0),
-         "square": np.square, "ones": np.ones_like}
+         "square": np.square, "ones": np.ones_like,
+         # the squares of each, for the rounding bound's variances (float32_bound)
+         "pos_square": lambda w: np.square(np.maximum(w, 0)), "neg_square": lambda w: np.square(np.minimum(w, 0)),
+         "square_square": lambda w: np.square(np.square(w)), "ones_square": np.ones_like}
 # Dense kernels above this many entries get KernelParts; smaller ones keep their parts in the layer's cache.
 PART_ENTRIES = 1 << 22
 
 
 def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | None = None):
     """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer) per term.
+
+    The kernel variant of a pair is single-signed (a part, squares, ones) or the kernel itself;
+    ``_absolute_pieces`` turns either into |w| for the rounding bound (see apply_terms).
 
     ``cache`` keeps the kernel's positive and negative parts between calls (most rules use
     them); squares and ones are cheap to make again and would double the memory. A large
@@ -197,7 +203,7 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
 
 
 def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache=None,
-                observed=None) -> tuple[np.ndarray, dict, dict | None]:
+                observed=None, bound=None) -> tuple[np.ndarray, dict, dict | None, Rounding | None]:
     """Relevance at the input of a linear layer, the per-sample mechanisms, and the same mechanisms
     for ``observed`` (another relevance at the layer's output, e.g. innvestigate's) or None.
 
@@ -207,7 +213,11 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
 
     ``known`` is an already computed forward product, (x, kernel, forward(x, kernel)), reused
     when a term has that very pair. A pair whose input variant is all zeros (x- after a ReLU)
-    contributes exactly nothing and is skipped."""
+    contributes exactly nothing and is skipped.
+
+    ``bound``: a bound on how far float32 arithmetic may have moved the relevance at the layer's
+    output (per element); the layer's own rounding is added to it and the result returned as a
+    Rounding (else None). See float32_bound below for the derivation."""
     r_in = np.zeros(x_shape, dtype=relevance.dtype)
     batch = relevance.shape[0]
     axes = tuple(range(1, relevance.ndim))
@@ -216,6 +226,7 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
     any_present = np.zeros_like(relevance, dtype=bool)
     targets = [relevance] if observed is None else [relevance, observed]
     mechs = [{name: np.zeros(batch) for name in MECHANISMS} for _ in targets]
+    rounding = None if bound is None else Rounding(np.zeros(x_shape), np.zeros(batch))  # bound: a variance
 
     def charge(name, where, factor):
         for r, mech in zip(targets, mechs):
@@ -240,6 +251,8 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
         for xv, wv, sign in pairs:
             back = op.transpose(s, wv, x_shape)
             r_in += sign * kappa * (back if isinstance(xv, _Ones) else xv * back)
+        if rounding is not None:
+            _bound_term(op, kappa, pairs, c, b, ds, relevance, bound, x_shape, cache, rounding)
         present = c != 0
         any_present |= present
         present_kappa += kappa * present
@@ -260,7 +273,132 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
     charge("unbalanced", any_present, present_kappa - 1)
     charge("bias", ~any_present & kept_by_bias, -1.0)
     charge("dropped", ~any_present & ~kept_by_bias, -1.0)
-    return r_in, mechs[0], (mechs[1] if observed is not None else None)
+    return r_in, mechs[0], (mechs[1] if observed is not None else None), rounding
+
+
+# float32's unit roundoff: innvestigate computes in float32, the reference in float64.
+FLOAT32_UNIT = 2.0 ** -24
+# How many standard deviations of independent roundings an element's bound allows: Higham and Mary's
+# probabilistic bound lambda sqrt(n) u holds with probability 1 - 2 exp(-lambda^2 / 2), 1 - 3e-8 here.
+ROUNDING_SIGMAS = 6.0
+
+
+@dataclass
+class Rounding:
+    """How far float32 arithmetic may move relevance (see float32_bound): ``variance`` at a layer's
+    input(s), per element, in units of u^2 (its square root times ROUNDING_SIGMAS is the element's
+    bound); ``local`` the most this layer's own arithmetic can move the total, per sample."""
+
+    variance: np.ndarray
+    local: np.ndarray
+
+
+def fan(op, kernel) -> tuple[int, int]:
+    """(fan-in, fan-out): the lengths of the float32 sums a layer's rule computes (its dot products
+    forward, and each input's sum over the neurons it feeds backward)."""
+    shape = getattr(kernel, "shape", None)
+    if shape is not None and len(shape) >= 2:
+        return int(np.prod(shape[:-1])), int(np.prod(shape[:-2])) * int(shape[-1])
+    windows = getattr(op, "w", None)
+    n = int(np.prod(windows.kernel)) if windows is not None else 1
+    return n, n
+
+
+def float32_bound(kappa, contributions, absolute, bias, ds, relevance, variance, fans):
+    """One term's float32 rounding: (per neuron, what its messages carry, to be spread by x^2 w^2; per
+    neuron, the most it moves the total).
+
+    A message is m_ij = x_i w_ij R_j / ds_j. In float32 the denominator ds_j = sum_i x_i w_ij + b_j is off
+    by at most n u A_j, A_j = sum_i |x_i w_ij| + |b_j| (Higham: a sum of n terms, u = 2^-24), a relative
+    error of n u k_j with k_j = A_j / |ds_j|, the neuron's condition number: 1 where all contributions
+    share a sign, large where they cancel (alpha-beta's bias against its positive part, an Add whose
+    inputs nearly cancel). Each input's sum over the m neurons it feeds adds m u of its terms' magnitude.
+    - The total: neuron j's messages sum to R_j c_j / ds_j, so it moves the total by at most
+      |R_j| u (n k_j |c_j / ds_j| + m (A_j - |b_j|) / |ds_j|): a worst-case bound, linear in k_j.
+    - Each element: rounding errors are independent in practice, so they add as variances (Higham and
+      Mary's probabilistic analysis: sqrt(n) u instead of n u); the relevance arriving at j carries the
+      variance V_j from the layers above, and its messages carry (V_j + R_j^2 (n k_j^2 + m)) / ds_j^2."""
+    fan_in, fan_out = fans
+    absolute_ds = np.abs(ds)
+    scale = absolute + (np.abs(bias) if bias is not None else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        condition = np.where(absolute_ds > 0, scale / absolute_ds, 0.0)
+        r2 = np.square(relevance)
+        carried = kappa ** 2 * (variance + r2 * (fan_in * np.square(condition) + fan_out)) / np.square(absolute_ds)
+        local = abs(kappa) * np.abs(relevance) * FLOAT32_UNIT * np.where(
+            absolute_ds > 0, (fan_in * condition * np.abs(contributions) + fan_out * absolute) / absolute_ds, 0.0)
+    return np.nan_to_num(carried, posinf=0.0), np.nan_to_num(local, posinf=0.0)
+
+
+def _bound_term(op, kappa, pairs, c, b, ds, relevance, variance, x_shape, cache, rounding: Rounding) -> None:
+    pieces = [(xv, _absolute_pieces(wv, cache)) for xv, wv, _ in pairs]
+    if all(len(p) == 1 for _, p in pieces) and all(isinstance(xv, _Ones) or _single_signed(xv) for xv, _ in pieces):
+        absolute = np.abs(c)  # no contribution cancels another: sum |x w| = |sum x w|
+    else:
+        absolute = sum(_absolute_forward(op, xv, p, x_shape, cache) for xv, p in pieces)
+    carried, local = float32_bound(kappa, c, absolute, np.broadcast_to(b, c.shape) if b is not None else None, ds,
+                                   relevance, variance, fan(op, pairs[0][1] if pairs else None))
+    axes = tuple(range(1, relevance.ndim))
+    rounding.local += local.sum(axis=axes)
+    for xv, wv, _ in pairs:
+        squares = _squared(wv, cache)
+        back = op.transpose(carried, squares, x_shape) if squares is not None else op.transpose(carried, None, x_shape)
+        rounding.variance += back if isinstance(xv, _Ones) else np.square(xv) * back
+
+
+def _squared(wv, cache):
+    """w^2 for spreading variances (average pooling's 1/n weights are used as they are: an overestimate)."""
+    if wv is None:
+        return None
+    if isinstance(wv, KernelPart):
+        return KernelPart(wv.kernel, wv.name + "_square")
+    key = None
+    if cache is not None:
+        key = next((name + "_square" for name in ("pos", "neg") if wv is cache.get(name)), None)
+        if key is None and wv is cache.get("kernel"):
+            key = "square"
+    if key is not None and key in cache:
+        return cache[key]
+    if wv.ndim == 2 and wv.size > PART_ENTRIES:
+        return KernelPart(wv, "square")
+    squared = np.square(wv)
+    if key is not None:
+        cache[key] = squared
+    return squared
+
+
+def _single_signed(x) -> bool:
+    return not isinstance(x, np.ndarray) or bool((x >= 0).all() or (x <= 0).all())
+
+
+def _absolute_pieces(wv, cache) -> list:
+    """|wv| as a sum of sign * part: a single-signed variant as it is, the kernel itself as its positive
+    part minus its negative part (the parts the rules keep anyway, or KernelParts for a large kernel)."""
+    if wv is None:  # average pooling and Add: positive weights
+        return [(None, 1.0)]
+    if isinstance(wv, KernelPart):
+        return [(wv, -1.0 if wv.name == "neg" else 1.0)]
+    if cache is not None and wv is cache.get("neg"):
+        return [(wv, -1.0)]
+    if cache is not None and wv is cache.get("pos"):
+        return [(wv, 1.0)]
+    if (wv >= 0).all():
+        return [(wv, 1.0)]
+    if (wv <= 0).all():
+        return [(wv, -1.0)]
+    if wv.ndim == 2 and wv.size > PART_ENTRIES:
+        return [(KernelPart(wv, "pos"), 1.0), (KernelPart(wv, "neg"), -1.0)]
+    if cache is not None:
+        return [(cache.setdefault("pos", PARTS["pos"](wv)), 1.0), (cache.setdefault("neg", PARTS["neg"](wv)), -1.0)]
+    return [(PARTS["pos"](wv), 1.0), (PARTS["neg"](wv), -1.0)]
+
+
+def _absolute_forward(op, xv, pieces, x_shape, cache) -> np.ndarray:
+    """sum_i |x_i| |w_ij| per neuron."""
+    if isinstance(xv, _Ones):
+        return sum(sign * _forward_of_ones(op, w, xv.rule, x_shape, {} if cache is None else cache) for w, sign in pieces)
+    ax = np.abs(xv)
+    return sum(sign * (op.forward(ax, w) if w is not None else op.forward(ax)) for w, sign in pieces)
 
 
 def _forward_of_ones(op, kernel, rule: str, x_shape, cache: dict) -> np.ndarray:
