@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
+
 from ..base.errors import LrpBeyondExpectation, LrpCheckFailed
 from ..base.lazy import np
 from .layers import describe_change, largest_change, layer_table
-from .leaks import judge, layer_lines, split_line
+from .leaks import judge, layer_lines, short_split, split_line
+
+# How an expected failure by the rule's own formula starts its reason (reports keep it as it is).
+FORMULA_LEAK = "leaks by its formula"
 
 if TYPE_CHECKING:  # the record imports the checks, not the other way round
     from .record import Analysis
@@ -17,19 +22,50 @@ def check_conservation(analysis: Analysis) -> None:
     __tracebackhide__ = True  # the plugin's raise lines mean nothing to the user (Analysis.assert_conserved)
     if not analysis.finite:
         raise LrpBeyondExpectation(non_finite_message(analysis))
+    bug = analysis.reference.known_bug if analysis.reference is not None else None
     ceiling = ceiling_message(analysis)
+    if ceiling and bug:  # the numbers are innvestigate's bug's, not the rule's
+        pytest.xfail(f"{bug}; {ceiling.split(' (')[0]}")
     if ceiling:
         raise LrpBeyondExpectation(ceiling + "\n" + worst_sample_line(analysis) + leak_lines(analysis))
     failing = analysis.failing
     if not failing.any():
+        if analysis.rule.strict:
+            raise LrpCheckFailed(
+                f"[XPASS(strict)] the declared leak [{', '.join(analysis.rule.leaks)}] did not appear: every sample is "
+                f"conserved within the tolerance ({analysis.rule.analyzer} on {analysis.model.name}); if the rule or "
+                f"innvestigate changed on purpose, drop strict: true or the leaks: list\n" + worst_sample_line(analysis))
         return
     declared = declared_leaks_line(analysis)
-    if declared is None:
-        return  # every sample is conserved or leaks only by the mechanisms the rule declares
+    if declared is None:  # leaks beyond the tolerance, but only by the mechanisms the rule declares
+        pytest.xfail(formula_leak_reason(analysis) + (f"; {bug}" if bug else ""))
+    if analysis.leaks is None and formula_explains(analysis):
+        pytest.xfail(formula_gap_reason(analysis))
     raise LrpCheckFailed(
         f"relevance not conserved: {int(failing.sum())} of {len(failing)} samples outside the tolerance "
         f"({analysis.rule.analyzer} on {analysis.model.name})\n" + worst_sample_line(analysis) + declared + leak_lines(analysis)
     )
+
+
+def formula_explains(analysis: Analysis) -> bool:
+    """An analyzer without leak mechanisms (gradient family): innvestigate's sums are the formula's own
+    (the reference's), within float32 rounding, on every failing sample: the gap to the target is the formula's
+    (input x gradient's biases, integrated gradients' Riemann sum), not innvestigate's."""
+    comparison = analysis.reference
+    if comparison is None or comparison.formula_sums is None or analysis.rule.leaks:
+        return False
+    failing = analysis.failing
+    allowed = analysis.bounds + (comparison.rounding if comparison.rounding is not None else 0.0)
+    return bool(np.all(np.abs(analysis.sums - comparison.formula_sums)[failing] <= np.broadcast_to(allowed, failing.shape)[failing]))
+
+
+def formula_gap_reason(analysis: Analysis) -> str:
+    sample = analysis.worst
+    target = float(analysis.targets[sample])
+    gap = float(analysis.sums[sample] - target)
+    share = f"{gap / abs(target):+.1%} of the target" if target else f"{gap:+.3g}"
+    return (f"{FORMULA_LEAK}: {analysis.rule.analyzer} sums to its formula's own value (numpy reference), "
+            f"{share} on sample {sample} ({int(analysis.failing.sum())} of {len(analysis.failing)} samples)")
 
 
 def leak_verdict(analysis: Analysis):
@@ -40,15 +76,10 @@ def leak_verdict(analysis: Analysis):
 
 
 def unexplained_bounds(analysis: Analysis) -> np.ndarray:
-    """The tolerance for what the formula does not explain, applied to the relevance that flows.
-
-    innvestigate sums in float32: its rounding grows with the relevance moved around (the
-    heatmap's absolute mass), not with the target. Alpha3-beta2 on the example moves 350 units
-    of relevance to explain an output of 10, and leaves float32 noise of 1e-4 unexplained:
-    above rtol 1e-5 of the target, far below rtol 1e-5 of what it moved.
-    """
-    mass = np.abs(analysis.heatmaps.reshape(len(analysis.heatmaps), -1)).sum(axis=1, dtype=np.float64)
-    return analysis.rule.tolerance.bound(np.maximum(np.abs(analysis.targets), mass))
+    """The tolerance for what the formula does not explain: the rule's tolerance plus how far float32
+    rounding of the rule's own terms may move the sum (derived per layer and neuron by the reference,
+    reference.rules.float32_bound): large where a denominator nearly cancels, tiny elsewhere."""
+    return analysis.bounds
 
 
 def declared_leaks_line(analysis: Analysis):
@@ -72,6 +103,18 @@ def declared_leaks_line(analysis: Analysis):
         f"\nleaks: [{names}] declared; {len(verdict.beyond)} of {len(analysis.failing)} samples leak through something else; "
         f"sample {sample}: beyond the tolerance: {beyond}"
     )
+
+
+def formula_leak_reason(analysis: Analysis) -> str:
+    """'leaks by its formula: bias +557.6%, unbalanced +33.3% at conv2d (16 of 16 samples; declared: bias, unbalanced)'."""
+    sample = analysis.worst
+    where = ""
+    if analysis.layers:
+        layer = largest_change(analysis.layers, sample)
+        where = f" at {layer.name}"
+    split = short_split(analysis.leaks, sample, float(analysis.targets[sample])) if analysis.leaks is not None else "?"
+    return (f"{FORMULA_LEAK}: {split}{where} ({int(analysis.failing.sum())} of {len(analysis.failing)} samples; "
+            f"declared: {', '.join(analysis.rule.leaks)})")
 
 
 def non_finite_message(analysis: Analysis) -> str:
@@ -129,8 +172,9 @@ def worst_sample_line(analysis: Analysis) -> str:
     target = analysis.targets[i]
     relative = analysis.relative_errors[i]
     share = f" ({relative:.2%} of |target|)" if np.isfinite(relative) else ""
+    rounding = f" + float32 rounding {analysis.rounding[i]:.2g}" if analysis.rounding is not None else ""
     return (
         f"worst sample {i}: sum(R) = {analysis.sums[i]:.6g}, target {describe_target(analysis, i)} = {target:.6g}, "
         f"error = {analysis.errors[i]:.3g}{share}, tolerance = {analysis.bounds[i]:.3g} "
-        f"(atol {tol.atol:g} + rtol {tol.rtol:g} * |target|)"
+        f"(atol {tol.atol:g} + rtol {tol.rtol:g} * |target|{rounding})"
     )

@@ -43,6 +43,8 @@ class LeakAccount:
 
     layers: list  # LayerLeaks, output first
     errors: np.ndarray = field(repr=False)
+    # per sample: how far float32 rounding may move sum(R) from what the formula gives (the reference's bound)
+    rounding: Optional[np.ndarray] = field(default=None, repr=False)
 
     def total(self, mechanism: str) -> np.ndarray:
         """Per sample: the mechanism summed over layers; for 'unexplained', the whole error minus every mechanism."""

@@ -40,8 +40,16 @@ class Analysis:
         return np.abs(self.sums - self.targets)
 
     @property
+    def rounding(self) -> Optional[np.ndarray]:
+        """Per sample: how far float32 rounding of the rule's own terms may move sum(R) (the numpy
+        reference's bound, reference.rules.float32_bound), or None where no reference ran."""
+        return self.reference.rounding if self.reference is not None else None
+
+    @property
     def bounds(self) -> np.ndarray:
-        return self.rule.tolerance.bound(self.targets)
+        """The largest error allowed per sample: the rule's tolerance plus float32 rounding of its terms."""
+        bounds = self.rule.tolerance.bound(self.targets)
+        return bounds if self.rounding is None else bounds + self.rounding
 
     @property
     def relative_errors(self) -> np.ndarray:

@@ -25,7 +25,7 @@ TOP_LEVEL_KEYS = ("defaults", "rules")
 DEFAULT_KEYS = ("models", "inputs", "samples", "seed", "tolerance", "neuron_selection", "target", "max_error",
                 "checks", "baseline", "baseline_tolerance", "reference_tolerance")
 RULE_KEYS = ("id", "analyzer", "params", "target", "tolerance", "xfail", "neuron_selection", "max_error",
-             "checks", "baseline", "baseline_tolerance", "reference_tolerance", "leaks")
+             "checks", "baseline", "baseline_tolerance", "reference_tolerance", "leaks", "strict")
 # Each check is a test of its own (id "<check>[<model>-<rule>]"), generated in this order.
 CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determinism", "reference", "baseline")
 # How a rule's own formula loses relevance (pytest_lrp.reference computes each; a test
@@ -83,6 +83,7 @@ class Rule:
     baseline_tolerance: Tolerance = BASELINE_TOLERANCE  # element-wise, for comparing heatmaps (baseline, batch_invariance)
     reference_tolerance: Tolerance = REFERENCE_TOLERANCE  # innvestigate vs the numpy reference (check 'reference')
     leaks: tuple = ()  # mechanisms whose loss the conservation test accepts (LEAK_MECHANISMS)
+    strict: bool = False  # the declared leak must appear: a conserving sample set fails as XPASS(strict)
     source: str = field(default="", compare=False)  # the rule file (or test) it came from, for messages
 
     def where(self, key: str) -> str:
@@ -238,12 +239,14 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
     values.update(_check_settings(raw, inherited, here))
     if values.get("target") == "output_minus_reference" and analyzer != "integrated_gradients" and "reference_inputs" not in params:
         raise here.key("target").error("'output_minus_reference' needs params.reference_inputs")
+    leaks = _leaks(raw.get("leaks"), analyzer, here.key("leaks"))
     return Rule(
         id=rule_id,
         analyzer=analyzer,
         params=dict(params),
         xfail=_xfail(raw.get("xfail"), here.key("xfail")),
-        leaks=_leaks(raw.get("leaks"), analyzer, here.key("leaks")),
+        leaks=leaks,
+        strict=_strict(raw.get("strict"), leaks, here.key("strict")),
         source=shown(where.path),
         **values,
     )
@@ -290,6 +293,16 @@ def _leaks(value, analyzer: str, where: _Where) -> tuple:
     if analyzer.split(".")[0] not in LEAK_ANALYZER_FAMILIES:
         raise where.error(f"analyzer '{analyzer}' has no leak mechanisms (only LRP and Deep Taylor rules do); use xfail to expect its conservation to fail")
     return tuple(m for m in LEAK_MECHANISMS if m in names)
+
+
+def _strict(value, leaks: tuple, where: _Where) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise where.error(f"expected true or false, got {value!r}")
+    if value and not leaks:
+        raise where.error("strict: true asks for the declared leak to appear; declare it with leaks: [...]")
+    return value
 
 
 def _reject_unknown_keys(mapping: dict, known, where: _Where, what: str) -> None:
@@ -381,7 +394,7 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
 
 
-MARKER_KEYS = ("id", "target", "tolerance", "neuron_selection", "max_error", "leaks", "reference_tolerance")
+MARKER_KEYS = ("id", "target", "tolerance", "neuron_selection", "max_error", "leaks", "strict", "reference_tolerance")
 
 
 def rule_from_marker(label: str, args: tuple, kwargs: dict) -> Rule:

@@ -17,6 +17,7 @@ from ..checks.leaks import MECHANISMS, LayerLeaks, LeakAccount
 from ..checks.reference import FORWARD_RTOL, ReferenceComparison, compare
 from ..config.rulefile import LEAK_ANALYZER_FAMILIES, Rule
 from ..models.modelfile import ModelFile
+from .known_bugs import bn_fusion_verdict
 
 
 def accounts_leaks(analyzer: str) -> bool:
@@ -47,8 +48,16 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
             comparison.problem = problem
             return comparison, None
         # innvestigate's own choice of neuron: float32 and float64 may rank near-equal outputs differently.
-        result = explain(reference_model, x.astype(np.float64), rule.analyzer, dict(rule.params), "index", neurons,
-                         keep_maps="reference" in rule.checks, observed=_observed(reference_model, maps, layers))
+        observed = _observed(reference_model, maps, layers)
+
+        keep_maps = "reference" in rule.checks or any(layer.class_name == "BatchNormalization" for layer in reference_model.layers)
+
+        def run(bn_fusion: str):
+            return explain(reference_model, x.astype(np.float64), rule.analyzer, dict(rule.params), "index", neurons,
+                           keep_maps=keep_maps, observed=observed, bounds=True, bn_fusion=bn_fusion)
+
+        result = run("exact")
+        result = _known_bn_bug(reference_model, rule, result, run, heatmaps, maps, layers, comparison)
     except (UnsupportedLayer, UnsupportedRule) as exc:
         comparison.skipped = f"the numpy reference cannot judge {rule.analyzer} on {model.name}: {exc}"
         return comparison, None
@@ -56,12 +65,41 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
         comparison.problem = f"the numpy reference could not run {rule.analyzer} on {model.name} ({type(exc).__name__}: {first})"
         return comparison, None
+    comparison.formula_sums = result.heatmap.reshape(len(x), -1).sum(axis=1)
+    comparison.rounding = result.rounding_total()
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
         comparison.layers = _layer_differences(result, maps, layers, rule)
-        comparison.heatmaps = compare(_heatmap_place(result, reference_model), result.heatmap, heatmaps, rule.reference_tolerance)
+        comparison.heatmaps = compare(_heatmap_place(result, reference_model), result.heatmap, heatmaps, rule.reference_tolerance,
+                                      result.heatmap_bound)
     comparison.seconds = time.perf_counter() - started
     return comparison, account
+
+
+def _known_bn_bug(reference_model, rule: Rule, result, run, heatmaps: np.ndarray, maps: dict, layers: list,
+                  comparison: ReferenceComparison):
+    """The result to judge innvestigate by: the exact reference, or, where innvestigate 2.1.2's
+    BatchNormalization fusion bug matters on this model and innvestigate shows exactly it, the
+    reference with the bug (comparison.known_bug then names it, known_bugs.py)."""
+    from ..reference.explain import LRP_NAMES
+
+    bn_layers = [layer.name for layer in reference_model.layers if layer.class_name == "BatchNormalization"]
+    if not bn_layers or rule.analyzer not in LRP_NAMES:
+        return result
+    buggy = run("innvestigate")
+    tolerance = rule.reference_tolerance
+    exact_differs = not compare("", result.heatmap, buggy.heatmap, tolerance, result.heatmap_bound + buggy.heatmap_bound).within
+
+    def matches(candidate) -> bool:
+        places = _layer_differences(candidate, maps, layers, rule) + [compare("", candidate.heatmap, heatmaps, tolerance, candidate.heatmap_bound)]
+        return all(place.within for place in places)
+
+    bug, fixed = bn_fusion_verdict(exact_differs, matches(buggy), matches(result), bn_layers)
+    comparison.bug_fixed = fixed
+    if bug is None:
+        return result
+    comparison.known_bug = bug.reason
+    return buggy
 
 
 def _reference_model(model: ModelFile):
@@ -121,7 +159,7 @@ def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
             joint.mechanisms = {name: joint.mechanisms[name] + mechanisms[name] for name in MECHANISMS}
             if layer.rule not in joint.rule.split("/"):
                 joint.rule += f"/{layer.rule}"
-    return LeakAccount(layers=accounted, errors=np.asarray(errors, dtype=np.float64))
+    return LeakAccount(layers=accounted, errors=np.asarray(errors, dtype=np.float64), rounding=result.rounding_total())
 
 
 def _reference_names(accounts: list, layers: list) -> dict:
@@ -168,5 +206,5 @@ def _layer_differences(result, maps: dict, layers: list, rule: Rule) -> list:
         consumer = accounts[consumers[0]]
         shared = f" (with {', '.join(repr(c) for c in consumers[1:])})" if len(consumers) > 1 else ""
         where = f"layer '{consumer.name}' ({consumer.class_name}, rule {consumer.rule}): relevance it hands to '{account.name}'{shared}"
-        differences.append(compare(where, reference_map, kept, rule.reference_tolerance))
+        differences.append(compare(where, reference_map, kept, rule.reference_tolerance, account.bound_out))
     return differences

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ..base.errors import LrpUsageError
+from ..checks.conservation import FORMULA_LEAK
 from ..checks.layers import describe_change, largest_change
+from ..engine.known_bugs import KNOWN_BUG
 from ..engine.workbench import workbench_key
 from .accounting import junit_properties, split_text
 from .results import REPORT_ATTRIBUTE, outcome_of, result_record
 
 records_key = pytest.StashKey[list]()
+OWN_REASONS = (FORMULA_LEAK, KNOWN_BUG)
 
 
 def before_report(item) -> None:
@@ -44,9 +47,11 @@ def after_report(item, report, call) -> None:
         report.longrepr = str(call.excinfo.value)  # its one line, as a failed check shows its message
     setattr(report, REPORT_ATTRIBUTE, result_record(item, report))
     analysis = item.analysis
-    if analysis is not None and analysis.layers and hasattr(report, "wasxfail") and report.skipped:
+    # A reason of the plugin's own (a leak by the formula, a known innvestigate bug) already says where and how.
+    explained = hasattr(report, "wasxfail") and report.skipped and not report.wasxfail.startswith(OWN_REASONS)
+    if analysis is not None and analysis.layers and explained:
         report.wasxfail += "; " + describe_change(largest_change(analysis.layers, analysis.worst), analysis.worst)
-    if analysis is not None and analysis.leaks is not None and hasattr(report, "wasxfail") and report.skipped:
+    if analysis is not None and analysis.leaks is not None and explained:
         report.wasxfail += "; leak by mechanism (numpy reference): " + split_text(analysis)
     settings = item.config.stash[workbench_key].settings
     folder = settings.path("lrp_heatmaps")
