@@ -127,11 +127,14 @@ def non_finite_message(analysis: Analysis) -> str:
 
 
 def ceiling_message(analysis: Analysis):
-    """Why the error is beyond the rule's max_error (a relative error), or None."""
+    """Why the error is beyond the rule's max_error (relative to |target|, at least the batch's mean |target|), or None."""
     ceiling = analysis.rule.max_error
     if ceiling is None:
         return None
-    allowed = ceiling * np.abs(analysis.targets) + analysis.rule.tolerance.atol
+    # An explosion is an error far above the model's outputs: a sample whose own output is near 0 (an
+    # untrained or unsure model) is measured against the batch's mean output, not against its own.
+    scale = np.maximum(np.abs(analysis.targets), np.mean(np.abs(analysis.targets)))
+    allowed = ceiling * scale + analysis.rule.tolerance.atol
     above = ~(analysis.errors <= allowed)
     if not above.any():
         return None

@@ -83,6 +83,7 @@ class ReferenceComparison:
     # float32 rounding may move innvestigate's sum from it
     formula_sums: Optional[np.ndarray] = field(default=None, repr=False)
     rounding: Optional[np.ndarray] = field(default=None, repr=False)
+    heatmap_bound: Optional[np.ndarray] = field(default=None, repr=False)  # the same, per heatmap element
 
     @property
     def first_divergence(self) -> Optional[Difference]:

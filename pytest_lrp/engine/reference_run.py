@@ -67,6 +67,7 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
         return comparison, None
     comparison.formula_sums = result.heatmap.reshape(len(x), -1).sum(axis=1)
     comparison.rounding = result.rounding_total()
+    comparison.heatmap_bound = result.heatmap_bound
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
         comparison.layers = _layer_differences(result, maps, layers, rule)
@@ -79,8 +80,8 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
 def _known_bn_bug(reference_model, rule: Rule, result, run, heatmaps: np.ndarray, maps: dict, layers: list,
                   comparison: ReferenceComparison):
     """The result to judge innvestigate by: the exact reference, or, where innvestigate 2.1.2's
-    BatchNormalization fusion bug matters on this model and innvestigate shows exactly it, the
-    reference with the bug (comparison.known_bug then names it, known_bugs.py)."""
+    BatchNormalization fusion bug matters on this model and innvestigate is not exact, the reference
+    with the bug (comparison.known_bug then names it; known_bugs.py)."""
     from ..reference.explain import LRP_NAMES
 
     bn_layers = [layer.name for layer in reference_model.layers if layer.class_name == "BatchNormalization"]
@@ -94,7 +95,7 @@ def _known_bn_bug(reference_model, rule: Rule, result, run, heatmaps: np.ndarray
         places = _layer_differences(candidate, maps, layers, rule) + [compare("", candidate.heatmap, heatmaps, tolerance, candidate.heatmap_bound)]
         return all(place.within for place in places)
 
-    bug, fixed = bn_fusion_verdict(exact_differs, matches(buggy), matches(result), bn_layers)
+    bug, fixed = bn_fusion_verdict(exact_differs, matches(result), bn_layers)
     comparison.bug_fixed = fixed
     if bug is None:
         return result

@@ -464,9 +464,30 @@ class _Backward:
             scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
             undecided = np.abs(x) < self.forward_unit * scale
             return [e * (x > 0) + np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)) * undecided], np.zeros(batch)
+        if cls in MAX_POOL:
+            return [self._max_pool_bound(layer, x, r, e)], np.zeros(batch)
         # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing) or with
         # positive weights (average pooling's 1/n, used as they are: an overestimate of its variances)
         return self.layer(layer, xs, e, None)[1], np.zeros(batch)
+
+    def _max_pool_bound(self, layer: Layer, x: np.ndarray, r: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Max pooling routes relevance to each window's maximum; where another cell is within float32's reach of
+        it, float32 may pick that one: every such cell may receive the window's whole relevance."""
+        op = layer.op
+        routed = op.transpose(e, self.acts[layer.name + ":argmax"], x.shape)
+        out = r.shape[1:-1]
+        best = self.acts[layer.name]
+        reach = self.forward_unit * np.abs(best)
+        padded_x = op.w.pad(x, -np.inf)
+        near = [padded_x[op.w.slices(offset, out)] >= best - reach for offset in op.w.offsets()]
+        tied = sum(n.astype(int) for n in near) > 1
+        if not tied.any():
+            return routed
+        share = np.where(tied, np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)), 0.0)
+        padded = op.w.padded_zeros(r.shape[0], x.shape, r.dtype)
+        for offset, n in zip(op.w.offsets(), near):
+            padded[op.w.slices(offset, out)] += np.where(n, share, 0.0)
+        return routed + op.w.crop(padded, tuple(x.shape[1:-1]))
 
     def _observed(self, name: str, r: np.ndarray):
         """The other implementation's relevance at this layer's output, if it has one of the same shape."""
