@@ -83,7 +83,7 @@ def example_suite() -> str:
     rows = []
     for label, key in (
         ("the example suite (`pytest rules.yaml`)", "with_reference"),
-        ("the same suite without the numpy reference and its check", "before"),
+        ("the suite before the numpy reference (no leak accounting or `reference` check)", "before"),
     ):
         runs = reference["runs"][key]
         fastest = min(runs, key=lambda run: run["seconds"])
