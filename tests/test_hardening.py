@@ -307,7 +307,7 @@ def test_zero_target_failure_shows_no_percentage(lrp_project, pytester):
         "-W", "error::RuntimeWarning",
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([f"worst sample *: sum(R) = -*, target max(f(x)[[]{neuron}[]], 0), softmax stripped = 0, error = *, tolerance = 0 (atol 0 + rtol 1 * |target|)"])
+    result.stdout.fnmatch_lines([f"worst sample *: sum(R) = -*, target max(f(x)[[]{neuron}[]], 0), softmax stripped = 0, error = *, tolerance = 0 (atol 0 + rtol 1 * |target|); float32 rounding of its terms: *"])
     assert "% of |target|" not in result.stdout.str()
 
 

@@ -143,11 +143,15 @@ def test_below_innvestigates_own_deviation_the_layers_are_explained(nets, pytest
     assert layers["conv"]["change"] == pytest.approx(heatmap.sum() - at_conv.sum(), rel=1e-4)
     np.testing.assert_allclose(layers["conv"]["bias"], conv_bias, rtol=1e-4)
     assert abs(layers["conv"]["unexplained"]) <= 1e-5 * abs(record["targets"][worst])
-    # the whole difference between innvestigate and the formula sits at the BatchNormalization
+    # the bug is recognised (engine/known_bugs.py): the BatchNormalization's split is that of the formula
+    # innvestigate applied, its fused bias b, and nothing is left unexplained there ...
+    buggy_bn_bias = -(b / (h * k + b) * at_bn).sum()
+    np.testing.assert_allclose(layers["bn"]["bias"], buggy_bn_bias, rtol=1e-4)
+    assert abs(layers["bn"]["unexplained"]) <= 1e-5 * abs(record["targets"][worst])
+    # ... where the exact fusion's split would have left more than 1% of the target unexplained
     exact_bn_bias = -((beta - gamma * mean / np.sqrt(var + BN_EPS)) / y * at_bn).sum()
-    np.testing.assert_allclose(layers["bn"]["bias"], exact_bn_bias, rtol=1e-4)
-    assert layers["bn"]["unexplained"] == pytest.approx((at_conv.sum() - at_bn.sum()) - exact_bn_bias, rel=1e-3)
-    assert abs(layers["bn"]["unexplained"]) > 0.01 * abs(record["targets"][worst])
+    assert abs((at_conv.sum() - at_bn.sum()) - exact_bn_bias) > 0.01 * abs(record["targets"][worst])
+    assert record["known_bug"].startswith("known innvestigate 2.1.2 bug: BatchNormalization fused")
 
 
 def test_observed_relevance_gets_the_formulas_mechanisms(nets):

@@ -119,7 +119,8 @@ def conv_project(pytester, conv_nets, inputs_8x8):
 
 def test_unpatched_innvestigate_passes_the_conv_net(conv_project):
     result = conv_project.run("  - {id: z, analyzer: lrp.z}", "  - {id: ab, analyzer: lrp.alpha_2_beta_1_IB, leaks: [unbalanced, dropped]}")
-    result.assert_outcomes(passed=4)
+    # alpha2-beta1-ib leaks by its formula (an expected failure); the reference agrees with innvestigate on both
+    result.assert_outcomes(passed=3, xfailed=1)
 
 
 def test_a_transposed_kernel_conserves_but_fails_the_reference_at_that_layer(conv_project, monkeypatch):

@@ -55,7 +55,7 @@ def formula_explains(analysis: Analysis) -> bool:
     if comparison is None or comparison.formula_sums is None or analysis.rule.leaks:
         return False
     failing = analysis.failing
-    allowed = analysis.bounds + (comparison.rounding if comparison.rounding is not None else 0.0)
+    allowed = analysis.rounding_bounds
     return bool(np.all(np.abs(analysis.sums - comparison.formula_sums)[failing] <= np.broadcast_to(allowed, failing.shape)[failing]))
 
 
@@ -79,7 +79,7 @@ def unexplained_bounds(analysis: Analysis) -> np.ndarray:
     """The tolerance for what the formula does not explain: the rule's tolerance plus how far float32
     rounding of the rule's own terms may move the sum (derived per layer and neuron by the reference,
     reference.rules.float32_bound): large where a denominator nearly cancels, tiny elsewhere."""
-    return analysis.bounds
+    return analysis.rounding_bounds
 
 
 def declared_leaks_line(analysis: Analysis):
@@ -175,9 +175,9 @@ def worst_sample_line(analysis: Analysis) -> str:
     target = analysis.targets[i]
     relative = analysis.relative_errors[i]
     share = f" ({relative:.2%} of |target|)" if np.isfinite(relative) else ""
-    rounding = f" + float32 rounding {analysis.rounding[i]:.2g}" if analysis.rounding is not None else ""
+    rounding = f"; float32 rounding of its terms: {analysis.rounding[i]:.2g}" if analysis.rounding is not None else ""
     return (
         f"worst sample {i}: sum(R) = {analysis.sums[i]:.6g}, target {describe_target(analysis, i)} = {target:.6g}, "
         f"error = {analysis.errors[i]:.3g}{share}, tolerance = {analysis.bounds[i]:.3g} "
-        f"(atol {tol.atol:g} + rtol {tol.rtol:g} * |target|{rounding})"
+        f"(atol {tol.atol:g} + rtol {tol.rtol:g} * |target|){rounding}"
     )

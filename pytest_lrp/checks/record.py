@@ -47,9 +47,23 @@ class Analysis:
 
     @property
     def bounds(self) -> np.ndarray:
-        """The largest error allowed per sample: the rule's tolerance plus float32 rounding of its terms."""
-        bounds = self.rule.tolerance.bound(self.targets)
-        return bounds if self.rounding is None else bounds + self.rounding
+        """The largest error allowed per sample by the rule's tolerance."""
+        return self.rule.tolerance.bound(self.targets)
+
+    @property
+    def rounding_bounds(self) -> np.ndarray:
+        """The tolerance for innvestigate against the rule's formula: the rule's tolerance plus float32 rounding."""
+        return self.bounds if self.rounding is None else self.bounds + self.rounding
+
+    @property
+    def formula_conserves(self) -> np.ndarray:
+        """Per sample: the rule's formula (the float64 reference) conserves, and innvestigate's sum is the formula's
+        up to float32 rounding of its terms; False where no reference ran."""
+        comparison = self.reference
+        if comparison is None or comparison.formula_sums is None or self.rounding is None:
+            return np.zeros(len(self.targets), dtype=bool)
+        formula = np.abs(comparison.formula_sums - self.targets) <= self.bounds
+        return formula & (np.abs(self.sums - comparison.formula_sums) <= self.rounding_bounds)
 
     @property
     def relative_errors(self) -> np.ndarray:
@@ -58,8 +72,11 @@ class Analysis:
 
     @property
     def failing(self) -> np.ndarray:
+        """Not conserved: beyond the tolerance, unless only by float32 rounding of a formula that conserves. (The
+        rounding is not added to the tolerance itself: where a denominator is the stabiliser, innvestigate#273,
+        the bound is as large as the explosion, which must still count.)"""
         # NaN compares False, so a non-finite sum is counted as failing explicitly.
-        return ~(self.errors <= self.bounds)
+        return ~(self.errors <= self.bounds) & ~self.formula_conserves
 
     @property
     def worst(self) -> int:

@@ -59,6 +59,7 @@ def reference_record(comparison, number) -> Optional[dict]:
         "skipped": comparison.skipped,
         "problem": comparison.problem,
         "first_divergence": first.where if first else None,
+        "known_bug": comparison.known_bug,
         "heatmaps": difference(comparison.heatmaps),
         "layers": [difference(d) for d in comparison.layers],
         "seconds": round(comparison.seconds, 4),

@@ -63,6 +63,9 @@ def result_record(item, report) -> dict:
         layers=[{"name": layer.name, "class": layer.cls, "relevance": _number(layer.at_output[worst]),
                  **({"members": list(layer.members)} if layer.members else {})} for layer in analysis.layers],
         leak_layer=_leak(leak, worst),
+        # per sample: how far float32 rounding of the rule's terms may move sum(R) (the reference's bound)
+        float32_rounding=None if analysis.rounding is None else [_number(r) for r in analysis.rounding],
+        known_bug=analysis.reference.known_bug if analysis.reference is not None else None,
     )
     if item.check == "conservation":
         record.update(leaks=leak_record(analysis, _number), leak_split=split_text(analysis))
