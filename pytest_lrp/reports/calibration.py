@@ -86,7 +86,7 @@ class Calibration:
             "rule": item.rule.id,
             "check": item.check,
             "result": _result(report, call),
-            "message": _first_line(report.longreprtext) if report.failed or report.skipped else "",
+            "message": _message(call.excinfo),
             "spec": rule_spec(item.rule, [r.id for r in rule_file.rules].index(item.rule.id) if rule_file else 0),
             "rules_path": str(workbench.rules_path),
             "packaged": workbench.packaged_suite,
@@ -162,13 +162,15 @@ def _result(report, call) -> str:
     return "crashed"
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not lines:
+def _message(excinfo) -> str:
+    """The first line of a check's message, or the exception of a crash (engine/crashes.py)."""
+    if excinfo is None:
         return ""
-    # A crash's traceback ends with the exception line; a check's message starts with its verdict.
-    line = lines[-1] if lines[0].startswith(("def ", "self", "item", ">")) or "Traceback" in lines[0] else lines[0]
-    return line[:300]
+    from ..engine.crashes import first_line
+
+    exc = excinfo.value
+    known = (LrpCheckFailed, LrpBeyondExpectation, LrpUsageError, pytest.skip.Exception, pytest.xfail.Exception)
+    return first_line(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def rule_spec(rule, index: int) -> dict:
@@ -246,7 +248,8 @@ def ceiling(peak: float, rtol: float) -> float:
     if value <= 0:
         return rtol
     scale = 10.0 ** (np.floor(np.log10(value)) - 2)
-    return float(f"{np.ceil(value / scale) * scale:.3g}")
+    # The quotient of a number with three significant digits can read 100.00000000000001.
+    return float(f"{np.ceil(value / scale - 1e-9) * scale:.3g}")
 
 
 def beyond_tolerance(analysis) -> dict:
