@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(HtmlReport(config, html_path, workbench), "lrp-html")
     _adopt_explicit_rule_file(config, workbench)
     _collect_rule_file_too(config, workbench)
-    calibration.register(config)  # --lrp-calibrate=PATH: refuses an existing PATH at once
+    calibration.register(config, LrpItem)  # --lrp-calibrate=PATH: refuses an existing PATH at once
 
 
 def pytest_report_header(config: pytest.Config) -> list:

@@ -33,8 +33,9 @@ ATTRIBUTE = "lrp_calibration"
 MARGIN = 2.0
 
 
-def register(config: pytest.Config) -> None:
-    """Called from pytest_configure: with --lrp-calibrate, refuse an existing target at once, then measure."""
+def register(config: pytest.Config, item_class: type) -> None:
+    """Called from pytest_configure: with --lrp-calibrate, refuse an existing target at once, then measure
+    the generated tests (``item_class``, items.LrpItem)."""
     value = config.getoption("lrp_calibrate", None)
     if not value:
         return
@@ -42,7 +43,7 @@ def register(config: pytest.Config) -> None:
     problem = target_problem(target)
     if problem:
         raise pytest.UsageError(problem)
-    config.pluginmanager.register(Calibration(config, target), "lrp-calibration")
+    config.pluginmanager.register(Calibration(config, target, item_class), "lrp-calibration")
 
 
 def target_problem(target: Path) -> Optional[str]:
@@ -54,8 +55,8 @@ def target_problem(target: Path) -> Optional[str]:
 
 
 class Calibration:
-    def __init__(self, config: pytest.Config, target: Path):
-        self.config, self.target = config, target
+    def __init__(self, config: pytest.Config, target: Path, item_class: type):
+        self.config, self.target, self.item_class = config, target, item_class
         self.entries: list = []
         self.written_baselines: set = set()
         self.outcome: Optional[str] = None  # the line for the end of the run
@@ -66,9 +67,7 @@ class Calibration:
     def pytest_runtest_makereport(self, item, call):
         outcome = yield
         report = outcome.get_result()
-        from ..items import LrpItem
-
-        if not isinstance(item, LrpItem) or item.model_path is None:
+        if not isinstance(item, self.item_class) or item.model_path is None:
             return
         if not (report.when == "call" or (report.when == "setup" and report.failed)):
             return
