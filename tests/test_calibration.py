@@ -176,6 +176,16 @@ def test_an_existing_file_is_never_overwritten(project):
     assert not (target.parent / "lrp_baselines").exists(), "nothing may run"
 
 
+def test_under_xdist_the_workers_measure_and_the_controller_writes(project):
+    result = project.runpytest("rules.yaml", f"--lrp-calibrate={TARGET}", "-n", "2")
+    result.assert_outcomes(passed=10, failed=2, xfailed=2, errors=2)
+    result.stdout.fnmatch_lines([f"lrp: wrote {TARGET}: calibrated on net.h5 (4 inputs; 4 rules, 1 left out); run pytest --lrp-rules={TARGET}"])
+    _, document = written(project)
+    assert [rule["id"] for rule in document["rules"]] == ["w-square", "z", "alpha2-beta1", "input-times-gradient"]
+    assert len(list((project.path / "calib" / "lrp_baselines" / "net").iterdir())) == 4
+    project.runpytest(TARGET).assert_outcomes(passed=14, xfailed=3)
+
+
 def test_the_packaged_suite_calibrated_on_ones_own_model(pytester, conv_nets, inputs_8x8):
     """The headline: `pytest --lrp-model=m.h5 --lrp-calibrate=rules.yaml` where there is no rule file,
     then `pytest rules.yaml` alone reproduces and passes."""
