@@ -100,6 +100,7 @@ def calibrated_text(target: Path, entries: list, margin: float):
         for number, (key, value) in enumerate(rule.keys.items()):
             lines.append(f"  {'- ' if number == 0 else '  '}{key}: {_flow(value)}")
         lines.append("")
+    lines.extend(_not_run(first["rules_path"], by_rule))
     left_out = len(rules) - len(kept)
     written = Written(
         models=", ".join(shown(p) for p in model_paths),
@@ -247,6 +248,18 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
         comments.append(f"# max_error = {margin:g} x the measured max relative error {peak:.4g} + rtol {spec['tolerance']['rtol']:g}, "
                         f"rounded up: {keys['max_error']:g}")
     return keys, comments
+
+
+def _not_run(rules_path: str, by_rule: dict) -> list:
+    """A comment naming the suite's rules none of whose tests ran (deselected with -k or -m)."""
+    try:
+        ids = [rule.id for rule in load_rule_file(Path(rules_path)).rules]
+    except LrpUsageError:
+        return []
+    missing = [rule_id for rule_id in ids if rule_id not in by_rule]
+    if not missing:
+        return []
+    return [f"  # left out, as none of their tests ran in the calibration run (deselected): {', '.join(missing)}"]
 
 
 def _measured_line(m: dict, bound: str) -> str:
