@@ -105,7 +105,7 @@ def calibrated_text(target: Path, entries: list, margin: float):
     written = Written(
         models=", ".join(shown(p) for p in model_paths),
         inputs=f"{samples} inputs",
-        rules=f"{len(kept)} rules" + (f", {left_out} left out" if left_out else ""),
+        rules=f"{len(kept)} rule{'s' if len(kept) != 1 else ''}" + (f", {left_out} left out" if left_out else ""),
     )
     return "\n".join(lines).rstrip("\n") + "\n", written
 
