@@ -18,7 +18,7 @@ from .engine import speedup
 from .engine.workbench import Workbench, workbench_key
 from .fixtures import lrp_analysis, lrp_inputs, lrp_model, parametrize_models  # noqa: F401  (fixtures)
 from .items import LrpItem, RulesFile
-from .reports import keras_line, reporting
+from .reports import calibration, keras_line, reporting
 from .reports.baseline_summary import BaselineSummary
 
 MARKERS = (
@@ -48,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(HtmlReport(config, html_path, workbench), "lrp-html")
     _adopt_explicit_rule_file(config, workbench)
     _collect_rule_file_too(config, workbench)
+    calibration.register(config, LrpItem)  # --lrp-calibrate=PATH: refuses an existing PATH at once
 
 
 def pytest_report_header(config: pytest.Config) -> list:

@@ -45,6 +45,10 @@ OPTIONS = (
     Option("--lrp-html", "lrp_html", "write one self-contained HTML page of the LRP results (table, heatmaps, relevance per layer) to PATH."),
     # Command line only: writes the packaged default suite and exits (config/packaged.py).
     Option("--lrp-write-rules", "lrp_write_rules", "write pytest-lrp's default rule suite to PATH, an editable copy, and exit.", None),
+    # Command line only: a calibration is asked for once, never by an ini key that every run would read.
+    Option("--lrp-calibrate", "lrp_calibrate", "run the suite, measure each rule on this model and these inputs, and write a rule file "
+           "to PATH (never overwritten) that passes on them: declared leaks, ceilings with a 2x margin, the checks that held "
+           "and golden heatmaps beside it; then run pytest --lrp-rules=PATH.", None),
     Option("--lrp-no-summary", "lrp_no_summary", "do not print the table of LRP results at the end of the run.", "bool", "store_true"),
 )
 
