@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ class Policy:
                 raise UnsupportedRule("deep_taylor.bounded needs low and high")
             self.bounded = Rule("bounded", low=float(p["low"]), high=float(p["high"]))
 
-    def kernel_rule(self, layer: Layer) -> Rule:
+    def kernel_rule(self, layer: Layer) -> Rule | None:
         if self.family == "deep_taylor":
             if self.analyzer == "deep_taylor.bounded" and self.model.is_input_layer(layer):
                 return self.bounded
@@ -233,13 +234,12 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
     if policy.family == "deep_taylor":
         flat = np.maximum(flat, 0.0)
     head, selected = _select(flat, neuron_selection, index, values=policy.family != "gradient")
-    result = ReferenceResult(None, head.reshape(len(x), -1).sum(axis=1), [], selected)
+    accounts: list = []
     walk = _Backward(model, acts, policy, keep_maps, bn_fusion, observed)
-    heatmap = walk.run(head.reshape(shape), result.layers)
+    heatmap = walk.run(head.reshape(shape), accounts)
     if analyzer == "input_t_gradient":
         heatmap = heatmap * x
-    result.heatmap = heatmap
-    return result
+    return ReferenceResult(heatmap, head.reshape(len(x), -1).sum(axis=1), accounts, selected)
 
 
 def _integrated_gradients(model, x, params, neuron_selection, index) -> ReferenceResult:
@@ -393,7 +393,7 @@ class _Backward:
     def layer(self, layer: Layer, xs: list, r: np.ndarray, seen=None):
         cls, family = layer.class_name, self.policy.family
         batch = len(r)
-        x = xs[0] if xs else None
+        x: Any = xs[0] if xs else None
 
         def split(mechanism=None, of=None):
             """Mechanisms of r and of seen: ``of(relevance)`` is the part ``mechanism`` takes of it (linear)."""
@@ -414,6 +414,7 @@ class _Backward:
             rule = self.policy.kernel_rule(layer)
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
+            assert layer.kernel is not None  # _setup gives every KERNEL layer its kernel
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
             r_in, mech, seen_mech = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants), r,
                                                 x.shape, known, layer.variants, observed=seen)
@@ -428,6 +429,8 @@ class _Backward:
                 return ("gradient", [r_in]) + split("gradient", lambda rr: total(scale.transpose(rr, exact_k, x.shape) - rr))
             k, b = bn_affine(layer, self.bn_fusion)
             rule = self.policy.bn_rule
+            if rule is None:
+                raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             r_in, mech, seen_mech = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape, observed=seen)
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
