@@ -69,7 +69,7 @@ class Layer:
     spatial: int = 0  # number of spatial axes of window layers
     variants: dict = field(default_factory=dict)  # the kernel's positive part, squares, ... (rules.terms)
     # BatchNormalization only (set by _setup): gamma, beta, mean, variance, epsilon, axis
-    bn: tuple = field(init=False, repr=False)
+    bn: tuple = field(init=False, repr=False, compare=False)
 
     def refuse(self, detail: str = "") -> NoReturn:
         raise UnsupportedLayer(self.name, self.class_name, detail)
