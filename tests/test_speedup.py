@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from residual_cnn import residual_cnn
+from helpers.residual_cnn import residual_cnn
 
 from pytest_lrp.base.tf_runtime import keras_package
 from pytest_lrp.engine import speedup
