@@ -236,6 +236,7 @@ def test_comparison_failures_show_expected_current_and_difference(lrp_project, p
     assert len(comparison) == 1 and _decode(comparison[0]["src"]).shape[1] > 300
 
 
+@pytest.mark.xdist
 def test_one_page_from_xdist_workers(lrp_project, pytester):
     pytest.importorskip("xdist")
     lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\n" + RULES)

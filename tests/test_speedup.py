@@ -86,6 +86,7 @@ def innvestigate_the_usual_way(tf, model_path: Path, x: np.ndarray, families) ->
     return heatmaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, families", [("small", tuple(FAMILIES)), ("deep", DEEP_FAMILIES)], ids=["small", "deep"])
 def test_heatmaps_are_bitwise_those_of_innvestigate_run_the_usual_way(key, families, models, pytester, tensorflow_imported_once):
     path, inputs, _ = models[key]
