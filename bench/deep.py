@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from run import RESULTS, ROOT, junit, pytest_cmd, run, write_yaml
+from common import RESULTS, ROOT, junit, pytest_cmd, run, write_yaml
 
 SIDE_BY_SIDE = {  # rules.yaml id -> (analyzer, params)
     "z": ("lrp.z", {}),

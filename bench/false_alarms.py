@@ -177,7 +177,7 @@ RED = ("failed", "error", "xpassed-strict")
 def zoo(kinds, samples: int, keep: Path | None) -> dict:
     base = keep or Path(tempfile.mkdtemp(prefix="lrp-zoo-"))
     results = {}
-    for index, kind in enumerate(kinds):
+    for kind in kinds:
         folder = base / kind
         folder.mkdir(parents=True, exist_ok=True)
         accuracy = train(kind, 1000 + ZOO.index(kind), folder, samples)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, run
+
 TIMER = '''
 import functools
 import json
@@ -61,17 +60,9 @@ def pytest_unconfigure(config):
 '''
 
 
-def run(args: list, env: dict) -> dict:
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lrp-no-summary", "rules.yaml", *args]
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        out.seek(0)
-        tail = out.read().decode(errors="replace").strip().splitlines()[-1:]
-    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "exit": os.waitstatus_to_exitcode(status), "tail": tail}
+def suite(args: list, env: dict) -> dict:
+    """``pytest rules.yaml`` with ``args``, measured (bench/common.py)."""
+    return run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lrp-no-summary", "rules.yaml", *args], env, tail_lines=1)
 
 
 def main() -> None:
@@ -90,7 +81,7 @@ def main() -> None:
         order = ("without", "with") if i % 2 == 0 else ("with", "without")
         for kind in order:
             extra = [f"--lrp-html={page}", "-p", "html_timer"] if kind == "with" else []
-            result = run(extra, env)
+            result = suite(extra, env)
             if kind == "with":
                 result["inside"] = json.loads(Path(f"{page}.timing.json").read_text())
                 result["page_bytes"] = page.stat().st_size

@@ -3,6 +3,7 @@
     python bench/run.py                          # everything, about 25 minutes on 2 cores
     python bench/run.py --skip vgg16 vgg16_all   # about 5 minutes
     python bench/run.py --only vgg16_all --update   # one section, keeping the others' results
+    python bench/run.py --only reference --against v0.1.0   # the reference's cost against a git revision
     # sections: suite, xdist, flat, startup, vgg16 (4 rules, 1 and 2 samples), vgg16_all (21 rules),
     # deep_side_by_side, deep_suites (bench/deep.py: deep networks, with and without the speed-up)
 
@@ -11,6 +12,11 @@ timed by wall clock; peak memory is the child's ``ru_maxrss`` from ``os.wait4`` 
 pytest-xdist, the largest single process). Per-test times come from ``--junitxml``.
 The table is printed and written to ``bench/results/results.json``. Nothing here is a
 test: ratios are reported against the goals, never asserted.
+
+Two sections compare this tree with the project at another git revision, ``--against REV``
+(a `git archive` copy of REV on PYTHONPATH, alternated with this tree): reference (the
+example suite before the numpy reference ran inside analyses) and vgg16_all (VGG16's 21
+rules before a speed-up). Without ``--against`` they measure this tree alone.
 """
 
 from __future__ import annotations
@@ -24,25 +30,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import deep
 import yaml
+from common import RESULTS, ROOT, archive, junit, pytest_cmd, resolve, run, write_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 SECTIONS = ("suite", "xdist", "flat", "startup", "reference", "vgg16", "vgg16_all", "deep_side_by_side", "deep_suites")
-# The last commit before the numpy reference ran inside analyses (issue 12): the example suite
-# as it was then (its rules.yaml, xfails and all) is what the reference's cost is measured against.
-BEFORE_REFERENCE = "8802b1c"
+COMPARED = ("reference", "vgg16_all")  # the sections that take --against REV
 REFERENCE_REPEATS = 2
 # How VGG16's cost grows with samples is measured on four rule families (LRP, alpha-beta,
 # Deep Taylor, a composite preset); all 21 rules run once, with one sample (vgg16_all).
 VGG16_RULES = ("z", "alpha2-beta1", "deep-taylor-bounded", "preset-a")
 VGG16_SAMPLES = (1, 2)
-# VGG16's 21 rules are measured against the plugin before the rebuild with zero initial values and the
-# uninitialized orphans of innvestigate's layer copies (engine/speedup.py, issue 11), alternated in one run.
-BEFORE_VGG16_ALL = "2091047"
 VGG16_ALL_REPEATS = 1
 FLAT_RULES = 20
 STARTUP_REPEATS = 7
@@ -55,7 +55,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=SECTIONS)
     parser.add_argument("--out", default=str(RESULTS / "results.json"))
     parser.add_argument("--update", action="store_true", help="keep the other sections of an existing --out file")
+    parser.add_argument("--against", metavar="REV", help=f"sections {', '.join(COMPARED)}: also run the project at this git "
+                        "revision (a commit, tag or branch), alternated with this tree")
     args = parser.parse_args()
+    try:
+        against = resolve(args.against) if args.against else None
+    except ValueError as error:
+        parser.error(f"--against: {error}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
     results = json.loads(Path(args.out).read_text()) if args.update and Path(args.out).exists() else {}
@@ -67,7 +73,8 @@ def main() -> None:
         load = os.getloadavg()[0]  # the machine is shared: say how busy it was
         print(f"== {section} (load average {load:.2f})", flush=True)
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        results[section] = {"started": when, "load_average_before": load, **globals()[section](env)}
+        extra = {"against": against} if section in COMPARED else {}
+        results[section] = {"started": when, "load_average_before": load, **globals()[section](env, **extra)}
     results["bench_seconds"] = round(time.perf_counter() - started, 1)  # of this invocation
     results["goals"] = goals(results)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
@@ -79,49 +86,7 @@ def main() -> None:
 # ---------------------------------------------------------------- measuring
 
 
-def run(cmd: list, env: dict, cwd: Path = ROOT) -> dict:
-    """Run ``cmd``; wall and CPU seconds, peak RSS (MB) of the largest process, exit code, output tail."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        tail = out.read().decode(errors="replace").strip().splitlines()[-3:]
-    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": proc.returncode, "tail": tail}
-
-
-def pytest_cmd(*args) -> list:
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *map(str, args)]
-
-
-def junit(path: Path) -> list:
-    """[(test name, seconds, outcome)] in the order the tests ran (for xdist: finished)."""
-    rows = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome = "passed"
-        for child in case:
-            if child.tag in ("failure", "error"):
-                outcome = "failed" if child.tag == "failure" else "error"
-            elif child.tag == "skipped":
-                outcome = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
-        rows.append((case.get("name"), float(case.get("time")), outcome))
-    return rows
-
-
-def archive(commit: str, tree: Path) -> Path:
-    """The project at ``commit`` in ``tree`` (`git archive`): run with PYTHONPATH=tree, its pytest_lrp comes first."""
-    tree.mkdir()
-    files = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=files, check=True)
-    return tree
-
-
-def write_yaml(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+# (run, pytest_cmd, junit, archive, write_yaml: bench/common.py)
 
 
 # ---------------------------------------------------------------- sections
@@ -207,18 +172,21 @@ def startup(env: dict) -> dict:
             "heavy_modules_imported_by_plugin": heavy}
 
 
-def reference(env: dict) -> dict:
+def reference(env: dict, against: str | None = None) -> dict:
     """The example suite with the numpy reference (leak accounting in every LRP analysis, the
-    reference check on 20 rules) against the suite of BEFORE_REFERENCE; alternated, fastest of each.
-    Both run from `git archive` copies (HEAD and BEFORE_REFERENCE), not from the working tree,
-    on the example digits without `y` (class labels there, which newer inputs.py would read as
-    recorded outputs), so that only the reference differs."""
+    reference check on 20 rules) against the suite at ``against``, a revision before the reference
+    (its rules.yaml, xfails and all); alternated, fastest of each. Both run from `git archive` copies
+    (HEAD and ``against``), not from the working tree, on the example digits without `y` (class labels
+    there, which newer inputs.py would read as recorded outputs), so that only the reference differs.
+    Without ``against``, HEAD alone."""
     import numpy as np
 
     with tempfile.TemporaryDirectory() as folder:
-        trees = {"before": Path(folder, "before"), "with_reference": Path(folder, "head")}
-        for tree, commit in zip(trees.values(), (BEFORE_REFERENCE, "HEAD")):
-            archive(commit, tree)
+        trees = {"with_reference": Path(folder, "head")}
+        if against:
+            trees = {"before": Path(folder, "before"), **trees}
+        for name, tree in trees.items():
+            archive(against if name == "before" else "HEAD", tree)
         digits = Path(folder, "digits.npz")
         np.savez(digits, x=np.load(ROOT / "examples" / "digits.npz")["x"])
         report = RESULTS / "reference_report.json"
@@ -231,8 +199,10 @@ def reference(env: dict) -> dict:
     fastest = {name: min(r["seconds"] for r in values) for name, values in runs.items()}
     records = json.loads(report.read_text())["results"]
     seconds = sum((r.get("reference") or {}).get("seconds", 0) for r in records)
-    return {"runs": runs, "before_s": fastest["before"], "with_reference_s": fastest["with_reference"],
-            "ratio": round(fastest["with_reference"] / fastest["before"], 3), "reference_seconds_in_reference_tests": round(seconds, 2)}
+    result = {"runs": runs, "with_reference_s": fastest["with_reference"], "reference_seconds_in_reference_tests": round(seconds, 2)}
+    if against:
+        result.update(against=against, before_s=fastest["before"], ratio=round(fastest["with_reference"] / fastest["before"], 3))
+    return result
 
 
 def vgg16(env: dict) -> dict:
@@ -244,24 +214,27 @@ def vgg16(env: dict) -> dict:
     return result
 
 
-def vgg16_all(env: dict) -> dict:
-    """VGG16 through every rule of the default suite, one sample: this tree, and BEFORE_VGG16_ALL (a `git archive`
-    copy) alternated with it; the fastest run of each (CPU seconds and per-rule seconds are that run's)."""
+def vgg16_all(env: dict, against: str | None = None) -> dict:
+    """VGG16 through every rule of the default suite, one sample: this tree, and with ``against`` the project at
+    that revision (a `git archive` copy) alternated with it; the fastest run of each (CPU seconds and per-rule
+    seconds are that run's)."""
     rules = vgg16_rules(None)
     result = {"model": "VGG16, 138.4M parameters, softmax stripped by the plugin", "rules": [r["id"] for r in rules]}
-    now, before = f"rules{len(rules)}_samples1", f"rules{len(rules)}_samples1_at_{BEFORE_VGG16_ALL}"
-    runs = {now: [], before: []}
+    now, before = f"rules{len(rules)}_samples1", f"rules{len(rules)}_samples1_at_{against}"
+    runs = {now: [], before: []} if against else {now: []}
     with tempfile.TemporaryDirectory() as folder:
-        tree = archive(BEFORE_VGG16_ALL, Path(folder, "before"))
+        tree = archive(against, Path(folder, "before")) if against else None
         for _ in range(VGG16_ALL_REPEATS):
-            runs[before].append(vgg16_run(dict(env, PYTHONPATH=str(tree)), rules, 1, cwd=tree, tag="before"))
+            if tree is not None:
+                runs[before].append(vgg16_run(dict(env, PYTHONPATH=str(tree)), rules, 1, cwd=tree, tag="before"))
             runs[now].append(vgg16_run(env, rules, 1))
     for key, found in runs.items():
         result[key] = min(found, key=lambda r: r["seconds"])
         result[f"{key}_all_runs"] = [{k: r[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb", "exit")} for r in found]
-    result["ratio_seconds"] = round(result[now]["seconds"] / result[before]["seconds"], 3)
-    result["ratio_cpu_seconds"] = round(result[now]["cpu_seconds"] / result[before]["cpu_seconds"], 3)
-    result["ratio_to_630_s"] = round(result[now]["seconds"] / 630.06, 3)  # the README's earlier 21-rule run
+    if against:
+        result["against"] = against
+        result["ratio_seconds"] = round(result[now]["seconds"] / result[before]["seconds"], 3)
+        result["ratio_cpu_seconds"] = round(result[now]["cpu_seconds"] / result[before]["cpu_seconds"], 3)
     return result
 
 
@@ -294,15 +267,11 @@ def vgg16_run(env: dict, rules: list, samples: int, cwd: Path = ROOT, tag: str =
 
 def deep_side_by_side(env: dict) -> dict:
     """MobileNetV2, six rules: pytest-lrp against innvestigate run directly (bench/deep.py)."""
-    import deep
-
     return deep.deep_side_by_side(env)
 
 
 def deep_suites(env: dict) -> dict:
     """The default suite on deep networks, with and without the speed-up (bench/deep.py)."""
-    import deep
-
     return deep.deep_suites(env, without=True)
 
 
@@ -335,7 +304,7 @@ def goals(r: dict) -> dict:
     if "startup" in r:
         s = r["startup"]
         g["start-up within 5% and 50 ms of -p no:lrp"] = (s["ratio"], s["ratio"] <= 1.05 and s["difference_s"] <= 0.05)
-    if "reference" in r:
+    if "reference" in r and "ratio" in r["reference"]:
         g["example suite with the reference <= 1.5 x before it"] = (r["reference"]["ratio"], r["reference"]["ratio"] <= 1.5)
     if "xdist" in r:
         x = r["xdist"]
@@ -367,9 +336,12 @@ def table(r: dict) -> str:
                      f"+{s['difference_s'] * 1000:.0f} ms ({s['ratio']:.3f} x); plugin imports {s['heavy_modules_imported_by_plugin']}"))
     if "reference" in r:
         f = r["reference"]
-        rows.append((f"pytest rules.yaml at {BEFORE_REFERENCE}, before the reference (fastest of {REFERENCE_REPEATS})", f["before_s"], "", ""))
+        if "before_s" in f:
+            rows.append((f"pytest rules.yaml at {f.get('against', 'the revision before')}, before the reference "
+                         f"(fastest of {REFERENCE_REPEATS})", f["before_s"], "", ""))
+        ratio = f"{f['ratio']:.2f} x; " if "ratio" in f else ""
         rows.append(("pytest rules.yaml with the reference", f["with_reference_s"], "",
-                     f"{f['ratio']:.2f} x; reference time in the reference tests {f['reference_seconds_in_reference_tests']} s"))
+                     f"{ratio}reference time in the reference tests {f['reference_seconds_in_reference_tests']} s"))
     for v in (r[k] for k in ("vgg16", "vgg16_all") if k in r):
         for key, value in v.items():
             if isinstance(value, dict):

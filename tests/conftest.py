@@ -18,6 +18,42 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 INPUT_DIM = 5
+# The markers of the expensive groups (pyproject.toml): a plain `pytest` leaves them out.
+EXPENSIVE = ("browser", "default_suite", "wheel", "xdist", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without `-m`, and unless tests are named by node id, deselect the tests of the expensive groups.
+
+    `-m` on the command line chooses instead (`-m slow`, `-m "not browser"`, `-m ""` for everything);
+    .ci/run runs the default selection, then `-m "browser or default_suite or wheel or xdist or slow"`.
+    """
+    if _markers_chosen(config) or any("::" in arg for arg in config.args):
+        return
+    kept, expensive = [], []
+    for item in items:
+        (expensive if any(item.get_closest_marker(name) for name in EXPENSIVE) else kept).append(item)
+    if expensive:
+        config.hook.pytest_deselected(items=expensive)
+        items[:] = kept
+        config.stash[_deselected] = len(expensive)
+
+
+_deselected = pytest.StashKey[int]()
+
+
+def _markers_chosen(config) -> bool:
+    """Whether the command line (or PYTEST_ADDOPTS) has `-m`, even `-m ""` (which selects everything)."""
+    args = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    return bool(config.getoption("markexpr")) or any(arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")) for arg in args)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.stash.get(_deselected, 0)
+    if count:
+        terminalreporter.write_line(
+            f"{count} expensive tests deselected ({', '.join(EXPENSIVE)}); "
+            f'-m "{" or ".join(EXPENSIVE)}" runs them, -m "" runs everything')
 
 
 @dataclass

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from residual_cnn import residual_cnn
+from helpers.residual_cnn import residual_cnn
 
 RULES = """
 defaults:

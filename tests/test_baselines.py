@@ -165,6 +165,7 @@ def test_baseline_folder_from_flag_and_ini_and_no_update_from_the_ini(project, p
     assert not (pytester.path / "stored").exists()
 
 
+@pytest.mark.xdist
 def test_update_under_xdist_writes_each_baseline_once_and_reports_them(lrp_project, pytester):
     lrp_project.rules(f"""
 defaults:

@@ -64,6 +64,7 @@ def _keras_lines(result) -> list:
     return [line for line in result.outlines if line.startswith("lrp: tf.keras is")]
 
 
+@pytest.mark.xdist
 def test_under_xdist_the_controller_prints_the_workers_line_once(lrp_project, pytester, fresh_process, tensorflow_imported_once):
     """The controller imports no TensorFlow and collects nothing; both workers send their line, it shows once."""
     lrp_project.rules(TWO_RULES)
@@ -82,6 +83,7 @@ def test_under_xdist_the_controller_prints_the_workers_line_once(lrp_project, py
     assert not any(" PASSED " in previous for previous in result.outlines[:shown])
 
 
+@pytest.mark.xdist
 def test_under_xdist_each_workers_own_keras_is_shown(lrp_project, pytester, fresh_process):
     """A worker whose collection imported TensorFlow with Keras 3 says so, though the other worker's Keras is fine."""
     if not tf_runtime.at_least_2_16():

@@ -175,6 +175,7 @@ SAME_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SAME_RUNS)
 def test_keras3_files_give_the_twins_verdicts_and_heatmaps(pytester, twins, name):
     rules, (analyzer, params) = SAME_RUNS[name]

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pytest_lrp.xdist_scheduling import analysis_scope
 
@@ -81,6 +82,7 @@ rules:
 """
 
 
+@pytest.mark.xdist
 def test_xdist_gives_the_same_outcomes_with_each_analysis_on_one_worker(lrp_project, pytester):
     lrp_project.rules(RULE_FILE)
     args = [f"--lrp-model={lrp_project.biased.path}", f"--lrp-inputs={lrp_project.inputs}", "-v", "-p", "no:cacheprovider"]

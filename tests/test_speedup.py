@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from residual_cnn import residual_cnn
+from helpers.residual_cnn import residual_cnn
 
 from pytest_lrp.base.tf_runtime import keras_package
 from pytest_lrp.engine import speedup
@@ -86,6 +86,7 @@ def innvestigate_the_usual_way(tf, model_path: Path, x: np.ndarray, families) ->
     return heatmaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, families", [("small", tuple(FAMILIES)), ("deep", DEEP_FAMILIES)], ids=["small", "deep"])
 def test_heatmaps_are_bitwise_those_of_innvestigate_run_the_usual_way(key, families, models, pytester, tensorflow_imported_once):
     path, inputs, _ = models[key]
@@ -151,6 +152,15 @@ def test_nothing_leaks_into_the_process_after_analyses_that_pass_and_crash(model
     assert np.array_equal(layer(ones, training=False).numpy(), ones)
 
 
+ONE_ANALYSIS = """
+    import pytest
+
+    @pytest.mark.lrp_rule("lrp.alpha_2_beta_1", disable_model_checks=True)
+    def test_runs(lrp_analysis):
+        assert lrp_analysis.finite
+"""
+
+
 def test_without_the_switch_analyses_still_run_and_the_header_says_so(models, pytester, monkeypatch, tmp_path, tensorflow_imported_once):
     # A Keras without the switch (deleting Keras' own global would break Keras, which reads it).
     monkeypatch.setattr(speedup, "_switch_module", lambda tf: None)
@@ -160,13 +170,7 @@ def test_without_the_switch_analyses_still_run_and_the_header_says_so(models, py
     (fake / "src" / "engine" / "base_layer_utils.py").write_text("def create_keras_history(tensors):\n    pass\n")
     monkeypatch.setattr(speedup, "package_origin", lambda name: str(fake / "__init__.py"))
     path, inputs, _ = models["small"]
-    pytester.makepyfile(test_one="""
-        import pytest
-
-        @pytest.mark.lrp_rule("lrp.alpha_2_beta_1", disable_model_checks=True)
-        def test_runs(lrp_analysis):
-            assert lrp_analysis.finite
-    """)
+    pytester.makepyfile(test_one=ONE_ANALYSIS)
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
     result.assert_outcomes(passed=1)
     lines = [line for line in result.outlines if "_UNSAFE_GRAPH_OP_LAYER_CREATION" in line]
@@ -174,9 +178,12 @@ def test_without_the_switch_analyses_still_run_and_the_header_says_so(models, py
 
 
 def test_with_the_switch_the_header_says_nothing_about_it(pytester, models):
+    # The same run as above, with the switch. (A test file without LRP tests would run the packaged
+    # suite's 21 rules on this model instead, for the same header.)
     path, inputs, _ = models["small"]
-    pytester.makepyfile(test_none="def test_nothing():\n    pass\n")
+    pytester.makepyfile(test_one=ONE_ANALYSIS)
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
+    result.assert_outcomes(passed=1)
     assert not [line for line in result.outlines if "_UNSAFE_GRAPH_OP_LAYER_CREATION" in line]
 
 

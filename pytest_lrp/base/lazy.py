@@ -13,6 +13,7 @@ tests/test_performance.py checks that importing the plugin imports neither.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 
 class _OnFirstUse:
@@ -26,5 +27,9 @@ class _OnFirstUse:
         return f"<{self.__dict__['_name']}, imported on first use>"
 
 
-np = _OnFirstUse("numpy")
-yaml = _OnFirstUse("yaml")
+if TYPE_CHECKING:  # type checkers see the modules themselves
+    import numpy as np
+    import yaml
+else:
+    np = _OnFirstUse("numpy")
+    yaml = _OnFirstUse("yaml")

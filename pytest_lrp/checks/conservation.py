@@ -94,6 +94,7 @@ def declared_leaks_line(analysis: Analysis):
         return f"\nleaks: [{names}] declared, but this leak cannot be split by mechanism: {why or 'no numpy reference ran'}"
     if verdict.holds:
         return None
+    assert analysis.leaks is not None  # leak_verdict gave a verdict
     sample = analysis.worst if analysis.worst in verdict.beyond else min(verdict.beyond)
     totals = analysis.leaks.totals(sample)
     limits = {name: analysis.bounds[sample] for name in totals}

@@ -28,6 +28,8 @@ KNOWN_IN_2_1_2 = (
 def analyzer_names() -> tuple[str, ...]:
     try:
         spec = importlib.util.find_spec("innvestigate")
+        if spec is None or not spec.submodule_search_locations:
+            return tuple(KNOWN_IN_2_1_2)
         source = Path(spec.submodule_search_locations[0], "analyzer", "__init__.py").read_text()
         return tuple(_dict_keys(ast.parse(source), "analyzers")) or tuple(KNOWN_IN_2_1_2)
     except Exception:  # not installed, moved, or unparsable: fall back to the known list
@@ -37,8 +39,9 @@ def analyzer_names() -> tuple[str, ...]:
 def _dict_keys(tree: ast.Module, name: str) -> list[str]:
     for node in tree.body:
         target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if isinstance(target, ast.Name) and target.id == name and isinstance(node.value, ast.Dict):
-            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and target.id == name and isinstance(value, ast.Dict):
+            return [k.value for k in value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
     return []
 
 

@@ -28,8 +28,10 @@ def _sources() -> Optional[tuple]:
     """(class name -> ClassDef, analyzer name -> class name), or None when the source cannot be read."""
     try:
         spec = importlib.util.find_spec("innvestigate")
+        if spec is None or not spec.submodule_search_locations:
+            return None
         folder = Path(spec.submodule_search_locations[0], "analyzer")
-        classes = {}
+        classes: dict = {}
         for file in sorted(folder.rglob("*.py")):
             for node in ast.parse(file.read_text(encoding="utf-8")).body:
                 if isinstance(node, ast.ClassDef):
@@ -43,10 +45,11 @@ def _sources() -> Optional[tuple]:
 def _registry(tree: ast.Module) -> dict:
     for node in tree.body:
         target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if isinstance(target, ast.Name) and target.id == "analyzers" and isinstance(node.value, ast.Dict):
+        found = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and target.id == "analyzers" and isinstance(found, ast.Dict):
             return {
                 key.value: value.id
-                for key, value in zip(node.value.keys, node.value.values)
+                for key, value in zip(found.keys, found.values)
                 if isinstance(key, ast.Constant) and isinstance(value, ast.Name)
             }
     return {}

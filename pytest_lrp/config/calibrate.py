@@ -22,14 +22,14 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Optional
 
 from ..base.atomic import write_atomically
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import yaml
-from .rulefile import BASELINE_TOLERANCE, LEAK_ANALYZER_FAMILIES, LEAK_MECHANISMS, REFERENCE_TOLERANCE, RULE_KEYS, Tolerance, load_rule_file
+from .rulefile import BASELINE_TOLERANCE, LEAK_ANALYZER_FAMILIES, LEAK_MECHANISMS, REFERENCE_TOLERANCE, Tolerance, load_rule_file
 
 # Rule key of the expected leak that must appear (issue 19, point 4); written once the rule file knows it.
-STRICT_KEY = "strict"
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Calibrated:
 
     index: int
     rule_id: str
-    keys: dict
+    keys: Optional[dict]
     comments: list
 
 
@@ -140,17 +140,17 @@ def calibrate_rule(per_model: dict, models: dict, margin: float) -> Calibrated:
             ])
 
     measured = {path: next(e["measured"] for e in group if e.get("measured")) for path, group in per_model.items()}
-    failed = {}
+    failed: dict[str, str] = {}
     for entry in entries:
         if entry["result"] == "failed" and entry["check"] not in ("conservation", "baseline"):
             failed.setdefault(entry["check"], f"{entry['model']}: {_one_line(entry['message'])}")
     checks = [c for c in configured if c not in failed and c != "baseline"]
-    expected = {}
+    expected: dict[str, str] = {}
     for entry in entries:
         if entry["result"] == "xfailed" and entry["check"] not in ("conservation", "baseline"):
             expected.setdefault(entry["check"], f"{entry['model']}: {_one_line(entry['message'])}")
 
-    keys = {"id": rule_id, "analyzer": spec["analyzer"]}
+    keys: dict[str, Any] = {"id": rule_id, "analyzer": spec["analyzer"]}
     if spec["params"]:
         keys["params"] = spec["params"]
     if spec["target"] != "output":
@@ -204,7 +204,7 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
     if failing:
         path, m = next(iter(failing.items()))
         return None, [f"# conservation left out: it fails on {models[path]} whatever is declared: {_one_line(m['problem'])}"]
-    keys = {}
+    keys: dict[str, Any] = {}
     ceilings = [m["ceiling"] for m in measured.values()]
     peak = max((m["max_relative_error"] for m in measured.values()), default=0.0)
     has_mechanisms = spec["analyzer"].split(".")[0] in LEAK_ANALYZER_FAMILIES
@@ -236,11 +236,8 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
                                    f"{b['samples']} of {m['samples']} samples beyond)")
         comments.append(f"# leaks beyond the tolerance ({bound}): " + "; ".join(details))
         if appeared:
-            if STRICT_KEY in RULE_KEYS:
-                keys[STRICT_KEY] = True
-                comments.append("# strict: the declared leak appeared on the model; a change that removes it fails")
-            else:
-                comments.append(f"# the declared leak appeared on the model ({STRICT_KEY}: true once this pytest-lrp knows the key)")
+            keys["strict"] = True
+            comments.append("# strict: the declared leak appeared on the model; a change that removes it fails")
     elif spec["xfail"]:
         comments.append("# conserves here: the configured expected failure is dropped")
     if (keys or recognised) and all(c is not None for c in ceilings):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import pytest
 
 from ..base.errors import LrpUsageError
 
 DEFAULT_RULES = "rules.yaml"
+# The ini value types pytest.Parser.addini knows
+IniType = Literal["string", "paths", "pathlist", "args", "linelist", "bool", "int", "float"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Option:
     flag: str
     ini: str
     help: str
-    ini_type: Optional[str] = "string"  # None: command line only
+    ini_type: Optional[IniType] = "string"  # None: command line only
     action: str = "store"
 
 

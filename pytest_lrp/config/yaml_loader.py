@@ -68,7 +68,7 @@ def _construct_int(loader, node) -> int:
 
 
 def _reject_repeated_keys(loader, node) -> None:
-    first_lines = {}
+    first_lines: dict = {}
     for key_node, _ in node.value:
         if key_node.tag == MERGE_TAG:  # '<<: *defaults' entries may be overridden by design
             continue

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .model import AVG_POOL, GLOBAL_AVG, GLOBAL_MAX, IDENTITY, KERNEL, MAX_POOL, PADDING, Layer, ReferenceModel, bn_affine, padding_of
 from .ops import Scale
-from .rules import (FLOAT32_UNIT, KERAS_EPSILON, MECHANISMS, ROUNDING_SIGMAS, Rule, UnsupportedRule, _absolute_pieces,
-                    _squared, apply_terms, float32_bound, terms, zero_mechanisms)
+from .rules import FLOAT32_UNIT, KERAS_EPSILON, MECHANISMS, ROUNDING_SIGMAS, Rounding, Rule, UnsupportedRule, _absolute_pieces, _squared, apply_terms, float32_bound, terms, zero_mechanisms
 
 
 @dataclass
@@ -165,7 +165,7 @@ class Policy:
                 raise UnsupportedRule("deep_taylor.bounded needs low and high")
             self.bounded = Rule("bounded", low=float(p["low"]), high=float(p["high"]))
 
-    def kernel_rule(self, layer: Layer) -> Rule:
+    def kernel_rule(self, layer: Layer) -> Rule | None:
         if self.family == "deep_taylor":
             if self.analyzer == "deep_taylor.bounded" and self.model.is_input_layer(layer):
                 return self.bounded
@@ -248,14 +248,14 @@ def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
     if policy.family == "deep_taylor":
         flat = np.maximum(flat, 0.0)
     head, selected = _select(flat, neuron_selection, index, values=policy.family != "gradient")
-    result = ReferenceResult(None, head.reshape(len(x), -1).sum(axis=1), [], selected)
+    accounts: list = []
     walk = _Backward(model, acts, policy, keep_maps, bn_fusion, observed, bounds)
-    heatmap = walk.run(head.reshape(shape), result.layers)
+    heatmap = walk.run(head.reshape(shape), accounts)
     if analyzer == "input_t_gradient":
         heatmap = heatmap * x
         if bounds:
             walk.heatmap_bound = walk.heatmap_bound * np.abs(x)
-    result.heatmap = heatmap
+    result = ReferenceResult(heatmap, head.reshape(len(x), -1).sum(axis=1), accounts, selected)
     result.heatmap_bound = walk.heatmap_bound
     if bounds:
         result.head_rounding = np.abs(head).reshape(len(x), -1).sum(axis=1) * walk.forward_unit
@@ -280,7 +280,7 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
     position = np.tile(ts, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
     weight = np.tile(weights, len(x)).reshape(position.shape)
     total = np.zeros_like(x)
-    total_bound = np.zeros_like(x) if bounds else None
+    total_bound = np.zeros_like(x)
     known: dict = {}
     start, per_chunk = 0, 1
     while start < len(sample):
@@ -345,7 +345,7 @@ def _path_gradients(model, points, neuron_selection, index, known: dict, bounds:
         subset = acts if len(todo) == len(keys) else {name: value[todo] for name, value in acts.items()}
         walk = _Backward(model, subset, Policy(model, "gradient", {}), False, "exact", bounds=bounds)
         grads = walk.run(head[todo], [])
-        grad_bounds = walk.heatmap_bound if bounds else [None] * len(grads)
+        grad_bounds: Any = walk.heatmap_bound if bounds else [None] * len(grads)
         for i, grad, grad_bound in zip(todo, grads, grad_bounds):
             known[keys[i]] = (grad, grad_bound)
     gradient_bounds = np.stack([known[key][1] for key in keys]) if bounds else None
@@ -386,8 +386,8 @@ class _Backward:
         self.keep_maps, self.bn_fusion = keep_maps, bn_fusion
         self.observed = observed or {}
         self.bounds = bounds
-        self.heatmap_bound = None
-        self._rounding = None  # the Rounding of the layer being walked, where its rule computed one
+        self.heatmap_bound: Any = None
+        self._rounding: Rounding | None = None  # the Rounding of the layer being walked, where its rule computed one
         # float32's forward pass rounds every pre-activation by up to this share of sum |x w| + |b| (the
         # dot products of all layers up to it, Higham's n u); a ReLU whose input is within it of 0 may be
         # on in one precision and off in the other
@@ -432,13 +432,13 @@ class _Backward:
     def _element_bound(variance):
         return None if variance is None else ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(variance)
 
-    def _bound(self, layer: Layer, xs: list, r: np.ndarray, e: np.ndarray) -> tuple[list, np.ndarray]:
+    def _bound(self, layer: Layer, xs: list, r: np.ndarray, e: Any) -> tuple[list, Any]:
         """The rounding variance at each input of ``layer`` (float32_bound), and the layer's own most on the total."""
         batch = len(r)
         if self._rounding is not None:  # a rule's terms (apply_terms)
             return [self._rounding.variance], self._rounding.local
         cls, family = layer.class_name, self.policy.family
-        x = xs[0] if xs else None
+        x: Any = xs[0] if xs else None
         if cls == "Add" and family == "lrp":
             z = sum(xs[1:], xs[0].copy())
             ds = z + KERAS_EPSILON * (z == 0)
@@ -500,7 +500,7 @@ class _Backward:
     def layer(self, layer: Layer, xs: list, r: np.ndarray, seen=None, bound=None):
         cls, family = layer.class_name, self.policy.family
         batch = len(r)
-        x = xs[0] if xs else None
+        x: Any = xs[0] if xs else None
 
         def split(mechanism=None, of=None):
             """Mechanisms of r and of seen: ``of(relevance)`` is the part ``mechanism`` takes of it (linear)."""
@@ -521,6 +521,7 @@ class _Backward:
             rule = self.policy.kernel_rule(layer)
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
+            assert layer.kernel is not None  # _setup gives every KERNEL layer its kernel
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
             r_in, mech, seen_mech, self._rounding = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants),
                                                                 r, x.shape, known, layer.variants, observed=seen, bound=bound)
@@ -535,6 +536,8 @@ class _Backward:
                 return ("gradient", [r_in]) + split("gradient", lambda rr: total(scale.transpose(rr, exact_k, x.shape) - rr))
             k, b = bn_affine(layer, self.bn_fusion)
             rule = self.policy.bn_rule
+            if rule is None:
+                raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             r_in, mech, seen_mech, self._rounding = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape,
                                                                 observed=seen, bound=bound)
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -62,13 +63,15 @@ class Layer:
     weights: list
     inputs: list = field(default_factory=list)
     activation: str = "linear"
-    op: object = None
+    op: Any = None  # ops.Dense, Conv, MaxPool or AveragePool; they share no base class
     kernel: np.ndarray | None = None
     bias: np.ndarray | None = None
     spatial: int = 0  # number of spatial axes of window layers
     variants: dict = field(default_factory=dict)  # the kernel's positive part, squares, ... (rules.terms)
+    # BatchNormalization only (set by _setup): gamma, beta, mean, variance, epsilon, axis
+    bn: tuple = field(init=False, repr=False, compare=False)
 
-    def refuse(self, detail: str = ""):
+    def refuse(self, detail: str = "") -> NoReturn:
         raise UnsupportedLayer(self.name, self.class_name, detail)
 
 
@@ -169,7 +172,7 @@ class ReferenceModel:
         self.dtype = next((layer.weights[0].dtype for layer in layers if layer.weights), np.dtype(np.float64))
         # (key, activations) of the last forward pass: the rules of one suite explain the same inputs
         # one after the other, and the forward pass is a third of a rule's time on VGG16 (bench/reference_accounting.py)
-        self._last_forward = None
+        self._last_forward: tuple | None = None
 
     @classmethod
     def from_keras(cls, config: dict, weights: dict) -> "ReferenceModel":
@@ -284,7 +287,7 @@ class ReferenceModel:
 
     def _apply(self, layer: Layer, xs: list, acts: dict, products: bool = True) -> np.ndarray:
         cls, cfg = layer.class_name, layer.config
-        x = xs[0] if xs else None
+        x: Any = xs[0] if xs else None
         if cls in KERNEL:
             xw = layer.op.forward(x, layer.kernel)
             if products:

@@ -57,7 +57,8 @@ class Windows:
         """(batch, *out, channels, *kernel) view of the windows of a padded input."""
         n = len(self.kernel)
         effective = tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))
-        win = sliding_window_view(padded, effective, axis=tuple(range(1, n + 1)))
+        # numpy's stubs type axis as one index; it takes a tuple, one per window dimension
+        win = sliding_window_view(padded, effective, axis=tuple(range(1, n + 1)))  # type: ignore[call-overload]
         index = ((slice(None),)
                  + tuple(slice(None, o * s, s) for o, s in zip(out, self.strides))
                  + (slice(None),)

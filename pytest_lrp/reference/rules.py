@@ -40,6 +40,7 @@ innvestigate's conventions followed here (relevance_rule.py, 2.1.2):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,11 +132,11 @@ class KernelPart:
             yield start, stop, PARTS[self.name](self.kernel[start:stop])
 
 
-PARTS = {"pos": lambda w: np.maximum(w, 0), "neg": lambda w: np.minimum(w, 0),
-         "square": np.square, "ones": np.ones_like,
-         # the squares of each, for the rounding bound's variances (float32_bound)
-         "pos_square": lambda w: np.square(np.maximum(w, 0)), "neg_square": lambda w: np.square(np.minimum(w, 0)),
-         "square_square": lambda w: np.square(np.square(w)), "ones_square": np.ones_like}
+PARTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "pos": lambda w: np.maximum(w, 0), "neg": lambda w: np.minimum(w, 0), "square": np.square, "ones": np.ones_like,
+    # the squares of each, for the rounding bound's variances (float32_bound)
+    "pos_square": lambda w: np.square(np.maximum(w, 0)), "neg_square": lambda w: np.square(np.minimum(w, 0)),
+    "square_square": lambda w: np.square(np.square(w)), "ones_square": np.ones_like}
 # Dense kernels above this many entries get KernelParts; smaller ones keep their parts in the layer's cache.
 PART_ENTRIES = 1 << 22
 
