@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .base.errors import LrpUsageError
+from .checks.conservation import check_conservation
 from .config.rulefile import rule_from_marker
 from .engine.crashes import model_label, shortened
 from .engine.workbench import NO_MODEL, workbench_key
@@ -48,7 +49,30 @@ def lrp_analysis(request, lrp_model, lrp_inputs):
     workbench = request.config.stash[workbench_key]
     rule = _usage(lambda: rule_from_marker(request.node.nodeid, marker.args, marker.kwargs))
     label = model_label(lrp_model.path)
-    return _usage(lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs)))
+    return LrpAnalysis(_usage(lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs))))
+
+
+class LrpAnalysis:
+    """What ``lrp_analysis`` gives a hand-written test: the analysis' data (checks/record.py: ``heatmaps``,
+    ``outputs``, ``targets``, ``sums``, ``errors``, ``bounds``, ``layers``, ...) and ``assert_conserved()``.
+
+    Parameters
+    ----------
+    analysis : pytest_lrp.checks.record.Analysis
+        The finished analysis; every attribute not defined here is read from it.
+    """
+
+    def __init__(self, analysis):
+        self._analysis = analysis
+
+    def __getattr__(self, name: str):
+        return getattr(self._analysis, name)
+
+    def assert_conserved(self) -> None:
+        """Fail the test with the worst sample's numbers unless every sample is within the rule's tolerance;
+        a leak by the mechanisms the rule declares (``leaks=``) makes it an expected failure, as in a rule file."""
+        __tracebackhide__ = True  # a hand-written test's failure shows its own line and the message, as a generated one
+        check_conservation(self._analysis)
 
 
 def _usage(compute):

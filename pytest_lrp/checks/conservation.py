@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytest
 
 from ..base.errors import LrpBeyondExpectation, LrpCheckFailed
 from ..base.lazy import np
 from .layers import describe_change, largest_change, layer_table
 from .leaks import judge, layer_lines, short_split, split_line
+from .record import Analysis
 
 # How an expected failure by the rule's own formula starts its reason (reports keep it as it is).
 FORMULA_LEAK = "leaks by its formula"
 
-if TYPE_CHECKING:  # the record imports the checks, not the other way round
-    from .record import Analysis
 
 
 def check_conservation(analysis: Analysis) -> None:
-    __tracebackhide__ = True  # the plugin's raise lines mean nothing to the user (Analysis.assert_conserved)
+    __tracebackhide__ = True  # the plugin's raise lines mean nothing to the user (fixtures.LrpAnalysis.assert_conserved)
     if not analysis.finite:
         raise LrpBeyondExpectation(non_finite_message(analysis))
     bug = analysis.reference.known_bug if analysis.reference is not None else None

@@ -7,15 +7,14 @@ property does not hold. The heatmap comparison here is shared with the baseline 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from ..base.errors import LrpCheckFailed
 from ..base.lazy import np
 from ..config.rulefile import Tolerance
+from .comparison import correlation, index_text
 from .conservation import non_finite_message
-
-if TYPE_CHECKING:  # the record imports the checks, not the other way round
-    from .record import Analysis
+from .record import Analysis
 
 
 def check_finite(analysis: Analysis) -> None:
@@ -38,7 +37,7 @@ def check_positive(analysis: Analysis) -> None:
     raise LrpCheckFailed(
         f"negative relevance: {int(below.sum())} values in {int((per_sample > 0).sum())} of {len(flat)} samples "
         f"below -atol = {-atol:g} ({analysis.rule.analyzer} on {analysis.model.name})\n"
-        f"worst sample {worst}: minimum {flat[worst].min():.6g} at {_index(index)}, "
+        f"worst sample {worst}: minimum {flat[worst].min():.6g} at {index_text(index)}, "
         f"negative relevance totals {-negative:.6g}{share}"
     )
 
@@ -115,22 +114,9 @@ class HeatmapDifference:
         where = np.unravel_index(int(np.argmax(np.nan_to_num(sample_difference, nan=np.inf))), sample_difference.shape)
         return (
             f"max abs difference {self.max_abs:.3g}; {outside} of {total} values ({outside / total:.2%}) {outside_what}; "
-            f"correlation {expected_name} vs {actual_name} {_correlation(self.expected, self.actual)}\n"
-            f"worst sample {worst}: max abs difference {float(np.nanmax(sample_difference)):.3g} at {_index(where)} "
+            f"correlation {expected_name} vs {actual_name} {correlation(self.expected, self.actual)}\n"
+            f"worst sample {worst}: max abs difference {float(np.nanmax(sample_difference)):.3g} at {index_text(where)} "
             f"({self.expected[worst][where]:.6g} {expected_name}, {self.actual[worst][where]:.6g} {actual_name}); "
             f"{int(sample_outside.sum())} of {sample_outside.size} values {outside_what}; "
-            f"correlation {_correlation(self.expected[worst], self.actual[worst])}"
+            f"correlation {correlation(self.expected[worst], self.actual[worst])}"
         )
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> str:
-    a, b = a.ravel(), b.ravel()
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return "undefined (non-finite values)"
-    if a.std() == 0 or b.std() == 0:
-        return "undefined (a constant heatmap)"
-    return f"{float(np.corrcoef(a, b)[0, 1]):.6f}"
-
-
-def _index(index: tuple) -> str:
-    return "index (" + ", ".join(str(int(i)) for i in index) + ")"

@@ -13,8 +13,8 @@ import time
 from typing import Optional
 
 from ..base.lazy import np
+from ..checks.comparison import FORWARD_RTOL, ReferenceComparison, compare
 from ..checks.leaks import MECHANISMS, LayerLeaks, LeakAccount
-from ..checks.reference import FORWARD_RTOL, ReferenceComparison, compare
 from ..config.rulefile import LEAK_ANALYZER_FAMILIES, Rule
 from ..models.modelfile import ModelFile
 from .known_bugs import bn_fusion_verdict
