@@ -125,7 +125,8 @@ def non_finite_message(analysis: Analysis) -> str:
 
 
 def ceiling_message(analysis: Analysis):
-    """Why the error is beyond the rule's max_error (relative to |target|, at least the batch's mean |target|), or None."""
+    """Why the error is beyond the rule's max_error (relative to |target|, at least the batch's mean |target|) and
+    whose it is, or None."""
     ceiling = analysis.rule.max_error
     if ceiling is None:
         return None
@@ -138,8 +139,33 @@ def ceiling_message(analysis: Analysis):
         return None
     return (
         f"relevance error beyond the rule's ceiling max_error={ceiling:g} in {int(above.sum())} of {len(above)} samples "
-        f"({analysis.rule.analyzer} on {analysis.model.name}); an expected leak does not excuse this"
+        f"({analysis.rule.analyzer} on {analysis.model.name}); an expected leak does not excuse this{_whose(analysis, above)}"
     )
+
+
+def _whose(analysis: Analysis, above: np.ndarray) -> str:
+    """Whose explosion it is: the rule's formula (the reference explodes alike) or innvestigate's arithmetic."""
+    if analysis.leaks is None:
+        return ""
+    sample = int(np.flatnonzero(above)[np.argmax(analysis.errors[above])])
+    totals = analysis.leaks.totals(sample)
+    largest = max(totals, key=lambda name: abs(totals[name]))
+    if largest == "unexplained":
+        return ("\nwhose: innvestigate's, not the formula's (the numpy reference does not explode alike): "
+                "report it upstream with this model and input")
+    return (f"\nwhose: the rule's formula on this model ({largest} {totals[largest]:+.3g} on sample {sample}: "
+            f"{EXPLOSIONS[largest]}); if you accept it, drop the rule or set max_error "
+            "(pytest --lrp-calibrate writes one measured on your model)")
+
+
+# How each mechanism of a formula can grow far beyond the output.
+EXPLOSIONS = {
+    "bias": "a denominator its bias nearly cancels, innvestigate#273",
+    "stabilizer": "a denominator near 0, divided by the stabiliser",
+    "unbalanced": "neurons of one sign pass on alpha times their relevance, layer after layer",
+    "dropped": "relevance dropped where a layer's positive and negative parts each far exceed the output",
+    "gradient": "a gradient passed through an Add or a BatchNormalization that scales it",
+}
 
 
 def leak_lines(analysis: Analysis) -> str:

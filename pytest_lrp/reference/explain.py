@@ -45,7 +45,22 @@ import numpy as np
 
 from .model import AVG_POOL, GLOBAL_AVG, GLOBAL_MAX, IDENTITY, KERNEL, MAX_POOL, PADDING, Layer, ReferenceModel, bn_affine, padding_of
 from .ops import Scale
-from .rules import FLOAT32_UNIT, KERAS_EPSILON, MECHANISMS, ROUNDING_SIGMAS, Rounding, Rule, UnsupportedRule, _absolute_pieces, _squared, apply_terms, float32_bound, terms, zero_mechanisms
+from .rules import (
+    BIAS_MAGNITUDE,
+    FLOAT32_UNIT,
+    KERAS_EPSILON,
+    MECHANISMS,
+    ROUNDING_SIGMAS,
+    Rounding,
+    Rule,
+    UnsupportedRule,
+    _absolute_pieces,
+    _squared,
+    apply_terms,
+    float32_bound,
+    terms,
+    zero_mechanisms,
+)
 
 
 @dataclass
@@ -538,8 +553,11 @@ class _Backward:
             rule = self.policy.bn_rule
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
+            # the fused bias is beta - mean k, computed in float32: it may cancel, and carries the rounding of its terms
+            beta, mean = layer.bn[1], layer.bn[2]
+            made_of = {BIAS_MAGNITUDE: scale._b(np.abs(beta) + np.abs(mean * k) + np.abs(b))}
             r_in, mech, seen_mech, self._rounding = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape,
-                                                                observed=seen, bound=bound)
+                                                                cache=made_of, observed=seen, bound=bound)
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
             if family == "lrp":

@@ -278,6 +278,9 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
 
 
 # float32's unit roundoff: innvestigate computes in float32, the reference in float64.
+# A layer whose bias is itself computed in float32 (BatchNormalization's fused beta - mean k) puts the
+# magnitude of what it is made of under this key of apply_terms' cache: its rounding scales with that.
+BIAS_MAGNITUDE = "bias magnitude"
 FLOAT32_UNIT = 2.0 ** -24
 # How many standard deviations of independent roundings an element's bound allows: Higham and Mary's
 # probabilistic bound lambda sqrt(n) u holds with probability 1 - 2 exp(-lambda^2 / 2), 1 - 3e-8 here.
@@ -341,7 +344,8 @@ def _bound_term(op, kappa, pairs, c, b, ds, relevance, variance, x_shape, cache,
         absolute = np.abs(c)  # no contribution cancels another: sum |x w| = |sum x w|
     else:
         absolute = sum(_absolute_forward(op, xv, p, x_shape, cache) for xv, p in pieces)
-    carried, local = float32_bound(kappa, c, absolute, np.broadcast_to(b, c.shape) if b is not None else None, ds,
+    magnitude = (cache or {}).get(BIAS_MAGNITUDE, b)
+    carried, local = float32_bound(kappa, c, absolute, np.broadcast_to(magnitude, c.shape) if b is not None else None, ds,
                                    relevance, variance, fan(op, pairs[0][1] if pairs else None))
     axes = tuple(range(1, relevance.ndim))
     rounding.local += local.sum(axis=axes)
