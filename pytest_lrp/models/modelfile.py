@@ -39,6 +39,14 @@ class ModelFile:
     # The numpy reference's copy (or why it cannot have one), built once by engine/reference_run.py.
     reference_model: object = field(default=None, repr=False)
     keras3_version: Optional[str] = None  # a Keras 3 file, translated to tf.keras 2 (keras3.py)
+    # analyzer -> notes on innvestigate model checks overridden for it (engine/upstream_fixes.py), for the reports.
+    check_overrides: dict = field(default_factory=dict, repr=False)
+
+    def notes_for(self, rule) -> list:
+        """What the reports say about the analysis of ``rule`` on this model beyond its numbers."""
+        if rule.params.get("disable_model_checks"):
+            return []  # the user's own choice: innvestigate never ran its checks
+        return list(self.check_overrides.get(rule.analyzer, []))
 
     @property
     def input_shape(self) -> tuple:
@@ -61,7 +69,6 @@ class ModelFile:
         with deserialization_scope(self.trusted):
             model = cls.from_config(self.config if config is None else config)
         model.set_weights(self.weights)
-        _reserve_names(model, keras.backend.get_uid)
         return model
 
     def check_same_outputs(self, rebuilt_outputs: np.ndarray, reference: np.ndarray) -> None:
@@ -132,24 +139,3 @@ def _load_tf_keras(tf, path: Path, trusted: bool):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "no details"
-
-
-# Beyond this, a clash would need as many automatically named layers in one analysis.
-HIGHEST_RESERVED = 10_000
-
-
-def _reserve_names(model, get_uid) -> None:
-    """Count the model's layer names in the graph's automatic numbering.
-
-    Keras numbers automatic layer names per graph, and a rebuilt model keeps the names
-    it was saved with. In the fresh graph of an analysis, a layer innvestigate adds (the
-    reference input of integrated gradients) would be called 'input_1' like the model's
-    own input, and Keras refuses the model: "The name "input_1" is used 2 times".
-    """
-    for layer in model.layers:
-        prefix, _, number = layer.name.rpartition("_")
-        if not (prefix and number.isdigit()):
-            prefix, number = layer.name, "0"  # 'dense' is number 0 of 'dense', 'dense_1' the next
-        wanted = min(int(number), HIGHEST_RESERVED)
-        while get_uid(prefix) <= wanted:
-            pass

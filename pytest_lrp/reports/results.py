@@ -64,6 +64,9 @@ def result_record(item, report) -> dict:
                  **({"members": list(layer.members)} if layer.members else {})} for layer in analysis.layers],
         leak_layer=_leak(leak, worst),
     )
+    notes = analysis.model.notes_for(rule)
+    if notes:  # e.g. an innvestigate model check overridden (engine/upstream_fixes.py)
+        record["notes"] = notes
     if item.check == "conservation":
         record.update(leaks=leak_record(analysis, _number), leak_split=split_text(analysis))
     if item.check == "reference":
