@@ -105,6 +105,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any(_is_lrp_test(item) for item in session.items):
         tf_runtime.choose_legacy_keras()
         keras_line.collected_lrp_tests(session.config)
+        _check_runnable(session)
+
+
+def _check_runnable(session: pytest.Session) -> None:
+    """One problem, one message: a model that does not load, inputs that do not fit it, or an environment without
+    innvestigate stop the run here with one line (a usage error), instead of erroring every test of the model."""
+    config = session.config
+    if config.option.collectonly or hasattr(config, "workerinput"):
+        return  # nothing runs; a pytest-xdist worker cannot stop the run cleanly: its controller checked (below)
+    _check_models(config, [path for path in map(_model_path, session.items) if path is not None])
+
+
+def _check_models(config: pytest.Config, paths: list) -> None:
+    if not paths:
+        return
+    try:
+        config.stash[workbench_key].check_runnable(paths)
+    except LrpUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _check_models_before_the_workers_start(config: pytest.Config) -> None:
+    """Under pytest-xdist the controller collects nothing: it checks the configured models, before its workers start
+    (a usage error raised by a worker takes the run down with an internal error)."""
+    if config.option.collectonly or not config.pluginmanager.has_plugin("dsession"):
+        return
+    try:
+        paths = config.stash[workbench_key].model_paths()
+    except LrpUsageError:
+        return  # a broken rule file: the workers' collection reports it, in one line
+    _check_models(config, paths)
+
+
+def _model_path(item):
+    """The model file a selected LRP test explains, or None (none configured, or not an LRP test)."""
+    if isinstance(item, LrpItem):
+        return item.model_path
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("lrp_model") if callspec is not None and "lrp_model" in getattr(item, "fixturenames", ()) else None
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list:
@@ -118,6 +157,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[workbench_key].require_configured_rule_file()
+    _check_models_before_the_workers_start(session.config)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

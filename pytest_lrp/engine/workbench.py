@@ -26,6 +26,9 @@ NO_MODEL = (
 )
 
 workbench_key = pytest.StashKey["Workbench"]()
+MODEL_HINT = "fix or replace the file named by --lrp-model, the ini key lrp_model or the rule file's defaults.models; no LRP test ran"
+INPUTS_HINT = ("give inputs of the model's input shape with --lrp-inputs, the ini key lrp_inputs or the rule file's "
+               "defaults.inputs (or none: seeded random inputs); no LRP test ran")
 
 
 class Workbench:
@@ -62,6 +65,23 @@ class Workbench:
         if self.settings.rules_configured and not self.rules_path.exists():
             # A usage error (exit 4), as pytest's own for a test path that does not exist.
             raise pytest.UsageError(f"{shown(self.rules_path)}: rule file not found (named by --lrp-rules or the ini key lrp_rules)")
+
+    def check_runnable(self, model_paths) -> None:
+        """Before the first test: innvestigate can run here, and each model loads and its inputs fit it.
+
+        Raises LrpUsageError with one line saying whose problem it is and what to do: otherwise every generated
+        test of the model (106 for the packaged suite) would error with the same line. The model and inputs stay
+        cached for the tests."""
+        _environment_runs_innvestigate()
+        for path in dict.fromkeys(Path(p) for p in model_paths):
+            try:
+                model = self.model(path)
+            except LrpUsageError as exc:
+                raise LrpUsageError(f"{exc} (the model: {MODEL_HINT})") from None
+            try:
+                self.inputs(model)
+            except LrpUsageError as exc:
+                raise LrpUsageError(f"{exc} (the inputs: {INPUTS_HINT})") from None
 
     def model_paths(self) -> list:
         return self.settings.models(self.rule_file)
@@ -125,6 +145,23 @@ class Workbench:
         if key not in self._references:
             self._references[key] = model.predict(x)
         return self._references[key]
+
+
+def _environment_runs_innvestigate() -> None:
+    """TensorFlow and innvestigate import here (an LrpUsageError naming the environment's problem otherwise)."""
+    from ..base.tf_runtime import innvestigate
+
+    try:
+        innvestigate()
+    except LrpUsageError:
+        raise  # tf.keras is Keras 3 (tf_runtime.keras_3_problem): its own line says what to do
+    except Exception as exc:  # ImportError, or a broken install raising anything while importing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        raise LrpUsageError(
+            f"this Python environment cannot run innvestigate ({type(exc).__name__}: {first}); pytest-lrp needs "
+            "innvestigate 2.1.2 with TensorFlow's Keras 2: install it in this environment (pip install innvestigate==2.1.2), "
+            "or deselect the LRP tests (-m 'not lrp'); no LRP test ran"
+        ) from None
 
 
 def _remembered(cache: dict, key, compute, errors=Exception):
