@@ -1,0 +1,84 @@
+"""One problem, one message (issue 19, point 6): a model that does not load, inputs that do not fit it, or an
+environment that cannot run innvestigate stop the run with one line (a usage error, exit 4), once, before any
+test runs, instead of the same error on every generated test (106 with the packaged suite)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+
+def _error_lines(result) -> list:
+    return [line for line in result.outlines + result.errlines if line.startswith("ERROR:")]
+
+
+def test_the_packaged_suite_on_a_missing_model_stops_with_one_line(pytester):
+    result = pytester.runpytest("--lrp-model=missing.h5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    assert _error_lines(result) == [
+        "ERROR: missing.h5: model file not found (the model: fix or replace the file named by --lrp-model, the ini key "
+        "lrp_model or the rule file's defaults.models; no LRP test ran)"
+    ]
+
+
+def test_the_packaged_suite_on_a_corrupt_model_file_stops_with_one_line(pytester):
+    (pytester.path / "corrupt.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # an HDF5 signature, then nothing
+    result = pytester.runpytest("--lrp-model=corrupt.h5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("ERROR: corrupt.h5: ") and "(the model: " in lines[0], lines
+
+
+def test_the_packaged_suite_on_inputs_of_another_shape_stops_with_one_line(lrp_project, pytester):
+    np.savez(pytester.path / "wrong.npz", x=np.ones((4, 3), np.float32))
+    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "--lrp-inputs=wrong.npz")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    assert _error_lines(result) == [
+        "ERROR: wrong.npz: inputs of shape (4, 3) do not fit the model's input shape (N, 5) (the inputs: give inputs of "
+        "the model's input shape with --lrp-inputs, the ini key lrp_inputs or the rule file's defaults.inputs "
+        "(or none: seeded random inputs); no LRP test ran)"
+    ]
+
+
+def test_a_hand_written_test_of_a_missing_model_stops_the_run_too(pytester):
+    pytester.makepyfile(test_own="def test_own(lrp_model):\n    pass\n\ndef test_plain():\n    pass\n")
+    result = pytester.runpytest("--lrp-model=missing.h5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert len(_error_lines(result)) == 1
+
+
+def test_deselected_lrp_tests_load_nothing(pytester):
+    pytester.makepyfile(test_own="def test_own(lrp_model):\n    pass\n\ndef test_plain():\n    pass\n")
+    result = pytester.runpytest("--lrp-model=missing.h5", "-k", "plain")
+    result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_under_xdist_the_controller_stops_before_starting_workers(pytester):
+    pytest.importorskip("xdist")
+    result = pytester.runpytest("--lrp-model=missing.h5", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert len(_error_lines(result)) == 1
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_an_environment_without_innvestigate_stops_with_one_line(lrp_project, pytester, monkeypatch):
+    # A separate process whose `import innvestigate` fails, as where it is not installed.
+    broken = pytester.mkdir("site")
+    (broken / "innvestigate").mkdir()
+    (broken / "innvestigate" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'innvestigate'\")\n")
+    project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(broken), project_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: eps, analyzer: lrp.epsilon}\n")
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", timeout=300)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert _error_lines(result) == [
+        "ERROR: this Python environment cannot run innvestigate (ModuleNotFoundError: No module named 'innvestigate'); "
+        "pytest-lrp needs innvestigate 2.1.2 with TensorFlow's Keras 2: install it in this environment "
+        "(pip install innvestigate==2.1.2), or deselect the LRP tests (-m 'not lrp'); no LRP test ran"
+    ]
