@@ -123,7 +123,7 @@ def _check_models(config: pytest.Config, paths: list) -> None:
     try:
         config.stash[workbench_key].check_runnable(paths)
     except LrpUsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(*map(str, exc.args)) from None  # pytest prints each as "ERROR: <line>"
 
 
 def _check_models_before_the_workers_start(config: pytest.Config) -> None:

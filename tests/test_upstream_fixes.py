@@ -192,3 +192,17 @@ def test_the_model_check_patch_is_undone_when_the_build_raises(tensorflow_import
             assert base._do_model_checks.__module__ == upstream_fixes.__name__
             raise RuntimeError("build failed")
     assert base.__dict__["_do_model_checks"] is before
+
+
+def test_the_reference_reads_a_final_softmax_layer_as_the_activation_it_computes(cnns, pytester):
+    # The numpy reference knows Activation('softmax') only; without the translation it skipped such a model
+    # ("has no reference") and the leak split was missing.
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, checks: [conservation, reference]}\n")
+    outcomes = {}
+    for name in ("softmax_layer", "softmax_activation"):
+        result = pytester.runpytest("rules.yaml", f"--lrp-model={cnns[name]}", f"--lrp-inputs={cnns['x']}", f"--lrp-report={name}.json")
+        result.assert_outcomes(failed=1, passed=1)  # z leaks into the biases, undeclared; the reference agrees
+        records = json.loads((pytester.path / f"{name}.json").read_text())["results"]
+        outcomes[name] = [(r["check"], r["outcome"], r.get("leak_split"), r["sums"]) for r in records]
+    assert outcomes["softmax_layer"] == outcomes["softmax_activation"]
+    assert "bias" in outcomes["softmax_layer"][0][2]

@@ -69,19 +69,23 @@ class Workbench:
     def check_runnable(self, model_paths) -> None:
         """Before the first test: innvestigate can run here, and each model loads and its inputs fit it.
 
-        Raises LrpUsageError with one line saying whose problem it is and what to do: otherwise every generated
+        Raises LrpUsageError with one line (an argument) per problem, saying whose problem it is and what to do: otherwise every generated
         test of the model (106 for the packaged suite) would error with the same line. The model and inputs stay
         cached for the tests."""
         _environment_runs_innvestigate()
+        problems = []  # every model's own line (several broken models: all named in one run)
         for path in dict.fromkeys(Path(p) for p in model_paths):
             try:
                 model = self.model(path)
             except LrpUsageError as exc:
-                raise LrpUsageError(f"{exc} (the model: {MODEL_HINT})") from None
+                problems.append(f"{exc} (the model: {MODEL_HINT})")
+                continue
             try:
                 self.inputs(model)
             except LrpUsageError as exc:
-                raise LrpUsageError(f"{exc} (the inputs: {INPUTS_HINT})") from None
+                problems.append(f"{exc} (the inputs: {INPUTS_HINT})")
+        if problems:
+            raise LrpUsageError(*problems)
 
     def model_paths(self) -> list:
         return self.settings.models(self.rule_file)
