@@ -81,9 +81,13 @@ class Workbench:
                 problems.append(f"{exc} (the model: {MODEL_HINT})")
                 continue
             try:
-                self.inputs(model)
+                x = self.inputs(model)
             except LrpUsageError as exc:
                 problems.append(f"{exc} (the inputs: {INPUTS_HINT})")
+                continue
+            # Now, while every model is fresh: building a model in a graph (each analysis does) invalidates the
+            # eagerly loaded ones ("Your Layer or Model is in an invalid state"), so nothing may predict with them later.
+            self._reference_outputs(model, x)
         if problems:
             raise LrpUsageError(*problems)
 
