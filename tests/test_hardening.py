@@ -238,10 +238,10 @@ def test_savedmodel_folder_needs_trust(lrp_project, pytester):
     folder = lrp_project.biased.paths[""]
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n")
     refused = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "-k", "conservation")
-    refused.assert_outcomes(errors=1)
-    refused.stdout.fnmatch_lines([
-        "*biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
-        "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5"
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR  # once for the run (tests/test_one_message.py)
+    refused.stderr.fnmatch_lines([
+        "ERROR: *biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
+        "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5 (the model: *"
     ])
     trusted = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "--lrp-trust-model", "-k", "conservation")
     trusted.assert_outcomes(xfailed=1)
