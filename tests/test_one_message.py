@@ -82,3 +82,27 @@ def test_an_environment_without_innvestigate_stops_with_one_line(lrp_project, py
         "pytest-lrp needs innvestigate 2.1.2 with TensorFlow's Keras 2: install it in this environment "
         "(pip install innvestigate==2.1.2), or deselect the LRP tests (-m 'not lrp'); no LRP test ran"
     ]
+
+
+def test_models_loaded_before_the_first_analysis_still_predict_afterwards(lrp_project, pytester):
+    # The check loads every model before any analysis; building a model in an analysis graph invalidates Keras
+    # models loaded eagerly before ("Your Layer or Model is in an invalid state"). ModelFile.predict then uses a
+    # copy rebuilt in a graph of its own.
+    pytester.makepyfile(test_after="""
+        import numpy as np
+        import pytest
+
+        @pytest.mark.lrp_rule("lrp.z")
+        def test_analysis(lrp_model, lrp_analysis):
+            pass
+
+        def test_predict_afterwards(lrp_model):
+            np.save(f"after{lrp_model.path.suffix}.npy", lrp_model.predict(np.ones((2, 5), np.float32)))
+    """)
+    paths = lrp_project.biased.paths
+    result = pytester.runpytest(f"--lrp-model={paths['.h5']}", f"--lrp-model={paths['.keras']}", f"--lrp-inputs={lrp_project.inputs}")
+    result.assert_outcomes(passed=4)
+    expected = lrp_project.biased.outputs(np.ones((2, 5)))
+    expected = np.exp(expected) / np.exp(expected).sum(axis=1, keepdims=True)  # the file's softmax
+    for suffix in (".h5", ".keras"):
+        np.testing.assert_allclose(np.load(pytester.path / f"after{suffix}.npy"), expected, rtol=1e-5, err_msg=suffix)

@@ -57,8 +57,20 @@ class ModelFile:
         return tuple(self.keras_model.output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of the model as loaded from the file (eagerly, final activation included)."""
-        return np.asarray(self.keras_model(x, training=False))
+        """Outputs of the model as loaded from the file (eagerly, final activation included).
+
+        Building any model in a TensorFlow graph (every analysis does) invalidates Keras models loaded eagerly
+        before ("Your Layer or Model is in an invalid state"); the outputs then come from a copy rebuilt with the
+        file's weights in a graph of its own."""
+        try:
+            return np.asarray(self.keras_model(x, training=False))
+        except ValueError as exc:
+            if "invalid state" not in str(exc):
+                raise
+        tf = tensorflow()
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph):
+            return np.asarray(self.rebuild().predict(x, verbose=0))
 
     def rebuild(self, config: Optional[dict] = None):
         """A copy of the model in the current (graph) context, with the file's weights.
