@@ -112,30 +112,37 @@ def _check_runnable(session: pytest.Session) -> None:
     """One problem, one message: a model that does not load, inputs that do not fit it, or an environment without
     innvestigate stop the run here with one line (a usage error), instead of erroring every test of the model."""
     config = session.config
-    if config.option.collectonly or hasattr(config, "workerinput"):
-        return  # nothing runs; a pytest-xdist worker cannot stop the run cleanly: its controller checked (below)
-    _check_models(config, [path for path in map(_model_path, session.items) if path is not None])
-
-
-def _check_models(config: pytest.Config, paths: list) -> None:
-    if not paths:
-        return
+    paths = [path for path in map(_model_path, session.items) if path is not None]
+    if config.option.collectonly or not paths:
+        return  # nothing runs, or no model to check
     try:
         config.stash[workbench_key].check_runnable(paths)
     except LrpUsageError as exc:
-        raise pytest.UsageError(*map(str, exc.args)) from None  # pytest prints each as "ERROR: <line>"
+        lines = [str(line) for line in exc.args]
+        if not hasattr(config, "workerinput"):
+            raise pytest.UsageError(*lines) from None  # pytest prints each as "ERROR: <line>"
+        # A pytest-xdist worker cannot stop the run (an exception here is an INTERNALERROR on the controller):
+        # its LRP tests become one test that errors with the lines. Every worker collects the same one.
+        session.items[:] = [item for item in session.items if not _is_lrp_test(item)] + [
+            CannotRun.from_parent(session, name="lrp", nodeid="lrp", lines=lines)
+        ]
 
 
-def _check_models_before_the_workers_start(config: pytest.Config) -> None:
-    """Under pytest-xdist the controller collects nothing: it checks the configured models, before its workers start
-    (a usage error raised by a worker takes the run down with an internal error)."""
-    if config.option.collectonly or not config.pluginmanager.has_plugin("dsession"):
-        return
-    try:
-        paths = config.stash[workbench_key].model_paths()
-    except LrpUsageError:
-        return  # a broken rule file: the workers' collection reports it, in one line
-    _check_models(config, paths)
+class CannotRun(pytest.Item):
+    """Stands for all LRP tests of a pytest-xdist run that cannot run: one error with one line per problem."""
+
+    def __init__(self, *, lines, **kwargs):
+        super().__init__(**kwargs)
+        self.lines = lines
+
+    def setup(self):
+        pytest.fail("\n".join(self.lines), pytrace=False)  # an error (setup), shown as the lines alone
+
+    def runtest(self):
+        pass
+
+    def reportinfo(self):
+        return self.path, None, "lrp: no LRP test can run"
 
 
 def _model_path(item):
@@ -157,7 +164,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[workbench_key].require_configured_rule_file()
-    _check_models_before_the_workers_start(session.config)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
