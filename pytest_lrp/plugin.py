@@ -15,7 +15,7 @@ from .base.errors import LrpUsageError, shown
 from .config.options import add_options
 from .config.rulefile import CHECK_NAMES
 from .engine import speedup
-from .engine.workbench import Workbench, workbench_key
+from .engine.workbench import CannotRunHere, Workbench, workbench_key
 from .fixtures import lrp_analysis, lrp_inputs, lrp_model, parametrize_models  # noqa: F401  (fixtures)
 from .items import LrpItem, RulesFile
 from .reports import keras_line, reporting
@@ -121,8 +121,13 @@ def _check_runnable(session: pytest.Session) -> None:
         lines = [str(line) for line in exc.args]
         if not hasattr(config, "workerinput"):
             raise pytest.UsageError(*lines) from None  # pytest prints each as "ERROR: <line>"
+        if isinstance(exc, CannotRunHere):
+            # This worker's own environment (another worker may import Keras 2): the workers must collect the same
+            # tests, so its LRP tests stay and each errors with the line, as the analysis reports it.
+            return
         # A pytest-xdist worker cannot stop the run (an exception here is an INTERNALERROR on the controller):
-        # its LRP tests become one test that errors with the lines. Every worker collects the same one.
+        # its LRP tests become one test that errors with the lines. Every worker collects the same one (the files
+        # are the same for all of them).
         session.items[:] = [item for item in session.items if not _is_lrp_test(item)] + [
             CannotRun.from_parent(session, name="lrp", nodeid="lrp", lines=lines)
         ]

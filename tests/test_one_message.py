@@ -111,3 +111,17 @@ def test_models_loaded_before_the_first_analysis_still_predict_afterwards(lrp_pr
     expected = np.exp(expected) / np.exp(expected).sum(axis=1, keepdims=True)  # the file's softmax
     for suffix in (".h5", ".keras"):
         np.testing.assert_allclose(np.load(pytester.path / f"after{suffix}.npy"), expected, rtol=1e-5, err_msg=suffix)
+
+
+def test_under_xdist_a_worker_that_cannot_import_innvestigate_keeps_the_collection(lrp_project, pytester):
+    # The environment is a property of each worker (a worker's conftest may import Keras 3): the workers must collect
+    # the same tests, so such a worker's LRP tests stay and error one by one, as before; the others run.
+    pytest.importorskip("xdist")
+    pytester.makeconftest("import os, sys\nif os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n    sys.modules['innvestigate'] = None\n")
+    lrp_project.rules("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: flat, analyzer: lrp.flat}\n")
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}",
+                                "-k", "conservation", "-n", "2")
+    text = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in text and "Different tests were collected" not in text
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("errors", 0) + outcomes.get("error", 0) == 2, outcomes

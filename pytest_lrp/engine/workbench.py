@@ -155,17 +155,21 @@ class Workbench:
         return self._references[key]
 
 
+class CannotRunHere(LrpUsageError):
+    """This process cannot run innvestigate: a property of the process (pytest-xdist workers may differ), not of a file."""
+
+
 def _environment_runs_innvestigate() -> None:
-    """TensorFlow and innvestigate import here (an LrpUsageError naming the environment's problem otherwise)."""
+    """TensorFlow and innvestigate import here (a CannotRunHere naming the environment's problem otherwise)."""
     from ..base.tf_runtime import innvestigate
 
     try:
         innvestigate()
-    except LrpUsageError:
-        raise  # tf.keras is Keras 3 (tf_runtime.keras_3_problem): its own line says what to do
+    except LrpUsageError as exc:  # tf.keras is Keras 3 (tf_runtime.keras_3_problem): its own line says what to do
+        raise CannotRunHere(*exc.args) from None
     except Exception as exc:  # ImportError, or a broken install raising anything while importing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-        raise LrpUsageError(
+        raise CannotRunHere(
             f"this Python environment cannot run innvestigate ({type(exc).__name__}: {first}); pytest-lrp needs "
             "innvestigate 2.1.2 with TensorFlow's Keras 2: install it in this environment (pip install innvestigate==2.1.2), "
             "or deselect the LRP tests (-m 'not lrp'); no LRP test ran"
