@@ -70,13 +70,11 @@ def innvestigate_run(tf, inn, config, weights, x, analyzer, params, speedup=Fals
         with scope:
             model = (tf.keras.Model if "input_layers" in config else tf.keras.Sequential).from_config(config)
             model.set_weights(weights)
-            # as the plugin does (models/modelfile.py): without it, integrated gradients' own Input is a second
+            # as the plugin does (engine/upstream_fixes.py): without it, integrated gradients' own Input is a second
             # 'input_1' in the fresh graph and Keras refuses the model (why innvestigate never ran it here before)
-            from pytest_lrp.models.modelfile import _reserve_names
+            from pytest_lrp.engine.upstream_fixes import reserve_layer_names
 
-            _reserve_names(model, tf.keras.backend.get_uid)
-            if speedup:
-                fast.reserve_layer_names(tf, model)
+            reserve_layer_names(tf, model)
             keep = analyzer.startswith(("lrp", "deep_taylor"))
             options = {"reverse_keep_tensors": True} if keep else {}
             analyzer_object = inn.create_analyzer(analyzer, model, **options, **params)

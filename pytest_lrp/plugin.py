@@ -15,7 +15,7 @@ from .base.errors import LrpUsageError, shown
 from .config.options import add_options
 from .config.rulefile import CHECK_NAMES
 from .engine import speedup
-from .engine.workbench import Workbench, workbench_key
+from .engine.workbench import CannotRunHere, Workbench, workbench_key
 from .fixtures import lrp_analysis, lrp_inputs, lrp_model, parametrize_models  # noqa: F401  (fixtures)
 from .items import LrpItem, RulesFile
 from .reports import calibration, keras_line, reporting
@@ -106,6 +106,57 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any(_is_lrp_test(item) for item in session.items):
         tf_runtime.choose_legacy_keras()
         keras_line.collected_lrp_tests(session.config)
+        _check_runnable(session)
+
+
+def _check_runnable(session: pytest.Session) -> None:
+    """One problem, one message: a model that does not load, inputs that do not fit it, or an environment without
+    innvestigate stop the run here with one line (a usage error), instead of erroring every test of the model."""
+    config = session.config
+    paths = [path for path in map(_model_path, session.items) if path is not None]
+    if config.option.collectonly or not paths:
+        return  # nothing runs, or no model to check
+    try:
+        config.stash[workbench_key].check_runnable(paths)
+    except LrpUsageError as exc:
+        lines = [str(line) for line in exc.args]
+        if not hasattr(config, "workerinput"):
+            raise pytest.UsageError(*lines) from None  # pytest prints each as "ERROR: <line>"
+        if isinstance(exc, CannotRunHere):
+            # This worker's own environment (another worker may import Keras 2): the workers must collect the same
+            # tests, so its LRP tests stay and each errors with the line, as the analysis reports it.
+            return
+        # A pytest-xdist worker cannot stop the run (an exception here is an INTERNALERROR on the controller):
+        # its LRP tests become one test that errors with the lines. Every worker collects the same one (the files
+        # are the same for all of them).
+        session.items[:] = [item for item in session.items if not _is_lrp_test(item)] + [
+            CannotRun.from_parent(session, name="lrp", nodeid="lrp", lines=lines)
+        ]
+
+
+class CannotRun(pytest.Item):
+    """Stands for all LRP tests of a pytest-xdist run that cannot run: one error with one line per problem."""
+
+    def __init__(self, *, lines, **kwargs):
+        super().__init__(**kwargs)
+        self.lines = lines
+
+    def setup(self):
+        pytest.fail("\n".join(self.lines), pytrace=False)  # an error (setup), shown as the lines alone
+
+    def runtest(self):
+        pass
+
+    def reportinfo(self):
+        return self.path, None, "lrp: no LRP test can run"
+
+
+def _model_path(item):
+    """The model file a selected LRP test explains, or None (none configured, or not an LRP test)."""
+    if isinstance(item, LrpItem):
+        return item.model_path
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("lrp_model") if callspec is not None and "lrp_model" in getattr(item, "fixturenames", ()) else None
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list:

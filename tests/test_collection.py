@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 RULES = """
 rules:
@@ -100,9 +101,9 @@ def test_command_line_wins_over_ini_over_rule_file(lrp_project, pytester):
     assert samples("--lrp-inputs=only.npz") == 4  # the .npz's only array, 4 from the ini
     pytester.makeini("[pytest]\n")
     too_many = pytester.runpytest("test_samples.py", "--lrp-inputs=only.npz")
-    too_many.assert_outcomes(errors=1)
-    too_many.stdout.fnmatch_lines(["*only.npz: 9 samples asked for, but the file holds 7"])
-    assert "During handling" not in too_many.stdout.str()
+    assert too_many.ret == pytest.ExitCode.USAGE_ERROR  # one line for the run (tests/test_one_message.py)
+    too_many.stderr.fnmatch_lines(["ERROR: *only.npz: 9 samples asked for, but the file holds 7 (the inputs: *"])
+    assert "During handling" not in too_many.stdout.str() + too_many.stderr.str()
 
 
 def test_random_inputs_in_the_model_shape_follow_the_seed(lrp_project, pytester):

@@ -74,23 +74,35 @@ MODEL_CASES = {
         "*inner_softmax.h5: layer 'dense_*' applies a softmax inside the network; relevance cannot be propagated through it "
         "(only a softmax on the last layer is supported, and it is stripped)",
     ),
-    "not-analyzable": (
-        "tanh.h5",
-        "*tanh.h5: innvestigate cannot analyze this model with deep_taylor (rule 'dt'): "
-        "This DeepTaylor implementation only supports ReLU activations.",
-    ),
 }
+MODEL_HINT = (" (the model: fix or replace the file named by --lrp-model, the ini key lrp_model or the rule file's "
+              "defaults.models; no LRP test ran)")
 
 
 @pytest.mark.parametrize("model, line", MODEL_CASES.values(), ids=MODEL_CASES.keys())
-def test_bad_model_is_its_tests_error_in_one_line(pytester, bad_models, model, line):
+def test_a_model_that_does_not_load_stops_the_run_with_one_line(pytester, bad_models, model, line):
+    # One problem, one message (issue 19): not the same error on every test of the model.
+    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: dt, analyzer: deep_taylor}\n  - {id: z, analyzer: lrp.z}\n")
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / model}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    result.stderr.fnmatch_lines(["ERROR: " + line + MODEL_HINT.replace("[", "[[]")])
+    assert len([text for text in result.stderr.lines if text.startswith("ERROR:")]) == 1
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert not (bad_models / "LAMBDA-RAN").exists()
+
+
+def test_a_model_innvestigate_cannot_analyze_is_its_tests_error_in_one_line(pytester, bad_models):
+    # The model loads; one analyzer refuses it: that rule's tests error, the other rules run.
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: dt, analyzer: deep_taylor}\n")
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / model}", "-k", "conservation")
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / 'tanh.h5'}", "-k", "conservation")
     result.assert_outcomes(errors=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines([line])
+    result.stdout.fnmatch_lines([
+        "*tanh.h5: innvestigate cannot analyze this model with deep_taylor (rule 'dt'): "
+        "This DeepTaylor implementation only supports ReLU activations."
+    ])
     assert "Traceback" not in result.stdout.str() and "site-packages" not in result.stdout.str()
-    assert not (bad_models / "LAMBDA-RAN").exists()
 
 
 def test_trusted_lambda_model_is_loaded_and_innvestigate_says_why_it_cannot_analyze_it(pytester, bad_models):
@@ -112,10 +124,10 @@ def test_savedmodel_folder_needs_trust(lrp_project, pytester):
     folder = lrp_project.biased.paths[""]
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n")
     refused = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "-k", "conservation")
-    refused.assert_outcomes(errors=1)
-    refused.stdout.fnmatch_lines([
-        "*biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
-        "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5"
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR  # once for the run (tests/test_one_message.py)
+    refused.stderr.fnmatch_lines([
+        "ERROR: *biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
+        "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5 (the model: *"
     ])
     trusted = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "--lrp-trust-model", "-k", "conservation")
     trusted.assert_outcomes(xfailed=1)
@@ -151,14 +163,15 @@ INPUT_CASES = {
 
 
 @pytest.mark.parametrize("array, flags, line", INPUT_CASES.values(), ids=INPUT_CASES.keys())
-def test_bad_inputs_are_the_tests_error_in_one_line(lrp_project, pytester, array, flags, line):
+def test_bad_inputs_stop_the_run_with_one_line(lrp_project, pytester, array, flags, line):
     name = "nothere.npy" if array is None else "inputs.npy"
     if array is not None:
         np.save(pytester.path / name, array)
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={name}", *flags, "-k", "conservation")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([line])
+    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={name}", *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # once for the run, not once per test
+    result.assert_outcomes()
+    result.stderr.fnmatch_lines([f"ERROR: {line} (the inputs: give inputs of the model's input shape with --lrp-inputs*; no LRP test ran)"])
 
 
 def test_zero_target_is_judged_by_atol_alone(lrp_project, pytester):

@@ -195,13 +195,13 @@ def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):
 
 
 def test_an_error_is_listed_with_its_message(lrp_project, pytester):
-    np.save(pytester.path / "narrow.npy", np.zeros((4, 3), np.float32))  # the model takes 5 inputs
-    lrp_project.rules("defaults:\n  inputs: narrow.npy\nrules:\n  - {id: flat, analyzer: lrp.flat}\n")
+    # An analyzer that crashes (bounds missing): its tests error. (Inputs that do not fit stop the run instead.)
+    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: bounded, analyzer: deep_taylor.bounded}}\n")
     result, page, records = _run(pytester, f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
     result.assert_outcomes(errors=2)
     assert [row["outcome"] for row in page.rows] == ["error", "error"]
     text = (pytester.path / "report.html").read_text()
-    assert html.escape("narrow.npy: inputs of shape (4, 3) do not fit the model's input shape (N, 5)") in text
+    assert html.escape("deep_taylor.bounded crashed (rule 'bounded' on ") in text
     assert page.images == []  # nothing was analyzed, so nothing to draw
 
 

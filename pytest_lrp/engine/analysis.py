@@ -20,7 +20,8 @@ from ..models.modelfile import ModelFile
 from .layer_relevance import layer_maps, layer_relevance
 from .reference_run import run_reference, wanted
 from .reruns import extra_runs
-from .speedup import analyzer_build, keep_last_layer_name, prepare_graph, rebuild_config, reserve_layer_names
+from .speedup import analyzer_build, prepare_graph, rebuild_config
+from .upstream_fixes import reserve_layer_names, without_softmax
 
 
 def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.ndarray) -> Analysis:
@@ -52,12 +53,12 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
     # Our own session, closed on leaving: Keras would otherwise keep one for this graph, with
     # the model's variables in it, until the next analysis replaces it. With the collection in
     # analyze(), three alpha-beta analyses of VGG16 peak at 7.0 GB, as one does (11.3 GB before).
-    with graph.as_default(), tf.compat.v1.Session(graph=graph), analyzer_build(tf, inn):
+    with graph.as_default(), tf.compat.v1.Session(graph=graph), analyzer_build(tf, inn) as overridden:
         prepare_graph(tf)
         keras_model = model.rebuild(rebuild_config(model.config))
         reserve_layer_names(tf, keras_model)
         model.check_same_outputs(keras_model.predict(x, verbose=0), reference_outputs)
-        explained, stripped = _without_softmax(keras_model, inn)
+        explained, stripped = without_softmax(inn, keras_model)
         outputs = np.asarray(explained.predict(x, verbose=0), dtype=np.float64).reshape(len(x), -1)
         neurons = _neurons(rule, outputs, model)
         analyzer = _create_analyzer(inn, rule, explained)
@@ -68,6 +69,8 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         # After layer_relevance: every further run replaces the analyzer's kept tensors.
         reruns = extra_runs(rule, lambda batch: _run(analyzer, rule, batch), x)
         reference = _reference_outputs(rule, explained, x) if rule.target == "output_minus_reference" else None
+    if overridden:  # innvestigate's warning-type model checks, run anyway (upstream_fixes.patched_model_checks)
+        model.check_overrides[rule.analyzer] = [override.note() for override in overridden]
     analysis = Analysis(
         model=model,
         rule=rule,
@@ -87,13 +90,6 @@ def _run(analyzer, rule: Rule, x: np.ndarray):
     if rule.neuron_selection == "max_activation":
         return analyzer.analyze(x)
     return analyzer.analyze(x, neuron_selection=int(rule.neuron_selection))
-
-
-def _without_softmax(keras_model, inn):
-    last = keras_model.layers[-1]
-    if inn.backend.checks.contains_activation(last, "softmax"):
-        return keep_last_layer_name(inn.model_wo_softmax(keras_model), last), True
-    return keras_model, False
 
 
 def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:

@@ -12,7 +12,7 @@ import re
 from typing import Callable, Optional
 
 from ..base.errors import LrpUsageError, shown
-from .speedup import ModelCheckRefused
+from .upstream_fixes import ModelCheckRefused
 
 TRACE_HINT = "-vv or --fulltrace shows the traceback"
 # Eager TensorFlow errors start with the name of the wrapped function, which says nothing.

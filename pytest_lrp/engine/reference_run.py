@@ -110,12 +110,32 @@ def _reference_model(model: ModelFile):
     if model.reference_model is None:
         try:
             weights = {layer.name: layer.get_weights() for layer in model.keras_model.layers}
-            model.reference_model = ReferenceModel.from_keras(model.config, weights)
+            model.reference_model = ReferenceModel.from_keras(softmax_layers_as_activations(model.config), weights)
         except Exception as exc:  # remembered: every rule of this model skips with the same line
             model.reference_model = exc
     if isinstance(model.reference_model, Exception):
         raise model.reference_model.with_traceback(None)
     return model.reference_model
+
+
+def softmax_layers_as_activations(config: dict) -> dict:
+    """``config`` with each `Softmax()` layer written as the `Activation('softmax')` it computes (over the last axis).
+
+    The analysis strips a final Softmax layer as it strips an Activation('softmax') (engine/upstream_fixes.py);
+    the reference knows the latter only. A softmax inside the network never gets here (models/supported.py)."""
+    inner = config.get("config", config) if "layers" not in config else config
+    layers = inner.get("layers")
+    if not isinstance(layers, list) or not any(_last_axis_softmax(entry) for entry in layers):
+        return config
+    rewritten = [{**entry, "class_name": "Activation", "config": {**entry["config"], "activation": "softmax"}}
+                 if _last_axis_softmax(entry) else entry for entry in layers]
+    if inner is config:
+        return {**config, "layers": rewritten}
+    return {**config, "config": {**inner, "layers": rewritten}}
+
+
+def _last_axis_softmax(entry) -> bool:
+    return isinstance(entry, dict) and entry.get("class_name") == "Softmax" and entry.get("config", {}).get("axis", -1) in (-1, [-1])
 
 
 def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFile) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""Every change pytest-lrp makes to innvestigate 2.1.2 and Keras 2 (keras 2.14 / tf_keras 2.21), in one place.
+"""pytest-lrp's speed-ups of innvestigate 2.1.2 and Keras 2 (keras 2.14 / tf_keras 2.21): same numbers, less time.
 
 All of it is scoped: `analyzer_build` is entered around building and running one
 analyzer and undoes everything on leaving, also when the build raises; `prepare_graph`
@@ -31,26 +31,21 @@ leaks into the user's own Keras code in the same process (tests/test_speedup.py)
    The same holds for the model itself, rebuilt from its config in every analysis graph and then
    given the file's weights (`rebuild_config`): Keras initialized its variables randomly first,
    3.3 s of VGG16's 4.8 s rebuild per rule.
-4. Layer names. innvestigate names the layers it adds by Keras' per-graph counter. A model
-   rebuilt in a fresh graph keeps its saved names, so the counter starts below them and the
-   first `Add` or `ReLU` innvestigate creates is called `add` / `re_lu` like the model's
-   own: "The name "add" is used 2 times in the model". The counter is moved past every
-   name of the model; the model's layers keep their names, and so does the last layer, which
-   model_wo_softmax replaces by a copy without the softmax.
-5. Model checks. A failing innvestigate model check of type "warning" warns and then raises
-   `NotImplementedError()` without a message. `ModelCheckRefused` carries the check's
-   message, the layers it names and the override instead.
+
+Workarounds for innvestigate's crashes (layer names, a final Softmax layer, its model checks) are in
+upstream_fixes.py; `analyzer_build` enters its model-check patch, so one block scopes both.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from contextlib import contextmanager
 from importlib import import_module, util
 from pathlib import Path
+from typing import Optional
 
 from ..base.tf_runtime import at_least_2_16, keras_package
+from .upstream_fixes import patched_model_checks
 
 SWITCH = "_UNSAFE_GRAPH_OP_LAYER_CREATION"
 # PYTEST_LRP_SPEEDUP=0 turns 1., 2. and 3. off (the normal Keras path), for bench/ to measure both in one run.
@@ -59,18 +54,6 @@ ENABLED_VARIABLE = "PYTEST_LRP_SPEEDUP"
 
 def enabled() -> bool:
     return os.environ.get(ENABLED_VARIABLE, "1") != "0"
-OVERRIDE = "disable_model_checks: true"
-
-
-class ModelCheckRefused(Exception):
-    """innvestigate refuses the model on one of its "warning"-type checks (which `disable_model_checks` skips)."""
-
-    def __init__(self, message: str, layers: list):
-        self.check_message = " ".join(message.split())
-        self.layers = layers
-        shown_layers = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
-        super().__init__(f"innvestigate's model check says \"{self.check_message}\" (layers {shown_layers}); "
-                         f"to analyze anyway, set `{OVERRIDE}` in the rule's params")
 
 
 def _switch_module(tf):
@@ -82,24 +65,25 @@ def _switch_module(tf):
 
 
 @contextmanager
-def analyzer_build(tf, inn):
-    """Keras' switch on, layer copies without random initial values, innvestigate's model checks explained:
-    for the duration of the block only."""
+def analyzer_build(tf, inn, overridden: Optional[list] = None):
+    """Keras' switch on, layer copies without random initial values, innvestigate's model checks explained and
+    overridden where the rules are well defined (upstream_fixes.patched_model_checks, which appends to and
+    yields ``overridden``): for the duration of the block only."""
+    overridden = [] if overridden is None else overridden
     module = _switch_module(tf) if enabled() else None
-    base = inn.analyzer.base.AnalyzerBase
     graph_module = inn.backend.graph
-    saved = (base.__dict__["_do_model_checks"], graph_module.get_layer_from_config, getattr(module, SWITCH, None))
-    base._do_model_checks = _explained_model_checks(inn)
+    saved = (graph_module.get_layer_from_config, getattr(module, SWITCH, None))
     if enabled():
-        graph_module.get_layer_from_config = _built_with_zeros(tf, saved[1])
+        graph_module.get_layer_from_config = _built_with_zeros(tf, saved[0])
     if module is not None:
         setattr(module, SWITCH, True)
     try:
-        yield
+        with patched_model_checks(inn, overridden):
+            yield overridden
     finally:
-        base._do_model_checks, graph_module.get_layer_from_config = saved[:2]
+        graph_module.get_layer_from_config = saved[0]
         if module is not None:
-            setattr(module, SWITCH, saved[2])
+            setattr(module, SWITCH, saved[1])
 
 
 def _built_with_zeros(tf, get_layer_from_config):
@@ -134,23 +118,6 @@ def _zero_initializers(config):
     return config
 
 
-def _explained_model_checks(inn):
-    """innvestigate 2.1.2's AnalyzerBase._do_model_checks, raising ModelCheckRefused instead of an empty NotImplementedError."""
-
-    def _do_model_checks(self) -> None:
-        if not self._disable_model_checks and self._model_checks:
-            checks = self._model_checks
-            for layers, check in zip(inn.backend.graph.model_contains(self._model, [c["check"] for c in checks]), checks):
-                if not layers:
-                    continue
-                if check["check_type"] == "exception":
-                    raise inn.analyzer.base.NotAnalyzeableModelException(f"{check['message']}\nCheck triggered by layers: {layers}")
-                raise ModelCheckRefused(check["message"], [layer.name for layer in layers])
-        self._model_check_done = True
-
-    return _do_model_checks
-
-
 # Where 2. was checked to leave every heatmap bitwise identical: Keras 2.14 (TensorFlow 2.14). Under tf_keras 2.21
 # (TensorFlow 2.21) the inference branch outside a cond rounds differently (lrp.z sums 278.03766 vs 278.03778 on a
 # residual CNN), so there the learning phase stays a placeholder, as in innvestigate run the usual way.
@@ -163,36 +130,8 @@ def prepare_graph(tf) -> None:
         _backend(tf).deprecated_internal_set_learning_phase(0)  # the public one only adds a deprecation warning
 
 
-def reserve_layer_names(tf, model) -> None:
-    """After the model is rebuilt: Keras' name counter past the model's own layer names (4. above)."""
-    uids = _backend(tf).get_default_graph_uid_map()
-    for layer in model.layers:
-        prefix, number = _name_parts(layer.name)
-        key = ("", prefix)  # Keras' key for layer names: (namespace, name)
-        uids[key] = max(uids[key], number + 1)
-
-
-def keep_last_layer_name(model, original):
-    """innvestigate's model_wo_softmax replaces a last layer with a softmax activation by a copy that Keras
-    names by its counter ('dense_1' for the user's 'dense'); the reports show the user's name (4. above).
-    A separate Activation('softmax') is dropped instead, and the layer before it keeps its own name."""
-    last = model.layers[-1]
-    if type(last) is type(original):
-        last._name = original.name
-    return model
-
-
 def _backend(tf):
     return import_module(f"{keras_package(tf)}.src.backend")
-
-
-NUMBERED = re.compile(r"^(.*)_(\d+)$")
-
-
-def _name_parts(name: str):
-    """'add_3' -> ('add', 3); 'add' -> ('add', 0): Keras numbers layer names from zero."""
-    match = NUMBERED.match(name)
-    return (match.group(1), int(match.group(2))) if match else (name, 0)
 
 
 def header_lines() -> list:

@@ -26,6 +26,9 @@ NO_MODEL = (
 )
 
 workbench_key = pytest.StashKey["Workbench"]()
+MODEL_HINT = "fix or replace the file named by --lrp-model, the ini key lrp_model or the rule file's defaults.models; no LRP test ran"
+INPUTS_HINT = ("give inputs of the model's input shape with --lrp-inputs, the ini key lrp_inputs or the rule file's "
+               "defaults.inputs (or none: seeded random inputs); no LRP test ran")
 
 
 class Workbench:
@@ -62,6 +65,31 @@ class Workbench:
         if self.settings.rules_configured and not self.rules_path.exists():
             # A usage error (exit 4), as pytest's own for a test path that does not exist.
             raise pytest.UsageError(f"{shown(self.rules_path)}: rule file not found (named by --lrp-rules or the ini key lrp_rules)")
+
+    def check_runnable(self, model_paths) -> None:
+        """Before the first test: innvestigate can run here, and each model loads and its inputs fit it.
+
+        Raises LrpUsageError with one line (an argument) per problem, saying whose problem it is and what to do: otherwise every generated
+        test of the model (106 for the packaged suite) would error with the same line. The model and inputs stay
+        cached for the tests."""
+        _environment_runs_innvestigate()
+        problems = []  # every model's own line (several broken models: all named in one run)
+        for path in dict.fromkeys(Path(p) for p in model_paths):
+            try:
+                model = self.model(path)
+            except LrpUsageError as exc:
+                problems.append(f"{exc} (the model: {MODEL_HINT})")
+                continue
+            try:
+                x = self.inputs(model)
+            except LrpUsageError as exc:
+                problems.append(f"{exc} (the inputs: {INPUTS_HINT})")
+                continue
+            # Now, while every model is fresh: building a model in a graph (each analysis does) invalidates the
+            # eagerly loaded ones ("Your Layer or Model is in an invalid state"), so nothing may predict with them later.
+            self._reference_outputs(model, x)
+        if problems:
+            raise LrpUsageError(*problems)
 
     def model_paths(self) -> list:
         return self.settings.models(self.rule_file)
@@ -125,6 +153,27 @@ class Workbench:
         if key not in self._references:
             self._references[key] = model.predict(x)
         return self._references[key]
+
+
+class CannotRunHere(LrpUsageError):
+    """This process cannot run innvestigate: a property of the process (pytest-xdist workers may differ), not of a file."""
+
+
+def _environment_runs_innvestigate() -> None:
+    """TensorFlow and innvestigate import here (a CannotRunHere naming the environment's problem otherwise)."""
+    from ..base.tf_runtime import innvestigate
+
+    try:
+        innvestigate()
+    except LrpUsageError as exc:  # tf.keras is Keras 3 (tf_runtime.keras_3_problem): its own line says what to do
+        raise CannotRunHere(*exc.args) from None
+    except Exception as exc:  # ImportError, or a broken install raising anything while importing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        raise CannotRunHere(
+            f"this Python environment cannot run innvestigate ({type(exc).__name__}: {first}); pytest-lrp needs "
+            "innvestigate 2.1.2 with TensorFlow's Keras 2: install it in this environment (pip install innvestigate==2.1.2), "
+            "or deselect the LRP tests (-m 'not lrp'); no LRP test ran"
+        ) from None
 
 
 def _remembered(cache: dict, key, compute, errors=Exception):

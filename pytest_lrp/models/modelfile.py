@@ -39,6 +39,14 @@ class ModelFile:
     # The numpy reference's copy (or why it cannot have one), built once by engine/reference_run.py.
     reference_model: object = field(default=None, repr=False)
     keras3_version: Optional[str] = None  # a Keras 3 file, translated to tf.keras 2 (keras3.py)
+    # analyzer -> notes on innvestigate model checks overridden for it (engine/upstream_fixes.py), for the reports.
+    check_overrides: dict = field(default_factory=dict, repr=False)
+
+    def notes_for(self, rule) -> list:
+        """What the reports say about the analysis of ``rule`` on this model beyond its numbers."""
+        if rule.params.get("disable_model_checks"):
+            return []  # the user's own choice: innvestigate never ran its checks
+        return list(self.check_overrides.get(rule.analyzer, []))
 
     @property
     def input_shape(self) -> tuple:
@@ -49,8 +57,20 @@ class ModelFile:
         return tuple(self.keras_model.output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of the model as loaded from the file (eagerly, final activation included)."""
-        return np.asarray(self.keras_model(x, training=False))
+        """Outputs of the model as loaded from the file (eagerly, final activation included).
+
+        Building any model in a TensorFlow graph (every analysis does) invalidates Keras models loaded eagerly
+        before ("Your Layer or Model is in an invalid state"); the outputs then come from a copy rebuilt with the
+        file's weights in a graph of its own."""
+        try:
+            return np.asarray(self.keras_model(x, training=False))
+        except ValueError as exc:
+            if "invalid state" not in str(exc):
+                raise
+        tf = tensorflow()
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph):
+            return np.asarray(self.rebuild().predict(x, verbose=0))
 
     def rebuild(self, config: Optional[dict] = None):
         """A copy of the model in the current (graph) context, with the file's weights.
@@ -61,7 +81,6 @@ class ModelFile:
         with deserialization_scope(self.trusted):
             model = cls.from_config(self.config if config is None else config)
         model.set_weights(self.weights)
-        _reserve_names(model, keras.backend.get_uid)
         return model
 
     def check_same_outputs(self, rebuilt_outputs: np.ndarray, reference: np.ndarray) -> None:
@@ -132,24 +151,3 @@ def _load_tf_keras(tf, path: Path, trusted: bool):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "no details"
-
-
-# Beyond this, a clash would need as many automatically named layers in one analysis.
-HIGHEST_RESERVED = 10_000
-
-
-def _reserve_names(model, get_uid) -> None:
-    """Count the model's layer names in the graph's automatic numbering.
-
-    Keras numbers automatic layer names per graph, and a rebuilt model keeps the names
-    it was saved with. In the fresh graph of an analysis, a layer innvestigate adds (the
-    reference input of integrated gradients) would be called 'input_1' like the model's
-    own input, and Keras refuses the model: "The name "input_1" is used 2 times".
-    """
-    for layer in model.layers:
-        prefix, _, number = layer.name.rpartition("_")
-        if not (prefix and number.isdigit()):
-            prefix, number = layer.name, "0"  # 'dense' is number 0 of 'dense', 'dense_1' the next
-        wanted = min(int(number), HIGHEST_RESERVED)
-        while get_uid(prefix) <= wanted:
-            pass

@@ -22,6 +22,7 @@ def before_report(item) -> None:
     if analysis is None or getattr(item, "_lrp_properties_recorded", False):
         return
     item._lrp_properties_recorded = True
+    item.user_properties.extend(("lrp_note", note) for note in analysis.model.notes_for(item.rule))
     if item.check != "conservation":
         item.user_properties.extend(junit_properties(item, analysis))
         return
@@ -98,7 +99,21 @@ def terminal_summary(terminalreporter, config) -> None:
         return
     from .summary import write_summary
 
-    write_summary(terminalreporter, config.stash.get(records_key, []))
+    records = config.stash.get(records_key, [])
+    write_summary(terminalreporter, records)
+    write_notes(terminalreporter, records)
+
+
+def write_notes(terminalreporter, records: list) -> None:
+    """Each distinct note of the run once, with the model and the rules it concerns."""
+    rules: dict = {}
+    for record in records:
+        for note in record.get("notes", ()):
+            rules.setdefault((record["model"], note), []).append(record["rule"])
+    for (model, note), rule_ids in rules.items():
+        unique = list(dict.fromkeys(rule_ids))
+        shown_rules = ", ".join(unique[:6]) + (f" and {len(unique) - 6} more" if len(unique) > 6 else "")
+        terminalreporter.write_line(f"lrp: {model}: {note} (rules {shown_rules})")
 
 
 

@@ -67,6 +67,9 @@ def result_record(item, report) -> dict:
         float32_rounding=None if analysis.rounding is None else [_number(r) for r in analysis.rounding],
         known_bug=analysis.reference.known_bug if analysis.reference is not None else None,
     )
+    notes = analysis.model.notes_for(rule)
+    if notes:  # e.g. an innvestigate model check overridden (engine/upstream_fixes.py)
+        record["notes"] = notes
     if item.check == "conservation":
         record.update(leaks=leak_record(analysis, _number), leak_split=split_text(analysis))
     if item.check == "reference":
