@@ -202,7 +202,7 @@ FAULTS = {
     "epsilon 1e-7 -> 1e-3 (z/epsilon rules)": "epsilon_value",
     "bias dropped from the z rule": "z_no_bias",
     "kernel sign flipped in one layer's rule": "kernel_sign",
-    "kernel transposed in the dense rule": "kernel_transposed",
+    "kernel transposed in one layer's rule": "kernel_transposed",
     "w-square rule swapped for flat on one layer": "rule_swapped",
     "stabilizer sign flipped (epsilon rules)": "stabilizer_sign",
 }
@@ -241,25 +241,20 @@ def pytest_configure(config):
             original(self, layer, *args, bias=False, **kwargs)
         rr.ZRule.__init__ = init
     elif FAULT in ("kernel_sign", "kernel_transposed"):
-        original = igraph.copy_layer_wo_activation
-        seen = []
+        # in the z rule's own copy of one layer (LRP_FAULT_LAYER, the first convolution): the forward pass,
+        # and every other rule, keep the right kernel
+        original = rr.ZRule.__init__
+        target = os.environ.get("LRP_FAULT_LAYER", "conv2d")
 
-        def copy(layer, *args, **kwargs):
-            new = original(layer, *args, **kwargs)
-            weights = new.get_weights()
-            if weights and getattr(layer, "name", "") not in seen and len(seen) == 0 and weights[0].ndim >= 2:
-                seen.append(layer.name)
-                kernel = weights[0]
-                if FAULT == "kernel_sign":
-                    kernel = -kernel
-                elif kernel.ndim == 2 and kernel.shape[0] == kernel.shape[1]:
-                    kernel = kernel.T
-                else:
-                    kernel = kernel[::-1].copy()
-                new.set_weights([kernel] + weights[1:])
-            return new
-        igraph.copy_layer_wo_activation = copy
-        rr.igraph.copy_layer_wo_activation = copy
+        def init(self, layer, *args, **kwargs):
+            original(self, layer, *args, **kwargs)
+            if layer.name != target:
+                return
+            weights = self._layer_wo_act.get_weights()
+            kernel = weights[0]
+            kernel = -kernel if FAULT == "kernel_sign" else (kernel.transpose(1, 0, 2, 3) if kernel.ndim == 4 else kernel[::-1])
+            self._layer_wo_act.set_weights([kernel] + weights[1:])
+        rr.ZRule.__init__ = init
     elif FAULT == "rule_swapped":
         rr.WSquareRule.__bases__  # flat instead of w-square on the layers w-square maps
         original = rr.WSquareRule.__init__

@@ -55,7 +55,7 @@ class LrpItem(pytest.Item):
         self.add_marker(pytest.mark.lrp)
         self.add_marker(f"lrp_{check}")  # -m lrp_positive, -m "lrp and not lrp_baseline"
         # An xfail reason explains a conservation leak; the other properties must hold
-        # regardless (innvestigate issue 273: a leaking rule can also explode).
+        # regardless (innvestigate#273: a leaking rule can also explode).
         if rule.xfail and check == "conservation":
             # raises=: only a failed check counts as the expected failure; a crash stays an error.
             self.add_marker(pytest.mark.xfail(reason=rule.xfail.reason, strict=rule.xfail.strict, raises=LrpCheckFailed))

@@ -126,7 +126,7 @@ rules:
         "worst sample *: max abs difference * at index (*) (* in the batch, * alone); * of 5 values outside the tolerance; correlation *",
     ])
     result.stdout.fnmatch_lines([
-        "*not deterministic: analyzing the same 6 inputs twice gave different heatmaps (random on biased; innvestigate issue 118)",
+        "*not deterministic: analyzing the same 6 inputs twice gave different heatmaps (random on biased; innvestigate#118)",
         "max abs difference *; * of 30 values (*%) differ; correlation first vs second *",
     ])
 

@@ -145,8 +145,7 @@ def _freeze_once() -> None:
     """Exempt what is alive now, above all TensorFlow's ~300k module objects, from later collections.
 
     analysis.py runs a full gc.collect() after each analysis to free its graph; without
-    this each of those scanned TensorFlow too, 0.25-0.35 s per rule on the example CNN
-    (bench/). Objects alive now are modules, pytest's session and the collected tests,
+    this each of those scanned TensorFlow too, a large part of a small rule's time. Objects alive now are modules, pytest's session and the collected tests,
     which live to the end of the run anyway.
     """
     if not _frozen:

@@ -49,7 +49,7 @@ def check_determinism(analysis: Analysis) -> None:
     difference = HeatmapDifference(analysis.heatmaps, repeat, Tolerance(rtol=0.0, atol=0.0))
     raise LrpCheckFailed(
         f"not deterministic: analyzing the same {len(repeat)} inputs twice gave different heatmaps "
-        f"({analysis.rule.analyzer} on {analysis.model.name}; innvestigate issue 118)\n"
+        f"({analysis.rule.analyzer} on {analysis.model.name}; innvestigate#118)\n"
         + difference.describe("first", "second", "differ")
     )
 

@@ -29,8 +29,6 @@ from ..base.errors import LrpUsageError, shown
 from ..base.lazy import yaml
 from .rulefile import BASELINE_TOLERANCE, LEAK_ANALYZER_FAMILIES, LEAK_MECHANISMS, REFERENCE_TOLERANCE, Tolerance, load_rule_file
 
-# Rule key of the expected leak that must appear (issue 19, point 4); written once the rule file knows it.
-
 
 @dataclass
 class Written:

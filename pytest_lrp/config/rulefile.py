@@ -59,7 +59,7 @@ class Tolerance:
 # changed explanation is not.
 BASELINE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-6)
 # innvestigate (float32) vs the numpy reference (float64), relative to the largest |relevance|
-# of a sample at a layer (checks/reference.py); measured on the example suite, see README.
+# of a sample at a layer (checks/comparison.py), on top of the reference's float32 rounding bound.
 REFERENCE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-6)
 
 

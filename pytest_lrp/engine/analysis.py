@@ -51,8 +51,8 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
     inn = innvestigate()
     graph = tf.Graph()
     # Our own session, closed on leaving: Keras would otherwise keep one for this graph, with
-    # the model's variables in it, until the next analysis replaces it. With the collection in
-    # analyze(), three alpha-beta analyses of VGG16 peak at 7.0 GB, as one does (11.3 GB before).
+    # the model's variables in it, until the next analysis replaces it; with the collection in
+    # analyze(), consecutive analyses then peak as one does.
     with graph.as_default(), tf.compat.v1.Session(graph=graph), analyzer_build(tf, inn) as overridden:
         prepare_graph(tf)
         keras_model = model.rebuild(rebuild_config(model.config))

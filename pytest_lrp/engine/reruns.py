@@ -24,6 +24,6 @@ def extra_runs(rule, run, x: np.ndarray) -> dict:
     if "determinism" in rule.checks:
         runs["repeat"] = np.asarray(run(x))
     if "batch_invariance" in rule.checks:
-        # innvestigate issue 91: a sample's heatmap depended on the batch it was analyzed in.
+        # innvestigate#91: a sample's heatmap depended on the batch it was analyzed in.
         runs["alone"] = np.concatenate([np.asarray(run(x[i : i + 1])) for i in range(len(x))])
     return runs

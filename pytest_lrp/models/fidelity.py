@@ -22,8 +22,8 @@ from .inputs import recorded_outputs
 from .keras3_archive import first_line, is_keras3, keras_version_of
 
 # float32 noise across backends (Keras 3 on JAX vs tf.keras 2 on TensorFlow) and summation
-# orders; measured 2.4e-7 on the test networks. A wrong weight layout differs by ~the
-# output scale itself.
+# orders stays orders of magnitude below this; a wrong weight layout differs by ~the output
+# scale itself.
 RTOL = 1e-4
 ATOL = 1e-5
 

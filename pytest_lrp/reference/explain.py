@@ -321,8 +321,8 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
 
 
 # The forward activations of one chunk of path points; the chunk's peak is about three times that (the
-# backward pass's temporaries): 168 points of the example CNN (its 16 x 64 in one batch had peaked at 1.2 GB;
-# no slower in chunks, 3.5 CPU s), 1 VGG16 input (120 MB).
+# backward pass's temporaries): all path points of all samples at once would hold every activation of
+# samples x steps inputs.
 IG_CHUNK_BYTES = 64 * 2 ** 20
 
 
@@ -333,8 +333,7 @@ def _path(model, reference: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndar
     the point t x has the activation pattern of x for every t > 0 (each pre-activation is t times x's,
     so its sign is x's; each max-pooling window keeps its maximum; in floating point up to units within
     rounding of zero, which innvestigate's float32 points may flip as well), hence x's gradient:
-    the sum needs t = 0 and t = 1 only, one forward and backward pass each instead of `steps`. On
-    VGG16 with fresh weights that is 2 forward passes in float64 instead of 64 (bench/reference_accounting.py).
+    the sum needs t = 0 and t = 1 only, one forward and backward pass each instead of `steps`.
     Any other network walks every point, reusing the gradient of a pattern already seen (_path_gradients)."""
     if steps > 1 and not np.any(reference) and model.positively_homogeneous():
         return np.array([0.0, 1.0]), np.array([1.0, steps - 1.0])

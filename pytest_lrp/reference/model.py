@@ -37,7 +37,8 @@ PADDING = {"ZeroPadding1D", "ZeroPadding2D"}
 OTHER = {"BatchNormalization", "Add", "Concatenate", "Activation", "ReLU"}
 KNOWN = KERNEL | MAX_POOL | AVG_POOL | GLOBAL_MAX | GLOBAL_AVG | IDENTITY | RESHAPE | PADDING | OTHER
 ACTIVATIONS = {"linear", "relu"}
-# Largest forward pass ReferenceModel.forward keeps for the next rule: VGG16, one 224x224 sample, is 0.3 GB.
+# Largest forward pass ReferenceModel.forward keeps for the next rule (one 224x224 sample of a VGG16-sized
+# network fits).
 FORWARD_CACHE_BYTES = 1 << 30
 
 
@@ -171,7 +172,7 @@ class ReferenceModel:
         self.sequential = sequential
         self.dtype = next((layer.weights[0].dtype for layer in layers if layer.weights), np.dtype(np.float64))
         # (key, activations) of the last forward pass: the rules of one suite explain the same inputs
-        # one after the other, and the forward pass is a third of a rule's time on VGG16 (bench/reference_accounting.py)
+        # one after the other, and on a wide network the forward pass is a large part of a rule's time
         self._last_forward: tuple | None = None
 
     @classmethod

@@ -118,8 +118,7 @@ class Conv:
     """Convolution (Conv1D/Conv2D, any strides/padding/dilation; depthwise if multiplier).
 
     Forward and transpose both loop over the kernel offsets, one matrix product over all
-    positions each: measured 3x faster than an im2col tensordot over sliding_window_view
-    (a 3x3, 128 -> 128 layer on 112x112: 0.46 s vs 1.5 s), which copies every window.
+    positions each, rather than an im2col tensordot over sliding_window_view, which copies every window.
     """
 
     def __init__(self, windows: Windows, depthwise: bool = False):

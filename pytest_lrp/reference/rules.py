@@ -115,9 +115,9 @@ def _neg(a):
 
 class KernelPart:
     """A function of a large Dense kernel (its positive or negative part, its square, ones), made a slice
-    of rows at a time where a product uses it (ops.Dense) instead of as a whole: VGG16's first Dense
-    kernel has 10^8 entries, and its two parts, kept, held 1.6 GB for the whole run (1.1 s to make);
-    made slice by slice they cost 0.05 s more per product and no memory."""
+    of rows at a time where a product uses it (ops.Dense) instead of as a whole: the parts of a kernel of
+    10^8 entries, kept, would hold gigabytes for the whole run; slice by slice they cost little time and
+    no memory."""
 
     ROWS_ENTRIES = 1 << 22  # one slice: 32 MB of float64
 
