@@ -72,6 +72,7 @@ class ReferenceComparison:
     formula_sums: Optional[np.ndarray] = field(default=None, repr=False)
     rounding: Optional[np.ndarray] = field(default=None, repr=False)
     heatmap_bound: Optional[np.ndarray] = field(default=None, repr=False)  # the same, per heatmap element
+    formula_heatmap: Optional[np.ndarray] = field(default=None, repr=False)  # the reference's own heatmap
 
     @property
     def first_divergence(self) -> Optional[Difference]:

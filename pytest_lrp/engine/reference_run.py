@@ -68,6 +68,7 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
     comparison.formula_sums = result.heatmap.reshape(len(x), -1).sum(axis=1)
     comparison.rounding = result.rounding_total()
     comparison.heatmap_bound = result.heatmap_bound
+    comparison.formula_heatmap = result.heatmap
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
         comparison.layers = _layer_differences(result, maps, layers, rule)

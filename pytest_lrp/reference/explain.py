@@ -55,7 +55,6 @@ from .rules import (
     Rule,
     UnsupportedRule,
     _absolute_pieces,
-    _squared,
     apply_terms,
     float32_bound,
     terms,
@@ -405,13 +404,14 @@ class _Backward:
         # float32's forward pass rounds every pre-activation by up to this share of sum |x w| + |b| (the
         # dot products of all layers up to it, Higham's n u); a ReLU whose input is within it of 0 may be
         # on in one precision and off in the other
-        self.forward_unit = FLOAT32_UNIT * sum(_fan_in(layer) for layer in model.layers)
+        self.forward_count = float(sum(_fan_in(layer) for layer in model.layers))
+        self.forward_unit = FLOAT32_UNIT * self.forward_count
 
     def run(self, head: np.ndarray, accounts: list) -> np.ndarray:
         relevance = {self.model.output_name: head}
         # innvestigate starts from its float32 output, which the forward pass has rounded
-        # variances in units where an element's bound is ROUNDING_SIGMAS * sqrt(variance) (rules.float32_bound)
-        errors = {self.model.output_name: np.square(head * self.forward_unit)} if self.bounds else {}
+        # per element, how far float32 may have moved the relevance (rules.float32_bound)
+        errors = {self.model.output_name: np.abs(head) * self.forward_unit} if self.bounds else {}
         for layer in reversed(self.model.layers):
             if layer.name not in relevance:
                 continue
@@ -433,34 +433,31 @@ class _Backward:
                 mech, seen_mech = {}, None
             e_ins, local = (self._bound(layer, xs, r, e) if r_ins else ([], None)) if self.bounds else ([], None)
             accounts.append(LayerAccount(layer.name, layer.class_name, rule, r_out_total, r_in_total, mech, maps, seen_mech,
-                                         self._element_bound(e) if maps is not None else None, local))
+                                         e if maps is not None else None, local))
             for producer, ri in zip(layer.inputs, r_ins):
                 relevance[producer] = relevance[producer] + ri if producer in relevance else ri
             for producer, ei in zip(layer.inputs, e_ins):
                 errors[producer] = errors[producer] + ei if producer in errors else ei
         if self.bounds:
-            self.heatmap_bound = self._element_bound(errors[self.model.input_name])
+            self.heatmap_bound = errors[self.model.input_name]
         return relevance[self.model.input_name]
 
-    @staticmethod
-    def _element_bound(variance):
-        return None if variance is None else ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(variance)
-
     def _bound(self, layer: Layer, xs: list, r: np.ndarray, e: Any) -> tuple[list, Any]:
-        """The rounding variance at each input of ``layer`` (float32_bound), and the layer's own most on the total."""
+        """The rounding bound at each input of ``layer`` (float32_bound), and the layer's own most on the total."""
         batch = len(r)
         if self._rounding is not None:  # a rule's terms (apply_terms)
-            return [self._rounding.variance], self._rounding.local
+            return [self._rounding.elements], self._rounding.local
         cls, family = layer.class_name, self.policy.family
         x: Any = xs[0] if xs else None
         if cls == "Add" and family == "lrp":
             z = sum(xs[1:], xs[0].copy())
             ds = z + KERAS_EPSILON * (z == 0)
             absolute = sum(np.abs(xi) for xi in xs)
-            carried, local = float32_bound(1.0, z, absolute, None, ds, r, e, (len(xs), 1))
-            return [np.square(xi) * carried for xi in xs], local.reshape(batch, -1).sum(axis=1)
+            own, carried, local = float32_bound(1.0, z, absolute, None, ds, r, e, (len(xs), 1), self.forward_count)
+            sigma = ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(own)
+            return [np.abs(xi) * (carried + sigma) for xi in xs], local.reshape(batch, -1).sum(axis=1)
         if cls in KERNEL and family == "gradient":
-            g_variance = e
+            g_bound = e
             if layer.activation == "relu":
                 z = layer.op.forward(x, layer.kernel) + (layer.bias if layer.bias is not None else 0.0)
                 pieces = _absolute_pieces(layer.kernel, layer.variants)
@@ -469,19 +466,19 @@ class _Backward:
                     absolute = absolute + np.abs(layer.bias)
                 # a ReLU within float32's reach of 0 may be on in one precision and off in the other
                 undecided = np.abs(z) < self.forward_unit * absolute
-                g_variance = e * (z > 0) + np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)) * undecided
-            return [layer.op.transpose(g_variance, _squared(layer.kernel, layer.variants), x.shape)], np.zeros(batch)
+                g_bound = e * (z > 0) + np.abs(r) * undecided
+            pieces = _absolute_pieces(layer.kernel, layer.variants)
+            return [sum(sign * layer.op.transpose(g_bound, w, x.shape) for w, sign in pieces)], np.zeros(batch)
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
-            return [Scale(layer.bn[-1], x.ndim).transpose(e, np.square(exact_k), x.shape)], np.zeros(batch)
+            return [Scale(layer.bn[-1], x.ndim).transpose(e, np.abs(exact_k), x.shape)], np.zeros(batch)
         if cls in ("Activation", "ReLU") and family != "lrp" and not (cls == "Activation" and layer.activation == "linear"):
             scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
             undecided = np.abs(x) < self.forward_unit * scale
-            return [e * (x > 0) + np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)) * undecided], np.zeros(batch)
+            return [e * (x > 0) + np.abs(r) * undecided], np.zeros(batch)
         if cls in MAX_POOL:
             return [self._max_pool_bound(layer, x, r, e)], np.zeros(batch)
-        # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing) or with
-        # positive weights (average pooling's 1/n, used as they are: an overestimate of its variances)
+        # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing)
         return self.layer(layer, xs, e, None)[1], np.zeros(batch)
 
     def _max_pool_bound(self, layer: Layer, x: np.ndarray, r: np.ndarray, e: np.ndarray) -> np.ndarray:
@@ -497,7 +494,7 @@ class _Backward:
         tied = sum(n.astype(int) for n in near) > 1
         if not tied.any():
             return routed
-        share = np.where(tied, np.square(r / (ROUNDING_SIGMAS * FLOAT32_UNIT)), 0.0)
+        share = np.where(tied, np.abs(r), 0.0)
         padded = op.w.padded_zeros(r.shape[0], x.shape, r.dtype)
         for offset, n in zip(op.w.offsets(), near):
             padded[op.w.slices(offset, out)] += np.where(n, share, 0.0)
@@ -538,7 +535,7 @@ class _Backward:
             assert layer.kernel is not None  # _setup gives every KERNEL layer its kernel
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
             r_in, mech, seen_mech, self._rounding = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants),
-                                                                r, x.shape, known, layer.variants, observed=seen, bound=bound)
+                                                                r, x.shape, known, layer.variants, observed=seen, bound=bound, forward=self.forward_count)
             return rule.label, [r_in], mech, seen_mech
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
@@ -556,7 +553,7 @@ class _Backward:
             beta, mean = layer.bn[1], layer.bn[2]
             made_of = {BIAS_MAGNITUDE: scale._b(np.abs(beta) + np.abs(mean * k) + np.abs(b))}
             r_in, mech, seen_mech, self._rounding = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape,
-                                                                cache=made_of, observed=seen, bound=bound)
+                                                                cache=made_of, observed=seen, bound=bound, forward=self.forward_count)
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
             if family == "lrp":
@@ -568,7 +565,7 @@ class _Backward:
             op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
             if family == "lrp":
                 r_in, mech, seen_mech, self._rounding = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))],
-                                                                    r, x.shape, observed=seen, bound=bound)
+                                                                    r, x.shape, observed=seen, bound=bound, forward=self.forward_count)
                 return "z", [r_in], mech, seen_mech
             return ("gradient", [op.transpose(r, None, x.shape)]) + split()
         if cls in MAX_POOL:

@@ -204,7 +204,7 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
 
 
 def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache=None,
-                observed=None, bound=None) -> tuple[np.ndarray, dict, dict | None, Rounding | None]:
+                observed=None, bound=None, forward: float = 0.0) -> tuple[np.ndarray, dict, dict | None, Rounding | None]:
     """Relevance at the input of a linear layer, the per-sample mechanisms, and the same mechanisms
     for ``observed`` (another relevance at the layer's output, e.g. innvestigate's) or None.
 
@@ -218,7 +218,8 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
 
     ``bound``: a bound on how far float32 arithmetic may have moved the relevance at the layer's
     output (per element); the layer's own rounding is added to it and the result returned as a
-    Rounding (else None). See float32_bound below for the derivation."""
+    Rounding (else None). ``forward``: how many roundings of u the layer's inputs carry from
+    innvestigate's own forward pass. See float32_bound below for the derivation."""
     r_in = np.zeros(x_shape, dtype=relevance.dtype)
     batch = relevance.shape[0]
     axes = tuple(range(1, relevance.ndim))
@@ -227,7 +228,7 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
     any_present = np.zeros_like(relevance, dtype=bool)
     targets = [relevance] if observed is None else [relevance, observed]
     mechs = [{name: np.zeros(batch) for name in MECHANISMS} for _ in targets]
-    rounding = None if bound is None else Rounding(np.zeros(x_shape), np.zeros(batch))  # bound: a variance
+    rounding = None if bound is None else Rounding(np.zeros(x_shape), np.zeros(x_shape), np.zeros(batch))
 
     def charge(name, where, factor):
         for r, mech in zip(targets, mechs):
@@ -253,7 +254,7 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
             back = op.transpose(s, wv, x_shape)
             r_in += sign * kappa * (back if isinstance(xv, _Ones) else xv * back)
         if rounding is not None:
-            _bound_term(op, kappa, pairs, c, b, ds, relevance, bound, x_shape, cache, rounding)
+            _bound_term(op, kappa, pairs, c, b, ds, relevance, bound, x_shape, cache, rounding, forward)
         present = c != 0
         any_present |= present
         present_kappa += kappa * present
@@ -289,12 +290,18 @@ ROUNDING_SIGMAS = 6.0
 
 @dataclass
 class Rounding:
-    """How far float32 arithmetic may move relevance (see float32_bound): ``variance`` at a layer's
-    input(s), per element, in units of u^2 (its square root times ROUNDING_SIGMAS is the element's
-    bound); ``local`` the most this layer's own arithmetic can move the total, per sample."""
+    """How far float32 arithmetic may move relevance (see float32_bound), at a layer's input(s): per element
+    ``inherited``, what the layers above may have moved carried down (absolute), and ``variance``, this
+    layer's own roundings as a variance (its square root times ROUNDING_SIGMAS u is their bound); ``local``,
+    per sample, the most this layer's own arithmetic can move the total."""
 
+    inherited: np.ndarray
     variance: np.ndarray
     local: np.ndarray
+
+    @property
+    def elements(self) -> np.ndarray:
+        return self.inherited + ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(self.variance)
 
 
 def fan(op, kernel) -> tuple[int, int]:
@@ -312,47 +319,60 @@ def fan(op, kernel) -> tuple[int, int]:
     return n, n
 
 
-def float32_bound(kappa, contributions, absolute, bias, ds, relevance, variance, fans):
-    """One term's float32 rounding: (per neuron, what its messages carry, to be spread by x^2 w^2; per
-    neuron, the most it moves the total).
+def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited, fans, forward: float = 0.0):
+    """One term's float32 rounding, per neuron: (the variance of its own roundings its messages carry, to be
+    spread by x^2 w^2; the bound inherited from above its messages carry, to be spread by |x w|; the most it
+    moves the total).
 
     A message is m_ij = x_i w_ij R_j / ds_j. In float32 the denominator ds_j = sum_i x_i w_ij + b_j is off
     by at most n u A_j, A_j = sum_i |x_i w_ij| + |b_j| (Higham: a sum of n terms, u = 2^-24), a relative
     error of n u k_j with k_j = A_j / |ds_j|, the neuron's condition number: 1 where all contributions
     share a sign, large where they cancel (alpha-beta's bias against its positive part, an Add whose
-    inputs nearly cancel). Each input's sum over the m neurons it feeds adds m u of its terms' magnitude.
+    inputs nearly cancel). The inputs x_i themselves come from innvestigate's float32 forward pass, each
+    rounded ``forward`` times (the dot products of the layers below): the denominator's sum counts
+    n + forward roundings. Each input's sum over the m neurons it feeds adds m u of its terms' magnitude.
     - The total: neuron j's messages sum to R_j c_j / ds_j, so it moves the total by at most
       |R_j| u (n k_j |c_j / ds_j| + m (A_j - |b_j|) / |ds_j|): a worst-case bound, linear in k_j.
-    - Each element: rounding errors are independent in practice, so they add as variances (Higham and
-      Mary's probabilistic analysis: sqrt(n) u instead of n u); the relevance arriving at j carries the
-      variance V_j from the layers above, and its messages carry (V_j + R_j^2 (n k_j^2 + m)) / ds_j^2."""
+    - Each element: a layer's own roundings are independent in practice, so they add as variances (Higham
+      and Mary's probabilistic analysis: sqrt(n) u instead of n u): its messages carry R_j^2 (n k_j^2 + m)
+      / ds_j^2. What the relevance arriving at j already carries, E_j, is one error flowing on through
+      every path, so it is carried whole, E_j |x_i w_ij| / |ds_j|: where the layers' paths recombine it
+      does not cancel."""
     fan_in, fan_out = fans
+    fan_in = fan_in + forward
     absolute_ds = np.abs(ds)
     scale = absolute + (np.abs(bias) if bias is not None else 0.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         condition = np.where(absolute_ds > 0, scale / absolute_ds, 0.0)
         r2 = np.square(relevance)
-        carried = kappa ** 2 * (variance + r2 * (fan_in * np.square(condition) + fan_out)) / np.square(absolute_ds)
+        own = kappa ** 2 * r2 * (fan_in * np.square(condition) + fan_out) / np.square(absolute_ds)
+        carried = abs(kappa) * inherited / absolute_ds
         local = abs(kappa) * np.abs(relevance) * FLOAT32_UNIT * np.where(
             absolute_ds > 0, (fan_in * condition * np.abs(contributions) + fan_out * absolute) / absolute_ds, 0.0)
-    return np.nan_to_num(carried, posinf=0.0), np.nan_to_num(local, posinf=0.0)
+    clean = lambda a: np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=0.0)  # noqa: E731  (ds = 0: no message)
+    return clean(own), clean(carried), clean(local)
 
 
-def _bound_term(op, kappa, pairs, c, b, ds, relevance, variance, x_shape, cache, rounding: Rounding) -> None:
+def _bound_term(op, kappa, pairs, c, b, ds, relevance, inherited, x_shape, cache, rounding: Rounding, forward: float = 0.0) -> None:
     pieces = [(xv, _absolute_pieces(wv, cache)) for xv, wv, _ in pairs]
     if all(len(p) == 1 for _, p in pieces) and all(isinstance(xv, _Ones) or _single_signed(xv) for xv, _ in pieces):
         absolute = np.abs(c)  # no contribution cancels another: sum |x w| = |sum x w|
     else:
         absolute = sum(_absolute_forward(op, xv, p, x_shape, cache) for xv, p in pieces)
     magnitude = (cache or {}).get(BIAS_MAGNITUDE, b)
-    carried, local = float32_bound(kappa, c, absolute, np.broadcast_to(magnitude, c.shape) if b is not None else None, ds,
-                                   relevance, variance, fan(op, pairs[0][1] if pairs else None))
+    own, carried, local = float32_bound(kappa, c, absolute, np.broadcast_to(magnitude, c.shape) if b is not None else None, ds,
+                                        relevance, inherited, fan(op, pairs[0][1] if pairs else None), forward)
     axes = tuple(range(1, relevance.ndim))
     rounding.local += local.sum(axis=axes)
-    for xv, wv, _ in pairs:
-        squares = _squared(wv, cache)
-        back = op.transpose(carried, squares, x_shape) if squares is not None else op.transpose(carried, None, x_shape)
-        rounding.variance += back if isinstance(xv, _Ones) else np.square(xv) * back
+    for (xv, wv, _), (_, p) in zip(pairs, pieces):
+        variance = op.transpose(own, _squared(wv, cache), x_shape)
+        spread = sum(sign * op.transpose(carried, w, x_shape) for w, sign in p)
+        if isinstance(xv, _Ones):
+            rounding.variance += variance
+            rounding.inherited += spread
+        else:
+            rounding.variance += np.square(xv) * variance
+            rounding.inherited += np.abs(xv) * spread
 
 
 def _squared(wv, cache):
