@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
-from residual_cnn import residual_cnn
+from helpers.residual_cnn import residual_cnn
 
 from pytest_lrp.engine import upstream_fixes
 
