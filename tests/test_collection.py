@@ -126,7 +126,8 @@ def test_header_says_when_the_inputs_are_random(lrp_project, pytester):
     model = f"--lrp-model={lrp_project.nobias.path}"
     line = "lrp: inputs: {} seeded random inputs (seed {}): pass --lrp-inputs for real ones"
     pytester.runpytest(model, "rules.yaml", "--collect-only").stdout.fnmatch_lines([line.format(8, 0)])
-    pytester.runpytest(model, "rules.yaml", "--collect-only", "--lrp-samples=3", "--lrp-seed=5").stdout.fnmatch_lines([line.format(3, 5)])
+    chosen = pytester.runpytest(model, "rules.yaml", "--collect-only", "--lrp-samples=3", "--lrp-seed=5")
+    chosen.stdout.fnmatch_lines([line.format(3, 5)])
     lrp_project.rules("defaults: {samples: 2, seed: 7}\n" + RULES.lstrip())
     pytester.runpytest(model, "rules.yaml", "--collect-only").stdout.fnmatch_lines([line.format(2, 7)])
     # Real inputs, from the command line or the rule file: no such line.

@@ -179,7 +179,8 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
     declared = next(row for row in page.rows if row["cells"][1] == "z-declared")
     assert declared["outcome"] == "passed" and declared["cells"][7] == "d2 (Dense)"
     # Passed with a leak: the cell says it is declared and explained, as the terminal does.
-    assert declared["cells"][8] == next(r["leak_split"] for r in records if r["rule"] == "z-declared") + " (declared: bias; explained)"
+    declared_split = next(r["leak_split"] for r in records if r["rule"] == "z-declared")
+    assert declared["cells"][8] == declared_split + " (declared: bias; explained)"
     # The reference's split of the leak by mechanism: the bias of d2, as in the JSON report.
     table, declared_table = re.findall(r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text())
     bias = next(entry["bias"] for entry in z["leaks"]["layers"] if entry["name"] == "d2")

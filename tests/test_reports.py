@@ -163,7 +163,8 @@ SUMMARY_TESTS = ("-k", "conservation or (finite and flat)")  # 4 tests a model
 
 
 def _section(result, title: str = "LRP results", until: str = "") -> list:
-    """The lines of a `= title =` section of the output, up to the next `=` or `-` line (or the `=` line naming ``until``)."""
+    """The lines of a `= title =` section of the output: up to the next `=` or `-` line, or the `=` line
+    naming ``until``."""
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if line.startswith("=") and f" {title} " in line)
     rest = range(start + 1, len(lines))
@@ -174,16 +175,20 @@ def _section(result, title: str = "LRP results", until: str = "") -> list:
     return lines[start + 1:end]
 
 
+def _both_models(lrp_project) -> tuple:
+    return f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}"
+
+
 def test_the_results_list_what_needs_attention_and_one_line_per_model(lrp_project, pytester):
     lrp_project.rules(SUMMARY_RULES)
-    args = (f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", *SUMMARY_TESTS)
+    args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
     result = pytester.runpytest(*args)
     result.assert_outcomes(failed=3, passed=4, xfailed=1)
-    # What there is to fit (test_results_and_failure_details_fit_the_terminal): at 500 columns, lines as the checks write them.
+    # What there is to fit (test_results_and_failure_details_fit_the_terminal): at 500 columns, the checks' own lines.
     assert max(map(len, _section(result, "FAILURES", until="LRP results"))) > 120
     # Sorted by model; under each model line its failures, then its unexpected passes and expected failures.
     section = _section(result)
-    assert section[0].startswith("biased: 3 rules, 4 tests: 1 failed, 2 passed, 1 xfailed; 1 rule conserves (worst: flat, rel. error ")
+    assert section[0].startswith("biased: 3 rules, 4 tests: 1 failed, 2 passed, 1 xfailed; 1 rule conserves (worst: ")
     assert section[3].startswith("nobias: 3 rules, 4 tests: 2 failed, 2 passed; 2 rules conserve (worst: ")
     assert len(section) == 6
     result.stdout.fnmatch_lines([
@@ -199,8 +204,9 @@ def test_the_results_list_what_needs_attention_and_one_line_per_model(lrp_projec
     quiet = _section(pytester.runpytest(*args, "-q"))
     assert [line.split()[0] for line in quiet] == ["biased:", "FAILED", "nobias:", "FAILED", "XPASS(strict)"]
     # Everything passed: the model lines alone.
-    passing = _section(pytester.runpytest(*args[:3], "-k", "flat"))
-    assert [line.split(":")[0] for line in passing] == ["biased", "nobias"] and "1 rule, 2 tests: 2 passed; 1 rule conserves" in passing[0]
+    passing = _section(pytester.runpytest(*args[:3], "-k", "flat"))  # the models, the rule file
+    assert [line.split(":")[0] for line in passing] == ["biased", "nobias"]
+    assert "1 rule, 2 tests: 2 passed; 1 rule conserves" in passing[0]
     none = pytester.runpytest(*args, "--lrp-no-summary")
     assert "LRP results" not in none.stdout.str()
     plain = pytester.runpytest("-p", "no:cacheprovider", "--co")
@@ -209,17 +215,20 @@ def test_the_results_list_what_needs_attention_and_one_line_per_model(lrp_projec
 
 def test_verbose_results_have_a_row_for_every_test(lrp_project, pytester):
     lrp_project.rules(SUMMARY_RULES)
-    args = (f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", *SUMMARY_TESTS)
+    args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
     result = pytester.runpytest(*args, "-v")
     section = _section(result)
-    header = "rule  check         outcome         analyzer     max |error|  rel. error  rtol, atol    leaking layer    leak by mechanism, reason"
+    header = ("rule  check         outcome         analyzer     max |error|  rel. error  rtol, atol    "
+              "leaking layer    leak by mechanism, reason")
     # A rule's conservation row first, then its other checks; the same columns under every model.
     result.stdout.fnmatch_lines([
         "biased: 3 rules, 4 tests: *", header,
-        "eps   conservation  failed          lrp.epsilon  * 1*%  * 0, 1e-06 * dense_? (Dense)  stabilizer -*% at dense_?",
+        "eps   conservation  failed          lrp.epsilon  * 1*%  * 0, 1e-06 * dense_? (Dense)  "
+        "stabilizer -*% at dense_?",
         "flat  conservation  passed          lrp.flat     * *%  * 1e-05, 1e-06",
         "flat  finite        passed          lrp.flat",
-        "z     conservation  xfailed         lrp.z        * *%  * 1e-05, 1e-06 * dense_? (Dense)  bias -*%; the bias absorbs relevance",
+        "z     conservation  xfailed         lrp.z        * *%  * 1e-05, 1e-06 * dense_? (Dense)  bias -*%; "
+        "the bias absorbs relevance",
         "nobias: 3 rules, 4 tests: *", header,
         "eps   conservation  failed          lrp.epsilon  *",
         "flat  conservation  passed          lrp.flat  *",
@@ -234,12 +243,13 @@ def test_verbose_results_have_a_row_for_every_test(lrp_project, pytester):
 @pytest.mark.parametrize("columns", [80, 120])
 def test_results_and_failure_details_fit_the_terminal(lrp_project, pytester, monkeypatch, columns):
     lrp_project.rules(SUMMARY_RULES)
-    args = (f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", *SUMMARY_TESTS)
+    args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
     monkeypatch.setenv("COLUMNS", str(columns))
     for verbosity in (("--lrp-report=report.json", "--junitxml=junit.xml"), ("-v",)):
         result = pytester.runpytest(*args, *verbosity)
         result.assert_outcomes(failed=3, passed=4, xfailed=1)
-        details = [line for line in _section(result, "FAILURES", until="LRP results") if not line.startswith("- generated xml file")]
+        details = _section(result, "FAILURES", until="LRP results")
+        details = [line for line in details if not line.startswith("- generated xml file")]  # pytest's
         summary = _section(result)
         assert max(map(len, details + summary)) <= columns, [line for line in details + summary if len(line) > columns]
         # Wrapped, not cut: a long line goes on, indented, on the next lines.
@@ -251,7 +261,8 @@ def test_results_and_failure_details_fit_the_terminal(lrp_project, pytester, mon
         else:
             assert len(summary) <= 2 * 2 + 4 and "  XFAIL   z " in "\n".join(summary)
     # The JSON report and JUnit XML keep the check's text as it is.
-    messages = [r["message"] for r in json.loads((pytester.path / "report.json").read_text())["results"] if r.get("message")]
+    records = json.loads((pytester.path / "report.json").read_text())["results"]
+    messages = [r["message"] for r in records if r.get("message")]
     assert any(len(line) > columns for m in messages for line in m.splitlines())
     failure = ElementTree.parse(pytester.path / "junit.xml").getroot().find(".//failure")
     assert any(len(line) > columns for line in failure.text.splitlines())

@@ -126,7 +126,8 @@ def _table(records, counts) -> str:
     return (
         '<h2>Tests</h2><form class="filter" id="filter">show: ' + buttons + "</form>"
         '<table id="results"><thead><tr><th>model</th><th>rule</th><th>check</th><th>outcome</th>'
-        "<th>max |error|</th><th>max rel. error</th><th>tolerance</th><th>leaking layer</th><th>leak by mechanism, reason</th></tr></thead>"
+        "<th>max |error|</th><th>max rel. error</th><th>tolerance</th><th>leaking layer</th>"
+        "<th>leak by mechanism, reason</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

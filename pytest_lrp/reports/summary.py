@@ -22,12 +22,14 @@ LEAKING = ("failed", "xfailed")
 FAILURES = ("failed", "xpassed-strict", "error")
 ATTENTION = (*FAILURES, "xpassed", "xfailed")
 STRICT_XPASS = "[XPASS(strict)]"
-WORDS = {"failed": "FAILED", "xpassed-strict": "XPASS(strict)", "error": "ERROR", "xpassed": "XPASS", "xfailed": "XFAIL"}
+WORDS = {"failed": "FAILED", "xpassed-strict": "XPASS(strict)", "error": "ERROR", "xpassed": "XPASS",
+         "xfailed": "XFAIL"}
 # The final line's counts, in pytest's order and words; a strict XPASS counts as failed, as pytest counts it.
 COUNTED = (("failed", ("failed", "xpassed-strict")), ("passed", ("passed",)), ("skipped", ("skipped",)),
            ("xfailed", ("xfailed",)), ("xpassed", ("xpassed",)), ("error", ("error",)))
 # The -v table: every column that fits, dropped from the first of these as the width demands.
-TABLE = ("rule", "check", "outcome", "analyzer", "max |error|", "rel. error", "rtol, atol", "leaking layer", "leak by mechanism, reason")
+TABLE = ("rule", "check", "outcome", "analyzer", "max |error|", "rel. error", "rtol, atol", "leaking layer",
+         "leak by mechanism, reason")
 DROPPED_FIRST = ("analyzer", "max |error|", "leaking layer", "rtol, atol")
 NARROWEST_LAST_COLUMN = 24  # below it the next column of DROPPED_FIRST goes; at 80 columns the last has 21
 NARROWEST_BELOW = 16  # narrower still, the last column is printed below each row
@@ -84,7 +86,7 @@ def model_line(model: str, records: list) -> str:
     counts = [(word, sum(r["outcome"] in outcomes for r in records)) for word, outcomes in COUNTED]
     outcomes = ", ".join(f"{n} {word}{'s' if word == 'error' and n != 1 else ''}" for word, n in counts if n)
     line = f"{model}: {_plural(rules, 'rule')}, {_plural(len(records), 'test')}: {outcomes}"
-    conservation = [r for r in records if r.get("check", "conservation") == "conservation" and r.get("max_error") is not None]
+    conservation = [r for r in records if _conservation(r) and r.get("max_error") is not None]
     conserving = [r for r in conservation if _verdict(r) == "conserved"]
     explained = [r for r in conservation if _verdict(r) == "explained"]
     parts = []
@@ -159,7 +161,7 @@ def attention_text(record: dict) -> str:
 def _numbers(record: dict) -> str:
     """A conservation test's largest relative error; for a failure, the limit it broke."""
     rel = record.get("max_relative_error")
-    if record.get("check", "conservation") != "conservation" or rel is None:
+    if not _conservation(record) or rel is None:
         return ""
     text = _percent(rel)
     if record["outcome"] == "failed":
@@ -177,7 +179,7 @@ def _why(record: dict) -> str:
     message = _first_line(record.get("message"))
     if outcome == "xpassed-strict":  # pytest's message: "[XPASS(strict)] reason"; the row's word says XPASS(strict)
         return message.removeprefix(STRICT_XPASS).strip() or "expected to fail"
-    split = mechanism_text(record) if record.get("check", "conservation") == "conservation" else "-"
+    split = mechanism_text(record) if _conservation(record) else "-"
     if outcome == "failed" and split != "-":
         layer = record.get("leak_layer")
         return split + (f" at {layer['name']}" if layer else "")
@@ -200,7 +202,7 @@ def _attention_lines(records: list, width: int) -> list:
 def notes_text(record: dict) -> str:
     """The -v table's (and the HTML table's) last column: the leak by mechanism with the verdict on
     the declared leaks, and for a test that needs attention its reason or message; '' when neither."""
-    notes = [mechanism_text(record)] if record.get("check", "conservation") == "conservation" else []
+    notes = [mechanism_text(record)] if _conservation(record) else []
     if record["outcome"] in ATTENTION:
         why = _why(record)
         notes = [why] if notes and why.startswith(notes[0]) else [*notes, why]
@@ -214,7 +216,7 @@ def leak_layer_text(record: dict) -> str:
 
 
 def _table_row(r: dict) -> tuple:
-    conservation = r.get("check", "conservation") == "conservation"
+    conservation = _conservation(r)
     tol = r["tolerance"]
     return (
         r["rule"],
@@ -227,6 +229,10 @@ def _table_row(r: dict) -> tuple:
         leak_layer_text(r),
         notes_text(r),
     )
+
+
+def _conservation(record: dict) -> bool:
+    return record.get("check", "conservation") == "conservation"
 
 
 def _label(record: dict) -> str:
