@@ -57,6 +57,7 @@ def pytest_report_header(config: pytest.Config) -> list:
         return []
     return [
         _rules_line(workbench) + "; a final softmax is stripped automatically, targets are pre-softmax outputs",
+        *_inputs_line(workbench),
         *workbench.keras3_header_lines(),
         *speedup.header_lines(),
     ]
@@ -93,9 +94,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         report = suite.ihook.pytest_make_collect_report(collector=suite)
         if report.failed:  # a model or rule problem: its one line, as for a rule file of one's own
             raise pytest.UsageError(report.longreprtext.strip())
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(_rules_line(workbench))
+        # The header said so already (under pytest-xdist the controller never gets here).
         config.hook.pytest_collectreport(report=report)  # counted in "collected N items"
         items[:0] = report.result
 
@@ -206,14 +205,29 @@ def _is_lrp_test(item) -> bool:
 
 
 def _rules_line(workbench: Workbench) -> str:
-    if workbench.packaged_suite:
+    if not workbench.rules_path.exists() or workbench.packaged_suite:
+        missing = workbench.settings.rules_path
         return (
-            f"lrp: rules: pytest-lrp's default suite ({workbench.rules_path}), as no rule file is configured or present; "
-            "pytest --lrp-write-rules=rules.yaml writes an editable copy"
+            f"lrp: no rule file ({missing} not found): without LRP tests of your own, pytest-lrp's default suite runs "
+            "(pytest --lrp-write-rules=rules.yaml writes an editable copy)"
         )
-    if not workbench.rules_path.exists():
-        return f"lrp: no rule file ({workbench.rules_path} not found): without LRP tests of your own, pytest-lrp's default suite runs"
     return f"lrp: rules {workbench.rules_path}"
+
+
+def _inputs_line(workbench: Workbench) -> list:
+    """Say so where the analyses explain random inputs: their heatmaps show noise, not the model's use of real data."""
+    from .models.inputs import DEFAULT_RANDOM_SAMPLES
+
+    try:
+        rule_file = workbench.rule_file  # None for the packaged suite, which names no inputs, samples or seed
+        if not workbench.model_paths() or workbench.settings.inputs(rule_file) is not None:
+            return []
+        count = workbench.settings.samples(rule_file) or DEFAULT_RANDOM_SAMPLES
+        seed = workbench.settings.seed(rule_file)
+    except LrpUsageError:
+        return []  # a broken rule file or option is reported at collection, in one line
+    inputs = "1 seeded random input" if count == 1 else f"{count} seeded random inputs"
+    return [f"lrp: inputs: {inputs} (seed {seed}): pass --lrp-inputs for real ones"]
 
 
 def _adopt_explicit_rule_file(config: pytest.Config, workbench: Workbench) -> None:

@@ -89,6 +89,15 @@ class DenseNet:
         return relevance
 
 
+@pytest.fixture(autouse=True)
+def wide_terminal_for_inner_runs(request, monkeypatch):
+    """Inner pytest runs (pytester) print to 500 columns, whatever terminal the outer run has:
+    pytest-lrp wraps its report and its failure details to the width, and the tests read those
+    lines whole. The tests of the width itself set COLUMNS (test_reports.py)."""
+    if "pytester" in request.fixturenames:
+        monkeypatch.setenv("COLUMNS", "500")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tensorflow_imported_once():
     # Through the plugin's one import site: under TensorFlow >= 2.16 it makes tf.keras

@@ -122,6 +122,23 @@ def test_random_inputs_in_the_model_shape_follow_the_seed(lrp_project, pytester)
     assert not np.array_equal(first, np.load(pytester.path / "x.npy"))
 
 
+def test_header_says_when_the_inputs_are_random(lrp_project, pytester):
+    lrp_project.rules(RULES)
+    model = f"--lrp-model={lrp_project.nobias.path}"
+    line = "lrp: inputs: {} seeded random inputs (seed {}): pass --lrp-inputs for real ones"
+    pytester.runpytest(model, "rules.yaml", "--collect-only").stdout.fnmatch_lines([line.format(8, 0)])
+    chosen = pytester.runpytest(model, "rules.yaml", "--collect-only", "--lrp-samples=3", "--lrp-seed=5")
+    chosen.stdout.fnmatch_lines([line.format(3, 5)])
+    lrp_project.rules("defaults: {samples: 2, seed: 7}\n" + RULES.lstrip())
+    pytester.runpytest(model, "rules.yaml", "--collect-only").stdout.fnmatch_lines([line.format(2, 7)])
+    # Real inputs, from the command line or the rule file: no such line.
+    given = pytester.runpytest(model, "rules.yaml", "--collect-only", f"--lrp-inputs={lrp_project.inputs}")
+    given.stdout.fnmatch_lines(["lrp: rules *"])
+    assert "lrp: inputs:" not in given.stdout.str()
+    lrp_project.rules(f"defaults: {{inputs: {lrp_project.inputs}}}\n" + RULES.lstrip())
+    assert "lrp: inputs:" not in pytester.runpytest(model, "rules.yaml", "--collect-only").stdout.str()
+
+
 def test_markers_are_registered(pytester):
     pytester.makepyfile("import pytest\n@pytest.mark.lrp_rule('lrp.z')\n@pytest.mark.lrp\ndef test_x():\n    pass\n")
     pytester.runpytest("--strict-markers").assert_outcomes(passed=1)

@@ -107,7 +107,8 @@ def test_the_page_lists_every_test_failures_first_with_the_numbers_numpy_compute
     assert float(relative.rstrip("%")) / 100 == pytest.approx((errors / np.abs(outputs.max(axis=1))).max(), abs=1e-4)
     z_record = next(r for r in records if r["nodeid"] == z["nodeid"])
     assert leak == f"{z_record['leak_layer']['name']} (Dense)"
-    assert split == z_record["leak_split"] and "bias" in split  # the numpy reference's split, as in the summary
+    # The numpy reference's split and the xfail's reason, as in the terminal's table (-v).
+    assert split == z_record["leak_split"] + "; the bias absorbs relevance" and "bias" in z_record["leak_split"]
     # Every table row links to its rule's section, and every section exists.
     assert {row["links"][0] for row in page.rows} == {f"#{s}" for s in page.sections}
     assert len(page.sections) == 3
@@ -166,7 +167,7 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
         assert f"{layer['name']} {layer['relevance']:.4g}" in z_chart["alt"]
     assert any(f"red: the leaking layer d2 (Dense), change {z['leak_layer']['change']:+.4g}" in c for c in page.captions)
     assert any(c.endswith("no leaking layer") for c in page.captions)  # w-square conserves
-    assert page.rows[0]["cells"][7:] == ["d2 (Dense)", z["leak_split"]]
+    assert page.rows[0]["cells"][7:] == ["d2 (Dense)", z["leak_split"] + "; bias in d2"]
     # The leaking step is drawn red, also where the declared leaks explain it (the test passes);
     # a conserving rule's chart has no red at all.
     charts = (w_chart["src"], z_chart["src"], declared_chart["src"])
@@ -174,11 +175,29 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
     assert red[0] == 0 and red[1] > 50 and red[2] > 50
     declared = next(row for row in page.rows if row["cells"][1] == "z-declared")
     assert declared["outcome"] == "passed" and declared["cells"][7] == "d2 (Dense)"
+    # Passed with a leak: the cell says it is declared and explained, as the terminal does.
+    declared_split = next(r["leak_split"] for r in records if r["rule"] == "z-declared")
+    assert declared["cells"][8] == declared_split + " (declared: bias; explained)"
     # The reference's split of the leak by mechanism: the bias of d2, as in the JSON report.
     table, declared_table = re.findall(r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text())
     bias = next(entry["bias"] for entry in z["leaks"]["layers"] if entry["name"] == "d2")
     assert bias != 0 and f"<tr><td>d2</td><td>{bias:+.4g}</td>" in table
     assert "declared: none; verdict: not conserved" in table and "declared: bias; verdict: explained" in declared_table
+
+
+@pytest.mark.parametrize("values", [
+    [14.766263, 14.766267, 14.766267, 14.766268, 14.766268],  # conserved: the numbers differ in their 7th digit
+    [9.8, 9.81, 9.8, 9.8, 362.5],  # a leak
+])
+def test_the_chart_keeps_its_numbers_inside_the_picture(values):
+    from pytest_lrp.reports.html_images import layer_chart
+
+    layers = [{"name": f"layer_{i}", "relevance": v} for i, v in enumerate(values)]
+    picture = _decode("data:image/png;base64," + layer_chart(layers, None, values[0]))
+    ink = picture[..., :3].mean(axis=-1) < 0.5
+    # matplotlib wrote the first as an offset ("1e-6+1.476626e1") above the axes, cut off by the picture's edge.
+    edges = np.concatenate([ink[:2].ravel(), ink[-2:].ravel(), ink[:, :2].ravel(), ink[:, -2:].ravel()])
+    assert not edges.any() and ink.sum() > 500
 
 
 def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):

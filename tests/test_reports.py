@@ -155,28 +155,130 @@ def test_a_non_finite_heatmap_fails_even_when_a_leak_is_expected(pytester, tenso
     result.stdout.fnmatch_lines(["heatmap is not finite: * of 8 samples contain NaN or Inf (first: sample *; lrp.z on overflow)"])
 
 
-def test_terminal_summary_one_sorted_row_per_test(lrp_project, pytester):
-    lrp_project.rules("rules:\n  - {id: z, analyzer: lrp.z, xfail: bias}\n  - {id: flat, analyzer: lrp.flat}\n")
-    args = (f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
-    result = pytester.runpytest(*args, "-k", "conservation or (finite and flat)")
-    # Sorted by model and rule; a rule's conservation row comes before its other checks.
+SUMMARY_RULES = (
+    "rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n  - {id: flat, analyzer: lrp.flat}\n"
+    "  - {id: eps, analyzer: lrp.epsilon, params: {epsilon: 1.0}, tolerance: {rtol: 0}}\n"
+)
+SUMMARY_TESTS = ("-k", "conservation or (finite and flat)")  # 4 tests a model
+
+
+def _section(result, title: str = "LRP results", until: str = "") -> list:
+    """The lines of a `= title =` section of the output: up to the next `=` or `-` line, or the `=` line
+    naming ``until``."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("=") and f" {title} " in line)
+    rest = range(start + 1, len(lines))
+    if until:
+        end = next((i for i in rest if lines[i].startswith("=") and f" {until} " in lines[i]), len(lines))
+    else:
+        end = next((i for i in rest if lines[i].startswith(("=", "- "))), len(lines))
+    return lines[start + 1:end]
+
+
+def _both_models(lrp_project) -> tuple:
+    return f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}"
+
+
+def test_the_results_list_what_needs_attention_and_one_line_per_model(lrp_project, pytester):
+    lrp_project.rules(SUMMARY_RULES)
+    args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(failed=3, passed=4, xfailed=1)
+    # What there is to fit (test_results_and_failure_details_fit_the_terminal): at 500 columns, the checks' own lines.
+    assert max(map(len, _section(result, "FAILURES", until="LRP results"))) > 120
+    # Sorted by model; under each model line its failures, then its unexpected passes and expected failures.
+    section = _section(result)
+    assert section[0].startswith("biased: 3 rules, 4 tests: 1 failed, 2 passed, 1 xfailed; 1 rule conserves (worst: ")
+    assert section[3].startswith("nobias: 3 rules, 4 tests: 2 failed, 2 passed; 2 rules conserve (worst: ")
+    assert len(section) == 6
     result.stdout.fnmatch_lines([
-        "*= LRP results =*",
-        "model   rule           analyzer  max |error|  max rel. error  tolerance * outcome * leaking layer * leak by mechanism",
-        "biased  flat           lrp.flat  * passed * -",
-        "biased  flat (finite)  lrp.flat  * passed * -",
-        "biased  z              lrp.z     * xfailed * dense* (Dense)  bias *%",  # dense or dense_N: fixture order
-        "nobias  flat           lrp.flat  * passed * -",
-        "nobias  flat (finite)  lrp.flat  * passed * -",
-        "nobias  z              lrp.z     * xpassed-strict  - * -",
+        "biased: *",
+        "  FAILED  eps  *% (rtol 0): stabilizer -*%*at dense_*",
+        "  XFAIL   z    *%: the bias absorbs relevance",
+        "nobias: *",
+        "  FAILED         eps  *% (rtol 0): stabilizer -*% at dense*",
+        "  XPASS(strict)  z    *%: the bias absorbs relevance",
     ])
-    header = next(line for line in result.stdout.lines if line.startswith("model "))
-    rows = [line for line in result.stdout.lines if line.startswith(("biased ", "nobias "))]
-    assert len(rows) == 6 and all(row.index("lrp.") == header.index("analyzer") for row in rows)
-    quiet = pytester.runpytest(*args, "--lrp-no-summary")
-    assert "LRP results" not in quiet.stdout.str()
+    assert not any("flat" in line for line in section[1:3] + section[4:])  # passed: no row
+    # -q: the model lines and the failures only.
+    quiet = _section(pytester.runpytest(*args, "-q"))
+    assert [line.split()[0] for line in quiet] == ["biased:", "FAILED", "nobias:", "FAILED", "XPASS(strict)"]
+    # Everything passed: the model lines alone.
+    passing = _section(pytester.runpytest(*args[:3], "-k", "flat"))  # the models, the rule file
+    assert [line.split(":")[0] for line in passing] == ["biased", "nobias"]
+    assert "1 rule, 2 tests: 2 passed; 1 rule conserves" in passing[0]
+    none = pytester.runpytest(*args, "--lrp-no-summary")
+    assert "LRP results" not in none.stdout.str()
     plain = pytester.runpytest("-p", "no:cacheprovider", "--co")
     assert "LRP results" not in plain.stdout.str()
+
+
+def test_verbose_results_have_a_row_for_every_test(lrp_project, pytester):
+    lrp_project.rules(SUMMARY_RULES)
+    args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
+    result = pytester.runpytest(*args, "-v")
+    section = _section(result)
+    header = ("rule  check         outcome         analyzer     max |error|  rel. error  rtol, atol    "
+              "leaking layer    leak by mechanism, reason")
+    # A rule's conservation row first, then its other checks; the same columns under every model.
+    result.stdout.fnmatch_lines([
+        "biased: 3 rules, 4 tests: *", header,
+        "eps   conservation  failed          lrp.epsilon  * 1*%  * 0, 1e-06 * dense_? (Dense)  "
+        "stabilizer -*% at dense_?",
+        "flat  conservation  passed          lrp.flat     * *%  * 1e-05, 1e-06",
+        "flat  finite        passed          lrp.flat",
+        "z     conservation  xfailed         lrp.z        * *%  * 1e-05, 1e-06 * dense_? (Dense)  bias -*%; "
+        "the bias absorbs relevance",
+        "nobias: 3 rules, 4 tests: *", header,
+        "eps   conservation  failed          lrp.epsilon  *",
+        "flat  conservation  passed          lrp.flat  *",
+        "flat  finite        passed          lrp.flat",
+        "z     conservation  xpassed-strict  lrp.z  * the bias absorbs relevance",
+    ])
+    assert len(section) == 2 * (1 + 1 + 4)  # a model line, the header, 4 rows; at 500 columns nothing wraps
+    header_line = next(line for line in section if line.startswith("rule "))
+    assert all(line.index("passed") == header_line.index("outcome") for line in section if line.startswith("flat "))
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_results_and_failure_details_fit_the_terminal(lrp_project, pytester, monkeypatch, columns):
+    lrp_project.rules(SUMMARY_RULES)
+    args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    for verbosity in (("--lrp-report=report.json", "--junitxml=junit.xml"), ("-v",)):
+        result = pytester.runpytest(*args, *verbosity)
+        result.assert_outcomes(failed=3, passed=4, xfailed=1)
+        details = _section(result, "FAILURES", until="LRP results")
+        details = [line for line in details if not line.startswith("- generated xml file")]  # pytest's
+        summary = _section(result)
+        assert max(map(len, details + summary)) <= columns, [line for line in details + summary if len(line) > columns]
+        # Wrapped, not cut: a long line goes on, indented, on the next lines.
+        worst = next(i for i, line in enumerate(details) if line.startswith("worst sample "))
+        joined = " ".join(line.strip() for line in details[worst:worst + 4])
+        assert details[worst + 1].startswith("    ") and "tolerance = 1e-06 (atol 1e-06 + rtol 0 * |target|)" in joined
+        if verbosity == ("-v",):
+            assert sum(line.startswith(("eps ", "flat ", "z ")) for line in summary) == 8  # a row for every test
+        else:
+            assert len(summary) <= 2 * 2 + 4 and "  XFAIL   z " in "\n".join(summary)
+    # The JSON report and JUnit XML keep the check's text as it is.
+    records = json.loads((pytester.path / "report.json").read_text())["results"]
+    messages = [r["message"] for r in records if r.get("message")]
+    assert any(len(line) > columns for m in messages for line in m.splitlines())
+    failure = ElementTree.parse(pytester.path / "junit.xml").getroot().find(".//failure")
+    assert any(len(line) > columns for line in failure.text.splitlines())
+
+
+def test_wrap_to_width_keeps_what_fits_and_indents_what_goes_on():
+    from pytest_lrp.reports.width import abbreviate, wrap_to_width
+
+    table = "  dense_1 (Dense)      10.5696 -> 9.65545      -0.914"
+    long = "  dense (Dense, epsilon(1)): change -1.44 = bias -0.00897, stabilizer -1.43, unexplained -6.09e-08"
+    wrapped = wrap_to_width(f"first\n{table}\n{long}", 60).splitlines()
+    assert wrapped[:2] == ["first", table]  # kept as they are, spaces and all
+    assert wrapped[2].startswith("  dense (Dense") and all(line.startswith("      ") for line in wrapped[3:])
+    assert max(map(len, wrapped)) <= 60 and " ".join(w.strip() for w in wrapped[2:]) == long.strip()
+    assert wrap_to_width("x" * 50, 30).splitlines() == ["x" * 30, "    " + "x" * 20]
+    assert abbreviate("  one\ntwo", 40) == "  one; two" and abbreviate("a" * 50, 20) == "a" * 17 + "..."
 
 
 def test_junit_xml_properties(lrp_project, pytester):
@@ -213,7 +315,6 @@ def test_heatmap_images_for_failing_and_xfailing_tests(pytester):
     assert len(list((pytester.path / "all").glob("*.png"))) == 3
 
 
-@pytest.mark.xdist
 def test_same_results_under_xdist(lrp_project, pytester):
     lrp_project.rules(
         f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n"

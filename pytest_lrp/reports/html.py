@@ -20,6 +20,7 @@ from ..config.rulefile import CHECK_NAMES
 from .html_images import IMAGES_ATTRIBUTE, analysis_key, record_chart, shown_leak
 from .json_report import versions
 from .reporting import records_key
+from .summary import notes_text
 
 # Failures first: what needs a look comes first in the table.
 OUTCOME_ORDER = ("failed", "error", "xpassed-strict", "xpassed", "xfailed", "passed")
@@ -116,7 +117,7 @@ def _table(records, counts) -> str:
             _percent(r.get("max_relative_error")) if conservation else "",
             escape(f"rtol {tol['rtol']:g}, atol {tol['atol']:g}") if conservation else "",
             escape(f"{leak['name']} ({leak['class']})") if leak else "",
-            escape(r.get("leak_split") or "") if leak else "",
+            escape(notes_text(r)),  # as the terminal's -v table: the verdict on the declared leaks, an xfail's reason
         )
         rows.append(
             f'<tr id="{row_id(r["nodeid"])}" data-outcome="{escape(r["outcome"])}" title="{escape(r["nodeid"])}">'
@@ -125,7 +126,8 @@ def _table(records, counts) -> str:
     return (
         '<h2>Tests</h2><form class="filter" id="filter">show: ' + buttons + "</form>"
         '<table id="results"><thead><tr><th>model</th><th>rule</th><th>check</th><th>outcome</th>'
-        "<th>max |error|</th><th>max rel. error</th><th>tolerance</th><th>leaking layer</th><th>leak by mechanism</th></tr></thead>"
+        "<th>max |error|</th><th>max rel. error</th><th>tolerance</th><th>leaking layer</th>"
+        "<th>leak by mechanism, reason</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

@@ -150,7 +150,7 @@ def layer_chart(layers: list, leak, target: float) -> str:
     not the picture's: matplotlib's text rendering was most of a chart's cost.
     """
     figure = _figure((5.0, 2.1))
-    axes = figure.add_axes((0.1, 0.34, 0.88, 0.62))
+    axes = figure.add_subplot()
     names = [layer["name"] for layer in layers]
     values = [float(layer["relevance"]) for layer in layers]  # float() also reads the records' "nan"/"inf"
     positions = list(range(len(values)))
@@ -168,6 +168,11 @@ def layer_chart(layers: list, leak, target: float) -> str:
         if leak is not None and label.get_text() == leak["name"]:
             label.set_color("#d62728")
     axes.tick_params(axis="y", labelsize=7)
+    # Relevance that is conserved varies in its 6th digit: matplotlib would write the axis as an
+    # offset ("1e-5+9.0715") above the axes, outside the figure. Plain numbers, and a layout
+    # that makes room for however wide they are.
+    axes.ticklabel_format(axis="y", useOffset=False, style="plain")
+    figure.set_layout_engine("tight", pad=0.3)
     return figure_text(figure)
 
 

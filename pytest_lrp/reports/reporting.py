@@ -11,6 +11,7 @@ from ..engine.known_bugs import KNOWN_BUG
 from ..engine.workbench import workbench_key
 from .accounting import junit_properties, split_text
 from .results import REPORT_ATTRIBUTE, outcome_of, result_record
+from .width import FittedText
 
 records_key = pytest.StashKey[list]()
 OWN_REASONS = (FORMULA_LEAK, KNOWN_BUG)
@@ -76,10 +77,15 @@ class ResultCollector:
         self.config = config
         config.stash[records_key] = []
 
+    @pytest.hookimpl(trylast=True)  # after JUnit XML and others have read the report's text as it is
     def pytest_runtest_logreport(self, report) -> None:
         record = getattr(report, REPORT_ATTRIBUTE, None)
-        if record is not None:
-            self.config.stash[records_key].append(record)
+        if record is None:
+            return
+        self.config.stash[records_key].append(record)
+        if isinstance(report.longrepr, str) and not isinstance(report.longrepr, FittedText):
+            # An LRP failure's details (the check's message): wrapped to the terminal's width when printed.
+            report.longrepr = FittedText(report.longrepr)
 
 
 def finish(config) -> None:

@@ -42,6 +42,8 @@ def result_record(item, report) -> dict:
     }
     if record["outcome"] in ("failed", "error", "xpassed-strict"):
         record["message"] = report.longreprtext.strip()
+    if hasattr(report, "wasxfail"):  # the xfail reason, as the rule or the check gave it
+        record["reason"] = report.wasxfail
     analysis = item.analysis
     if analysis is None:  # the analysis itself failed; the report's message says why
         return {**record, "max_error": None, "errors": [], "layers": [], "leak_layer": None}
