@@ -43,8 +43,13 @@ def run(cmd: list, env: dict, cwd: Path = ROOT, tail_lines: int = 3) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         tail = out.read().decode(errors="replace").strip().splitlines()[-tail_lines:]
-    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": proc.returncode, "tail": tail}
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "exit": proc.returncode,
+        "tail": tail,
+    }
 
 
 def pytest_cmd(*args) -> list:
@@ -80,8 +85,12 @@ def resolve(revision: str) -> str:
     ValueError
         If git does not know the revision.
     """
-    found = subprocess.run(["git", "rev-parse", "--short", "--verify", "--quiet", f"{revision}^{{commit}}"],
-                           cwd=ROOT, capture_output=True, text=True)
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "--verify", "--quiet", f"{revision}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if found.returncode != 0:
         raise ValueError(f"{revision!r} is not a commit of this git checkout")
     return found.stdout.strip()

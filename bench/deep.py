@@ -98,13 +98,20 @@ def model_file(name: str, env: dict) -> tuple:
     info = RESULTS / f"{name}.json"
     if not path.exists() or not info.exists():
         cls, kwargs = NETWORKS[name]
-        out = subprocess.run([sys.executable, "-c", BUILD, name, str(cls), repr(kwargs), str(path)], env=env, check=True,
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", BUILD, name, str(cls), repr(kwargs), str(path)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         info.write_text(json.dumps({"parameters": int(out[-2]), "layers": int(out[-1])}))
     return path, json.loads(info.read_text())
 
 
-def deep_side_by_side(env: dict, reuse_direct: bool = False, network: str = "mobilenetv2", rules: dict = SIDE_BY_SIDE) -> dict:
+def deep_side_by_side(
+    env: dict, reuse_direct: bool = False, network: str = "mobilenetv2", rules: dict = SIDE_BY_SIDE
+) -> dict:
     path, info = model_file(network, env)
     folder = side_by_side_folder(network)
     folder.mkdir(exist_ok=True)
@@ -112,25 +119,44 @@ def deep_side_by_side(env: dict, reuse_direct: bool = False, network: str = "mob
 
     inputs = folder / "x.npz"
     shape = NETWORKS[network][1]["input_shape"]
-    np.savez(inputs, x=np.random.default_rng(0).uniform(0, 1, (SAMPLES,) + tuple(shape)).astype(np.float32))
+    np.savez(inputs, x=np.random.default_rng(0).uniform(0, 1, (SAMPLES, *tuple(shape))).astype(np.float32))
     tests = ["import numpy as np", "import pytest", ""]
     for rule_id, (analyzer, params) in rules.items():
         name = rule_id.replace("-", "_")
-        tests += [f"@pytest.mark.lrp_rule({analyzer!r}, disable_model_checks=True, **{params!r})",
-                  f"def test_{name}(lrp_analysis):",
-                  f"    np.savez({str(folder / ('lrp_' + name + '.npz'))!r}, heatmaps=lrp_analysis.heatmaps, x=lrp_analysis.inputs)", ""]
+        tests += [
+            f"@pytest.mark.lrp_rule({analyzer!r}, disable_model_checks=True, **{params!r})",
+            f"def test_{name}(lrp_analysis):",
+            f"    np.savez({str(folder / ('lrp_' + name + '.npz'))!r}, heatmaps=lrp_analysis.heatmaps, x=lrp_analysis.inputs)",
+            "",
+        ]
     (folder / "test_side_by_side.py").write_text("\n".join(tests))
     (folder / "conftest.py").write_text(CPU_PER_TEST.format(out=str(folder / "lrp_times.json")))
     xml = folder / "lrp.xml"
-    lrp = run(pytest_cmd(folder / "test_side_by_side.py", f"--lrp-model={path}", f"--lrp-inputs={inputs}", f"--lrp-samples={SAMPLES}", f"--junitxml={xml}"), env)
+    lrp = run(
+        pytest_cmd(
+            folder / "test_side_by_side.py",
+            f"--lrp-model={path}",
+            f"--lrp-inputs={inputs}",
+            f"--lrp-samples={SAMPLES}",
+            f"--junitxml={xml}",
+        ),
+        env,
+    )
     spec = json.dumps({rule_id.replace("-", "_"): [analyzer, params] for rule_id, (analyzer, params) in rules.items()})
     if reuse_direct:  # innvestigate's times from an earlier run on the same inputs (they do not depend on pytest-lrp)
         direct = {"reused": str(folder / "direct.json")}
     else:
-        direct = run([sys.executable, str(ROOT / "bench" / "innvestigate_direct.py"), str(path), str(folder), spec], env)
+        direct = run(
+            [sys.executable, str(ROOT / "bench" / "innvestigate_direct.py"), str(path), str(folder), spec], env
+        )
     cls, kwargs = NETWORKS[network]
-    return {"model": f"{cls} {kwargs}, weights=None ({info['layers']} layers, {info['parameters']} parameters)",
-            "samples": SAMPLES, "pytest_lrp": lrp, "direct": direct, "per_rule": side_by_side_table(folder, network, rules)}
+    return {
+        "model": f"{cls} {kwargs}, weights=None ({info['layers']} layers, {info['parameters']} parameters)",
+        "samples": SAMPLES,
+        "pytest_lrp": lrp,
+        "direct": direct,
+        "per_rule": side_by_side_table(folder, network, rules),
+    }
 
 
 def side_by_side_folder(network: str) -> Path:
@@ -139,7 +165,10 @@ def side_by_side_folder(network: str) -> Path:
 
 def all_rules() -> dict:
     """rules.yaml's rules as SIDE_BY_SIDE: id -> (analyzer, params)."""
-    return {rule["id"]: (rule["analyzer"], rule.get("params") or {}) for rule in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]}
+    return {
+        rule["id"]: (rule["analyzer"], rule.get("params") or {})
+        for rule in yaml.safe_load((ROOT / "rules.yaml").read_text())["rules"]
+    }
 
 
 def side_by_side_table(folder: Path, network: str = "mobilenetv2", rules: dict = SIDE_BY_SIDE) -> dict:
@@ -162,7 +191,9 @@ def side_by_side_table(folder: Path, network: str = "mobilenetv2", rules: dict =
     return per_rule
 
 
-def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False, subset: tuple = (), whole: bool = True) -> dict:
+def deep_suites(
+    env: dict, networks=tuple(NETWORKS), without: bool = False, subset: tuple = (), whole: bool = True
+) -> dict:
     """The whole suite with the speed-up; with ``without`` also without it; with ``subset`` (rule ids) those
     rules alone with and without it, back to back (the whole suite without the speed-up takes over an hour
     on the deeper networks), and with ``whole=False`` only those."""
@@ -173,10 +204,15 @@ def deep_suites(env: dict, networks=tuple(NETWORKS), without: bool = False, subs
         result[name] = dict(info) if subset and not whole else {**info, "with_speedup": suite_run(name, path, env)}
         if without and whole:
             result[name]["without_speedup"] = suite_run(name, path, off)
-            result[name]["speedup"] = round(result[name]["without_speedup"]["seconds"] / result[name]["with_speedup"]["seconds"], 2)
+            result[name]["speedup"] = round(
+                result[name]["without_speedup"]["seconds"] / result[name]["with_speedup"]["seconds"], 2
+            )
         if subset:
-            pair = {"rules": list(subset), "with_speedup": suite_run(name, path, env, subset),
-                    "without_speedup": suite_run(name, path, off, subset)}
+            pair = {
+                "rules": list(subset),
+                "with_speedup": suite_run(name, path, env, subset),
+                "without_speedup": suite_run(name, path, off, subset),
+            }
             pair["speedup"] = round(pair["without_speedup"]["seconds"] / pair["with_speedup"]["seconds"], 2)
             pair["cpu_speedup"] = round(pair["without_speedup"]["cpu_seconds"] / pair["with_speedup"]["cpu_seconds"], 2)
             result[name]["subset"] = pair
@@ -198,7 +234,9 @@ def suite_rules(only: tuple = ()) -> list:
 def suite_run(name: str, path: Path, env: dict, only: tuple = ()) -> dict:
     defaults = dict(yaml.safe_load((ROOT / "rules.yaml").read_text())["defaults"])
     defaults.pop("inputs", None)
-    defaults.update(models=[str(path)], samples=SAMPLES, seed=0, checks=[c for c in defaults["checks"] if c != "reference"])
+    defaults.update(
+        models=[str(path)], samples=SAMPLES, seed=0, checks=[c for c in defaults["checks"] if c != "reference"]
+    )
     tag = ("with" if env.get("PYTEST_LRP_SPEEDUP", "1") != "0" else "without") + ("_subset" if only else "")
     rules_path = write_yaml(RESULTS / f"suite_{name}_{tag}.yaml", {"defaults": defaults, "rules": suite_rules(only)})
     xml = RESULTS / f"suite_{name}_{tag}.xml"
@@ -216,7 +254,9 @@ def error_lines(xml: Path) -> dict:
     for case in ET.parse(xml).getroot().iter("testcase"):
         for child in case:
             if child.tag in ("error", "failure"):
-                lines[case.get("name")] = (child.get("message") or "").splitlines()[0][:400] if child.get("message") else ""
+                lines[case.get("name")] = (
+                    (child.get("message") or "").splitlines()[0][:400] if child.get("message") else ""
+                )
     return lines
 
 
@@ -242,7 +282,9 @@ def matrix(results: dict) -> str:
     for name in names:
         run_ = suites[name]["with_speedup"]
         outcomes = [t[2] for t in run_["tests"]]
-        counts = ", ".join(f"{outcomes.count(o)} {o}" for o in ("passed", "failed", "xfailed", "skipped", "error") if outcomes.count(o))
+        counts = ", ".join(
+            f"{outcomes.count(o)} {o}" for o in ("passed", "failed", "xfailed", "skipped", "error") if outcomes.count(o)
+        )
         totals.append(f"{counts}; {run_['seconds']:.0f} s, {run_['peak_rss_mb'] / 1024:.1f} GB")
     lines.append("| all | " + " | ".join(totals) + " |")
     return "\n".join(lines)
@@ -253,13 +295,26 @@ def main() -> None:
     parser.add_argument("section", choices=("side_by_side", "suites", "matrix"))
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--without", action="store_true", help="also run each suite without the speed-up")
-    parser.add_argument("--subset", nargs="*", default=[], metavar="RULE",
-                        help="also run these rules alone, with and without the speed-up, back to back")
+    parser.add_argument(
+        "--subset",
+        nargs="*",
+        default=[],
+        metavar="RULE",
+        help="also run these rules alone, with and without the speed-up, back to back",
+    )
     parser.add_argument("--subset-only", action="store_true", help="with --subset: skip the whole suite")
     parser.add_argument("--all-rules", action="store_true", help="side_by_side: every rule of rules.yaml, not the six")
-    parser.add_argument("--rules", nargs="*", default=[], metavar="RULE", help="side_by_side: these rules of rules.yaml")
-    parser.add_argument("--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run")
-    parser.add_argument("--table-only", action="store_true", help="side_by_side: recompute the per-rule table from the files of the last run")
+    parser.add_argument(
+        "--rules", nargs="*", default=[], metavar="RULE", help="side_by_side: these rules of rules.yaml"
+    )
+    parser.add_argument(
+        "--reuse-direct", action="store_true", help="side_by_side: take innvestigate's times from the last run"
+    )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="side_by_side: recompute the per-rule table from the files of the last run",
+    )
     parser.add_argument("--out", default=str(RESULTS / "deep.json"))
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -282,7 +337,9 @@ def main() -> None:
             results[key] = deep_side_by_side(env, args.reuse_direct, network, rules)
     else:
         for name in args.networks:  # written after each network: a long run keeps what it measured
-            results.setdefault("deep_suites", {}).setdefault(name, {}).update(deep_suites(env, [name], args.without, tuple(args.subset), not args.subset_only)[name])
+            results.setdefault("deep_suites", {}).setdefault(name, {}).update(
+                deep_suites(env, [name], args.without, tuple(args.subset), not args.subset_only)[name]
+            )
             out.write_text(json.dumps(results, indent=1) + "\n")
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1)[:4000])

@@ -108,8 +108,19 @@ def build(kind: str):
     return tf.keras.Model(inp, out)
 
 
-ZOO = ("cnn-seed1", "cnn-seed2", "avgpool", "strided", "valid", "batchnorm", "residual", "softmax-layer",
-       "dropout-gap", "mlp", "input-1")
+ZOO = (
+    "cnn-seed1",
+    "cnn-seed2",
+    "avgpool",
+    "strided",
+    "valid",
+    "batchnorm",
+    "residual",
+    "softmax-layer",
+    "dropout-gap",
+    "mlp",
+    "input-1",
+)
 
 
 def train(kind: str, seed: int, folder: Path, samples: int) -> float:
@@ -117,7 +128,7 @@ def train(kind: str, seed: int, folder: Path, samples: int) -> float:
     code = f"""
 import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, {str(ROOT / 'bench')!r})
+sys.path.insert(0, {str(ROOT / "bench")!r})
 import numpy as np, tensorflow as tf
 from false_alarms import build, digits_28x28
 tf.keras.utils.set_random_seed({seed})
@@ -126,8 +137,8 @@ model = build({kind!r})
 model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
 model.fit(x[:1200], y[:1200], epochs=4, batch_size=64, verbose=0)
 accuracy = model.evaluate(x[1200:], y[1200:], verbose=0)[1]
-model.save({str(folder / 'model.h5')!r})
-np.savez({str(folder / 'digits.npz')!r}, x=x[1200:1200 + {samples}])
+model.save({str(folder / "model.h5")!r})
+np.savez({str(folder / "digits.npz")!r}, x=x[1200:1200 + {samples}])
 print(f"{{accuracy:.3f}}")
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
@@ -147,9 +158,23 @@ def run_suite(folder: Path, *extra: str, env: dict | None = None) -> dict:
     junit = folder / "junit.xml"
     started = time.perf_counter()
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "--lrp-model=model.h5", "--lrp-inputs=digits.npz", "-q", "-p", "no:cacheprovider",
-         "--lrp-no-summary", f"--junitxml={junit}", *extra],
-        cwd=folder, capture_output=True, text=True, env=env or _env(),
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--lrp-model=model.h5",
+            "--lrp-inputs=digits.npz",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--lrp-no-summary",
+            f"--junitxml={junit}",
+            *extra,
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=env or _env(),
     )
     seconds = time.perf_counter() - started
     outcomes = {}
@@ -167,8 +192,13 @@ def run_suite(folder: Path, *extra: str, env: dict | None = None) -> dict:
                     outcome, message = ("xfailed" if "xfail" in kind else "skipped"), (child.get("message") or "")
             outcomes[name] = (outcome, message.strip().splitlines()[0][:300] if message.strip() else "")
     last = (run.stdout.strip().splitlines() or ["(no output)"])[-1]
-    return {"exit": run.returncode, "seconds": round(seconds, 1), "summary": last, "tests": outcomes,
-            "stderr_tail": run.stderr[-1500:] if run.returncode not in (0, 1) else ""}
+    return {
+        "exit": run.returncode,
+        "seconds": round(seconds, 1),
+        "summary": last,
+        "tests": outcomes,
+        "stderr_tail": run.stderr[-1500:] if run.returncode not in (0, 1) else "",
+    }
 
 
 RED = ("failed", "error", "xpassed-strict")
@@ -186,8 +216,13 @@ def zoo(kinds, samples: int, keep: Path | None) -> dict:
         counts = {}
         for outcome, _ in run["tests"].values():
             counts[outcome] = counts.get(outcome, 0) + 1
-        results[kind] = {"accuracy": accuracy, "seconds": run["seconds"], "summary": run["summary"], "counts": counts,
-                         "red": {name: f"{o}: {m}" for name, (o, m) in sorted(red.items())}}
+        results[kind] = {
+            "accuracy": accuracy,
+            "seconds": run["seconds"],
+            "summary": run["summary"],
+            "counts": counts,
+            "red": {name: f"{o}: {m}" for name, (o, m) in sorted(red.items())},
+        }
         print(f"{kind:14s} acc {accuracy:.2f}  {len(red):3d} red  {run['summary']}", flush=True)
         for name, (outcome, message) in sorted(red.items())[:12]:
             print(f"    {outcome:8s} {name}: {message[:200]}", flush=True)
@@ -290,7 +325,9 @@ def faults(kind: str, samples: int, keep: Path | None) -> dict:
     results = {"model": kind, "clean": clean["summary"], "faults": {}}
     for label, fault in FAULTS.items():
         run = run_suite(folder, "-p", FAULT_PLUGIN, env=_env(LRP_FAULT=fault, PYTHONPATH=str(folder)))
-        caught = sorted(name for name, (o, _) in run["tests"].items() if o in RED and clean["tests"].get(name, ("",))[0] not in RED)
+        caught = sorted(
+            name for name, (o, _) in run["tests"].items() if o in RED and clean["tests"].get(name, ("",))[0] not in RED
+        )
         results["faults"][label] = {"caught_by": caught, "summary": run["summary"]}
         print(f"{label:48s} caught by {len(caught):3d} tests  {run['summary']}", flush=True)
         for name in caught[:8]:
@@ -299,8 +336,12 @@ def faults(kind: str, samples: int, keep: Path | None) -> dict:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-            "python": platform.python_version(), "platform": platform.machine()}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "python": platform.python_version(),
+        "platform": platform.machine(),
+    }
 
 
 def main() -> None:

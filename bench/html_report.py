@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import RESULTS, run
 
-TIMER = '''
+TIMER = """
 import functools
 import json
 import time
@@ -57,12 +57,16 @@ html.HtmlReport.pytest_sessionfinish = _timed(html.HtmlReport.pytest_sessionfini
 def pytest_unconfigure(config):
     with open(config.getoption("lrp_html") + ".timing.json", "w") as f:
         f.write(json.dumps(spent))
-'''
+"""
 
 
 def suite(args: list, env: dict) -> dict:
     """``pytest rules.yaml`` with ``args``, measured (bench/common.py)."""
-    return run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lrp-no-summary", "rules.yaml", *args], env, tail_lines=1)
+    return run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lrp-no-summary", "rules.yaml", *args],
+        env,
+        tail_lines=1,
+    )
 
 
 def main() -> None:
@@ -72,7 +76,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="lrp-html-bench-"))
     (folder / "html_timer.py").write_text(TIMER)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0", PYTHONPATH=f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONHASHSEED="0",
+        PYTHONPATH=f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
     page = folder / "report.html"
     runs = {"without": [], "with": []}
     load = os.getloadavg()[0]
@@ -86,11 +95,14 @@ def main() -> None:
                 result["inside"] = json.loads(Path(f"{page}.timing.json").read_text())
                 result["page_bytes"] = page.stat().st_size
             runs[kind].append(result)
-            print(f"{kind:8} {result['seconds']:7.2f} s wall {result['cpu_seconds']:7.2f} s cpu  {result['tail']}", flush=True)
+            print(
+                f"{kind:8} {result['seconds']:7.2f} s wall {result['cpu_seconds']:7.2f} s cpu  {result['tail']}",
+                flush=True,
+            )
     fastest = {kind: min(r["seconds"] for r in rs) for kind, rs in runs.items()}
     least_cpu = {kind: min(r["cpu_seconds"] for r in rs) for kind, rs in runs.items()}
-    inside = min((r["inside"]["pictures"] + r["inside"]["page"] for r in runs["with"]))
-    inside_cpu = min((r["inside"]["pictures_cpu"] + r["inside"]["page_cpu"] for r in runs["with"]))
+    inside = min(r["inside"]["pictures"] + r["inside"]["page"] for r in runs["with"])
+    inside_cpu = min(r["inside"]["pictures_cpu"] + r["inside"]["page_cpu"] for r in runs["with"])
     summary = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "load_average_before": load,
@@ -104,11 +116,17 @@ def main() -> None:
         "page_mb": round(runs["with"][-1]["page_bytes"] / 1e6, 2),
     }
     (RESULTS / "html_report.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"fastest wall: {fastest['without']:.2f} s without, {fastest['with']:.2f} s with --lrp-html: {summary['wall_ratio']:.3f} x")
-    print(f"least cpu:    {least_cpu['without']:.2f} s without, {least_cpu['with']:.2f} s with: {summary['cpu_ratio']:.3f} x")
-    print(f"inside the run: {inside:.2f} s wall, {inside_cpu:.2f} s cpu drawing pictures and writing the page "
-          f"({summary['inside_share_of_plain']:.1%} of the plain run's wall time, {summary['inside_cpu_share_of_plain']:.1%} of its cpu time); "
-          f"page {summary['page_mb']} MB")
+    print(
+        f"fastest wall: {fastest['without']:.2f} s without, {fastest['with']:.2f} s with --lrp-html: {summary['wall_ratio']:.3f} x"
+    )
+    print(
+        f"least cpu:    {least_cpu['without']:.2f} s without, {least_cpu['with']:.2f} s with: {summary['cpu_ratio']:.3f} x"
+    )
+    print(
+        f"inside the run: {inside:.2f} s wall, {inside_cpu:.2f} s cpu drawing pictures and writing the page "
+        f"({summary['inside_share_of_plain']:.1%} of the plain run's wall time, {summary['inside_cpu_share_of_plain']:.1%} of its cpu time); "
+        f"page {summary['page_mb']} MB"
+    )
 
 
 if __name__ == "__main__":

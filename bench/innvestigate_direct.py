@@ -36,13 +36,26 @@ def main() -> None:
             continue
         x = np.load(ours)["x"]
         started, cpu = time.perf_counter(), time.process_time()
-        row = analyze(tf, innvestigate, model_path, analyzer, params, x, folder / f"direct_{name}.npz", inference_phase=False)
+        row = analyze(
+            tf, innvestigate, model_path, analyzer, params, x, folder / f"direct_{name}.npz", inference_phase=False
+        )
         if "error" in row:
             # integrated_gradients crashes the usual way on any model with BatchNormalization (innvestigate 2.1.2,
             # Keras 2.14): the closest run that works fixes the graph's learning phase to inference.
             started, cpu = time.perf_counter(), time.process_time()
-            row = {"usual_way_error": row["error"],
-                   **analyze(tf, innvestigate, model_path, analyzer, params, x, folder / f"direct_{name}.npz", inference_phase=True)}
+            row = {
+                "usual_way_error": row["error"],
+                **analyze(
+                    tf,
+                    innvestigate,
+                    model_path,
+                    analyzer,
+                    params,
+                    x,
+                    folder / f"direct_{name}.npz",
+                    inference_phase=True,
+                ),
+            }
         row.update(direct_s=round(time.perf_counter() - started, 2), direct_cpu_s=round(time.process_time() - cpu, 2))
         times[name] = row
         print(name, row, flush=True)

@@ -56,7 +56,7 @@ def main() -> None:
         x = x[:samples].astype(np.float32)
     else:
         shape = tuple(d or 1 for d in model.input_shape[1:])
-        x = np.random.default_rng(defaults.get("seed", 0)).random((samples,) + shape, dtype=np.float32)
+        x = np.random.default_rng(defaults.get("seed", 0)).random((samples, *shape), dtype=np.float32)
     outputs = model.predict(x)
     selected = outputs.max(axis=1)
     imported = time.perf_counter()
@@ -74,7 +74,9 @@ def main() -> None:
     total = time.perf_counter() - started
     print(f"{len(per_rule)} rules in {total:.1f} s (set-up {imported - started:.1f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"setup_seconds": imported - started, "total_seconds": total, "rules": per_rule}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"setup_seconds": imported - started, "total_seconds": total, "rules": per_rule}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from pytest_lrp.reference import MECHANISMS, ReferenceModel, explain  # noqa: E402
 
 # The original report (innvestigate 1.x, MNIST CNN, 16 test digits): max relative conservation error.
-BUG_REPORT = {"z-no-bias": ("lrp.z_IB", 2.5e-7), "epsilon-1": ("lrp.epsilon_IB eps=1", 0.80),
-              "alpha2-beta1-ib": ("lrp.alpha_2_beta_1_IB", 0.166), "alpha2-beta1": ("lrp.alpha_2_beta_1", 0.888),
-              "deep-taylor-bounded": ("deep_taylor.bounded", 0.0177)}
+BUG_REPORT = {
+    "z-no-bias": ("lrp.z_IB", 2.5e-7),
+    "epsilon-1": ("lrp.epsilon_IB eps=1", 0.80),
+    "alpha2-beta1-ib": ("lrp.alpha_2_beta_1_IB", 0.166),
+    "alpha2-beta1": ("lrp.alpha_2_beta_1", 0.888),
+    "deep-taylor-bounded": ("deep_taylor.bounded", 0.0177),
+}
 SHOWN_SHARE = 1e-3
 
 
@@ -120,9 +124,18 @@ def account_rule(tf, inn, rule, config, weights, x, reference, outputs):
     err_inn = np.abs(heatmap.reshape(len(x), -1).sum(axis=1) - t) / scale
     err_ref = np.abs(result.heatmap.reshape(len(x), -1).sum(axis=1) - t) / scale
     diff = np.abs(result.heatmap - heatmap).max()
-    row = {"rule": rule["id"], "analyzer": analyzer, "err_inn": err_inn.max(), "err_ref": err_ref.max(),
-           "diff": diff, "rel": diff / max(np.abs(result.heatmap).max(), 1e-30), "t_inn": t_inn, "t_ref": t_ref,
-           "mechanisms": {}, "layers": []}
+    row = {
+        "rule": rule["id"],
+        "analyzer": analyzer,
+        "err_inn": err_inn.max(),
+        "err_ref": err_ref.max(),
+        "diff": diff,
+        "rel": diff / max(np.abs(result.heatmap).max(), 1e-30),
+        "t_inn": t_inn,
+        "t_ref": t_ref,
+        "mechanisms": {},
+        "layers": [],
+    }
     if result.layers and result.layers[0].mechanisms:
         total = {m: sum(a.mechanisms[m] for a in result.layers) for m in MECHANISMS}
         change_inn = heatmap.reshape(len(x), -1).sum(axis=1) - result.output_relevance
@@ -140,8 +153,11 @@ def main(argv=None):
     parser.add_argument("--rules", nargs="*", help="rule ids of rules.yaml (default: all)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--vgg16", action="store_true", help="time VGG16 (weights=None, 1 sample) instead")
-    parser.add_argument("--without-speedup", action="store_true",
-                        help="--vgg16: innvestigate run the usual way, not with pytest-lrp's speed-up")
+    parser.add_argument(
+        "--without-speedup",
+        action="store_true",
+        help="--vgg16: innvestigate run the usual way, not with pytest-lrp's speed-up",
+    )
     parser.add_argument("--json", help="--vgg16: also write the rows to this file")
     args = parser.parse_args(argv)
     tf, inn = load_tf()
@@ -154,25 +170,34 @@ def main(argv=None):
     reference = ReferenceModel.from_keras(config, {layer.name: layer.get_weights() for layer in keras_model.layers})
     x = np.load(ROOT / "examples" / "digits.npz")["x"][: args.samples].astype(np.float32)
     outputs = keras_model.predict(x, verbose=0).astype(np.float64)
-    print(f"example CNN (examples/cnn.hdf5), {len(x)} digits; reference forward vs Keras: "
-          f"max difference {np.abs(reference.predict(x) - outputs).max():.2g}\n")
+    print(
+        f"example CNN (examples/cnn.hdf5), {len(x)} digits; reference forward vs Keras: "
+        f"max difference {np.abs(reference.predict(x) - outputs).max():.2g}\n"
+    )
     rows = [account_rule(tf, inn, rule, config, weights, x, reference, outputs) for rule in rules]
     print_tables(rows)
 
 
 def print_tables(rows):
-    print("| rule | max error innvestigate | reference | bug report (1.x) | heatmap max diff (rel) | "
-          + " | ".join(MECHANISMS) + " | unexplained |")
+    print(
+        "| rule | max error innvestigate | reference | bug report (1.x) | heatmap max diff (rel) | "
+        + " | ".join(MECHANISMS)
+        + " | unexplained |"
+    )
     print("|---" * (6 + len(MECHANISMS)) + "|")
     for row in rows:
         report = BUG_REPORT.get(row["rule"])
         report_text = f"{report[1]:.3g} ({report[0]})" if report else ""
         mech = row["mechanisms"]
         cells = [fmt(mech.get(m, 0.0)) if mech else "" for m in (*MECHANISMS, "unexplained")]
-        print(f"| {row['rule']} | {row['err_inn']:.3g} | {row['err_ref']:.3g} | {report_text} | "
-              f"{row['diff']:.2g} ({row['rel']:.1g}) | " + " | ".join(cells) + " |")
-    print("\nMechanisms: mean over the digits of the change each causes, as a share of the explained output t "
-          "(negative: lost). unexplained = innvestigate's sum(R) - t minus the reference's mechanisms.\n")
+        print(
+            f"| {row['rule']} | {row['err_inn']:.3g} | {row['err_ref']:.3g} | {report_text} | "
+            f"{row['diff']:.2g} ({row['rel']:.1g}) | " + " | ".join(cells) + " |"
+        )
+    print(
+        "\nMechanisms: mean over the digits of the change each causes, as a share of the explained output t "
+        "(negative: lost). unexplained = innvestigate's sum(R) - t minus the reference's mechanisms.\n"
+    )
     print("| rule | layer | rule at the layer | " + " | ".join(MECHANISMS) + " |")
     print("|---" * (3 + len(MECHANISMS)) + "|")
     for row in rows:
@@ -203,18 +228,25 @@ def time_vgg16(tf, inn, rules, speedup, out_json=None):
     del keras_model
     gc.collect()
     mode = "with pytest-lrp's speed-up (engine/speedup.py)" if speedup else "run the usual way"
-    print(f"VGG16 (weights=None), 1 sample; innvestigate {mode}; reference forward vs Keras: max difference "
-          f"{np.abs(reference.predict(x) - outputs).max():.2g} on outputs up to {np.abs(outputs).max():.3g}\n")
-    print("| rule | reference CPU s | innvestigate CPU s | ratio | reference wall s | innvestigate wall s | "
-          "reference peak GB | heatmap max diff (rel) | load |")
+    print(
+        f"VGG16 (weights=None), 1 sample; innvestigate {mode}; reference forward vs Keras: max difference "
+        f"{np.abs(reference.predict(x) - outputs).max():.2g} on outputs up to {np.abs(outputs).max():.3g}\n"
+    )
+    print(
+        "| rule | reference CPU s | innvestigate CPU s | ratio | reference wall s | innvestigate wall s | "
+        "reference peak GB | heatmap max diff (rel) | load |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     # The plugin runs the reference's forward pass once for all rules of a model and inputs (the first rule
     # pays for it): timed on its own row, so that each rule's row is what that rule adds.
     reference._last_forward = None
     started, cpu = time.perf_counter(), time.process_time()
     reference.predict(x)
-    shared = {"rule": "(forward pass, shared)", "reference_cpu_s": round(time.process_time() - cpu, 2),
-              "reference_wall_s": round(time.perf_counter() - started, 2)}
+    shared = {
+        "rule": "(forward pass, shared)",
+        "reference_cpu_s": round(time.process_time() - cpu, 2),
+        "reference_wall_s": round(time.perf_counter() - started, 2),
+    }
     print(f"| {shared['rule']} | {shared['reference_cpu_s']:.1f} | | | {shared['reference_wall_s']:.1f} | | | | |")
     rows = []
     # integrated gradients last: innvestigate needs 9 GB for it on VGG16 (README, Performance)
@@ -232,20 +264,42 @@ def time_vgg16(tf, inn, rules, speedup, out_json=None):
         diff = np.abs(result.heatmap - heatmap).max()
         rel = diff / max(np.abs(result.heatmap).max(), 1e-30)
         load = os.getloadavg()[0]
-        rows.append({"rule": rule["id"], "reference_cpu_s": round(c_ref, 2), "innvestigate_cpu_s": round(c_inn, 2),
-                     "reference_wall_s": round(t_ref, 2), "innvestigate_wall_s": round(t_inn, 2),
-                     "reference_peak_gb": round(peak, 2), "max_diff": float(diff), "rel_diff": float(rel), "load": load})
-        print(f"| {rule['id']} | {c_ref:.1f} | {c_inn:.1f} | {c_ref / c_inn:.2f} | {t_ref:.1f} | {t_inn:.1f} | "
-              f"{peak:.2f} | {diff:.2g} ({rel:.1g}) | {load:.1f} |", flush=True)
+        rows.append(
+            {
+                "rule": rule["id"],
+                "reference_cpu_s": round(c_ref, 2),
+                "innvestigate_cpu_s": round(c_inn, 2),
+                "reference_wall_s": round(t_ref, 2),
+                "innvestigate_wall_s": round(t_inn, 2),
+                "reference_peak_gb": round(peak, 2),
+                "max_diff": float(diff),
+                "rel_diff": float(rel),
+                "load": load,
+            }
+        )
+        print(
+            f"| {rule['id']} | {c_ref:.1f} | {c_inn:.1f} | {c_ref / c_inn:.2f} | {t_ref:.1f} | {t_inn:.1f} | "
+            f"{peak:.2f} | {diff:.2g} ({rel:.1g}) | {load:.1f} |",
+            flush=True,
+        )
         del result, heatmap
         gc.collect()
-    c_ref, c_inn = sum(r["reference_cpu_s"] for r in rows) + shared["reference_cpu_s"], sum(r["innvestigate_cpu_s"] for r in rows)
-    t_ref, t_inn = sum(r["reference_wall_s"] for r in rows) + shared["reference_wall_s"], sum(r["innvestigate_wall_s"] for r in rows)
+    c_ref, c_inn = (
+        sum(r["reference_cpu_s"] for r in rows) + shared["reference_cpu_s"],
+        sum(r["innvestigate_cpu_s"] for r in rows),
+    )
+    t_ref, t_inn = (
+        sum(r["reference_wall_s"] for r in rows) + shared["reference_wall_s"],
+        sum(r["innvestigate_wall_s"] for r in rows),
+    )
     print(f"| all | {c_ref:.0f} | {c_inn:.0f} | {c_ref / c_inn:.2f} | {t_ref:.0f} | {t_inn:.0f} | | | |")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"\nprocess peak (ru_maxrss) {maxrss:.1f} GB")
     if out_json:
-        Path(out_json).write_text(json.dumps({"speedup": speedup, "shared_forward": shared, "rows": rows, "maxrss_gb": maxrss}, indent=1) + "\n")
+        Path(out_json).write_text(
+            json.dumps({"speedup": speedup, "shared_forward": shared, "rows": rows, "maxrss_gb": maxrss}, indent=1)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=SECTIONS)
     parser.add_argument("--out", default=str(RESULTS / "results.json"))
     parser.add_argument("--update", action="store_true", help="keep the other sections of an existing --out file")
-    parser.add_argument("--against", metavar="REV", help=f"sections {', '.join(COMPARED)}: also run the project at this git "
-                        "revision (a commit, tag or branch), alternated with this tree")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help=f"sections {', '.join(COMPARED)}: also run the project at this git "
+        "revision (a commit, tag or branch), alternated with this tree",
+    )
     args = parser.parse_args()
     try:
         against = resolve(args.against) if args.against else None
@@ -127,10 +131,16 @@ def xdist(env: dict) -> dict:
 def flat(env: dict) -> dict:
     """20 rules of equal cost (alpha-beta, alpha = 2 + i/64: exact, so alpha - beta = 1 holds) against 1: per-rule time and peak memory."""
     base = yaml.safe_load((ROOT / "rules.yaml").read_text())["defaults"]
-    defaults = {**base, "models": [str(ROOT / m) for m in base["models"]], "inputs": str(ROOT / base["inputs"]),
-                "tolerance": {"rtol": 1.0e6}}  # the numbers are not the point here; every test passes
-    rules = [{"id": f"alpha{i:02d}", "analyzer": "lrp.alpha_beta", "params": {"alpha": 2 + i / 64, "beta": 1 + i / 64}}
-             for i in range(FLAT_RULES)]
+    defaults = {
+        **base,
+        "models": [str(ROOT / m) for m in base["models"]],
+        "inputs": str(ROOT / base["inputs"]),
+        "tolerance": {"rtol": 1.0e6},
+    }  # the numbers are not the point here; every test passes
+    rules = [
+        {"id": f"alpha{i:02d}", "analyzer": "lrp.alpha_beta", "params": {"alpha": 2 + i / 64, "beta": 1 + i / 64}}
+        for i in range(FLAT_RULES)
+    ]
     result = {}
     for n in (1, FLAT_RULES):
         path = write_yaml(RESULTS / f"flat{n}.yaml", {"defaults": defaults, "rules": rules[:n]})
@@ -167,9 +177,14 @@ def startup(env: dict) -> dict:
         probe = "import sys, pytest_lrp.plugin; print(sorted(m for m in ('numpy', 'yaml', 'tensorflow') if m in sys.modules))"
         heavy = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip()
     with_plugin, without = statistics.median(times["with_plugin"]), statistics.median(times["no_lrp"])
-    return {"runs": times, "median_with_plugin": with_plugin, "median_no_lrp": without,
-            "difference_s": round(with_plugin - without, 3), "ratio": round(with_plugin / without, 3),
-            "heavy_modules_imported_by_plugin": heavy}
+    return {
+        "runs": times,
+        "median_with_plugin": with_plugin,
+        "median_no_lrp": without,
+        "difference_s": round(with_plugin - without, 3),
+        "ratio": round(with_plugin / without, 3),
+        "heavy_modules_imported_by_plugin": heavy,
+    }
 
 
 def reference(env: dict, against: str | None = None) -> dict:
@@ -195,13 +210,25 @@ def reference(env: dict, against: str | None = None) -> dict:
             for name, tree in trees.items():
                 extra = [f"--lrp-report={report}"] if name == "with_reference" else []
                 # PYTHONPATH: that tree's pytest_lrp before the installed one
-                runs[name].append(run(pytest_cmd("rules.yaml", f"--lrp-inputs={digits}", *extra), dict(env, PYTHONPATH=str(tree)), cwd=tree))
+                runs[name].append(
+                    run(
+                        pytest_cmd("rules.yaml", f"--lrp-inputs={digits}", *extra),
+                        dict(env, PYTHONPATH=str(tree)),
+                        cwd=tree,
+                    )
+                )
     fastest = {name: min(r["seconds"] for r in values) for name, values in runs.items()}
     records = json.loads(report.read_text())["results"]
     seconds = sum((r.get("reference") or {}).get("seconds", 0) for r in records)
-    result = {"runs": runs, "with_reference_s": fastest["with_reference"], "reference_seconds_in_reference_tests": round(seconds, 2)}
+    result = {
+        "runs": runs,
+        "with_reference_s": fastest["with_reference"],
+        "reference_seconds_in_reference_tests": round(seconds, 2),
+    }
     if against:
-        result.update(against=against, before_s=fastest["before"], ratio=round(fastest["with_reference"] / fastest["before"], 3))
+        result.update(
+            against=against, before_s=fastest["before"], ratio=round(fastest["with_reference"] / fastest["before"], 3)
+        )
     return result
 
 
@@ -230,7 +257,9 @@ def vgg16_all(env: dict, against: str | None = None) -> dict:
             runs[now].append(vgg16_run(env, rules, 1))
     for key, found in runs.items():
         result[key] = min(found, key=lambda r: r["seconds"])
-        result[f"{key}_all_runs"] = [{k: r[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb", "exit")} for r in found]
+        result[f"{key}_all_runs"] = [
+            {k: r[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb", "exit")} for r in found
+        ]
     if against:
         result["against"] = against
         result["ratio_seconds"] = round(result[now]["seconds"] / result[before]["seconds"], 3)
@@ -250,8 +279,10 @@ def vgg16_rules(ids) -> list:
 def vgg16_run(env: dict, rules: list, samples: int, cwd: Path = ROOT, tag: str = "") -> dict:
     model = RESULTS / "vgg16.h5"
     if not model.exists():
-        build = ("import tensorflow as tf; m = tf.keras.applications.VGG16(weights=None, input_shape=(224, 224, 3)); "
-                 f"m.save({str(model)!r}, include_optimizer=False); print(m.count_params())")
+        build = (
+            "import tensorflow as tf; m = tf.keras.applications.VGG16(weights=None, input_shape=(224, 224, 3)); "
+            f"m.save({str(model)!r}, include_optimizer=False); print(m.count_params())"
+        )
         subprocess.run([sys.executable, "-c", build], env=env, check=True, capture_output=True)
     defaults = {"models": [str(model)], "samples": samples, "seed": 0, "tolerance": {"rtol": 1.0e6}}
     stem = f"vgg16_{len(rules)}r_{samples}s{'_' + tag if tag else ''}"
@@ -279,9 +310,17 @@ def deep_suites(env: dict) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     versions = {}
     for dist in ("pytest", "pytest-xdist", "tensorflow", "innvestigate", "numpy"):
         try:
@@ -290,8 +329,13 @@ def machine() -> dict:
             versions[dist] = version(dist)
         except Exception:
             versions[dist] = None
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "versions": versions}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
 def goals(r: dict) -> dict:
@@ -305,7 +349,10 @@ def goals(r: dict) -> dict:
         s = r["startup"]
         g["start-up within 5% and 50 ms of -p no:lrp"] = (s["ratio"], s["ratio"] <= 1.05 and s["difference_s"] <= 0.05)
     if "reference" in r and "ratio" in r["reference"]:
-        g["example suite with the reference <= 1.5 x before it"] = (r["reference"]["ratio"], r["reference"]["ratio"] <= 1.5)
+        g["example suite with the reference <= 1.5 x before it"] = (
+            r["reference"]["ratio"],
+            r["reference"]["ratio"] <= 1.5,
+        )
     if "xdist" in r:
         x = r["xdist"]
         g["-n 2 same outcomes and >= 1.5 x faster"] = (x["speedup"], x["same_outcomes"] and x["speedup"] >= 1.5)
@@ -316,49 +363,114 @@ def table(r: dict) -> str:
     rows = [("measurement", "seconds", "peak RSS MB", "note")]
     if "suite" in r:
         s = r["suite"]
-        rows.append(("plain script, one graph (bug report's way)", s["plain_script"]["seconds"], s["plain_script"]["peak_rss_mb"], "21 rules"))
-        rows.append(("pytest rules.yaml", s["pytest_lrp"]["seconds"], s["pytest_lrp"]["peak_rss_mb"], f"{s['ratio']:.2f} x plain"))
+        rows.append(
+            (
+                "plain script, one graph (bug report's way)",
+                s["plain_script"]["seconds"],
+                s["plain_script"]["peak_rss_mb"],
+                "21 rules",
+            )
+        )
+        rows.append(
+            (
+                "pytest rules.yaml",
+                s["pytest_lrp"]["seconds"],
+                s["pytest_lrp"]["peak_rss_mb"],
+                f"{s['ratio']:.2f} x plain",
+            )
+        )
     if "xdist" in r:
         x = r["xdist"]
         rows.append(("pytest rules.yaml -n 0 (fastest of 2)", x["n0"]["seconds"], x["n0"]["peak_rss_mb"], ""))
-        rows.append(("pytest rules.yaml -n 2 (fastest of 2)", x["n2"]["seconds"], x["n2"]["peak_rss_mb"],
-                     f"{x['speedup']:.2f} x faster, same outcomes: {x['same_outcomes']}"))
+        rows.append(
+            (
+                "pytest rules.yaml -n 2 (fastest of 2)",
+                x["n2"]["seconds"],
+                x["n2"]["peak_rss_mb"],
+                f"{x['speedup']:.2f} x faster, same outcomes: {x['same_outcomes']}",
+            )
+        )
     if "flat" in r:
         f = r["flat"]
         rows.append(("1 alpha-beta rule", f["rules1"]["seconds"], f["rules1"]["peak_rss_mb"], ""))
-        rows.append((f"{FLAT_RULES} alpha-beta rules", f[f"rules{FLAT_RULES}"]["seconds"], f[f"rules{FLAT_RULES}"]["peak_rss_mb"],
-                     f"last-5 max {f['last5_max']:.2f} s / first-5 median {f['first5_median']:.2f} s = {f['time_ratio']:.2f}; "
-                     f"memory {f['memory_ratio']:.2f} x"))
+        rows.append(
+            (
+                f"{FLAT_RULES} alpha-beta rules",
+                f[f"rules{FLAT_RULES}"]["seconds"],
+                f[f"rules{FLAT_RULES}"]["peak_rss_mb"],
+                f"last-5 max {f['last5_max']:.2f} s / first-5 median {f['first5_median']:.2f} s = {f['time_ratio']:.2f}; "
+                f"memory {f['memory_ratio']:.2f} x",
+            )
+        )
     if "startup" in r:
         s = r["startup"]
         rows.append(("start-up, no LRP test, -p no:lrp (median)", s["median_no_lrp"], "", ""))
-        rows.append(("start-up, no LRP test, plugin on (median)", s["median_with_plugin"], "",
-                     f"+{s['difference_s'] * 1000:.0f} ms ({s['ratio']:.3f} x); plugin imports {s['heavy_modules_imported_by_plugin']}"))
+        rows.append(
+            (
+                "start-up, no LRP test, plugin on (median)",
+                s["median_with_plugin"],
+                "",
+                f"+{s['difference_s'] * 1000:.0f} ms ({s['ratio']:.3f} x); plugin imports {s['heavy_modules_imported_by_plugin']}",
+            )
+        )
     if "reference" in r:
         f = r["reference"]
         if "before_s" in f:
-            rows.append((f"pytest rules.yaml at {f.get('against', 'the revision before')}, before the reference "
-                         f"(fastest of {REFERENCE_REPEATS})", f["before_s"], "", ""))
+            rows.append(
+                (
+                    f"pytest rules.yaml at {f.get('against', 'the revision before')}, before the reference "
+                    f"(fastest of {REFERENCE_REPEATS})",
+                    f["before_s"],
+                    "",
+                    "",
+                )
+            )
         ratio = f"{f['ratio']:.2f} x; " if "ratio" in f else ""
-        rows.append(("pytest rules.yaml with the reference", f["with_reference_s"], "",
-                     f"{ratio}reference time in the reference tests {f['reference_seconds_in_reference_tests']} s"))
+        rows.append(
+            (
+                "pytest rules.yaml with the reference",
+                f["with_reference_s"],
+                "",
+                f"{ratio}reference time in the reference tests {f['reference_seconds_in_reference_tests']} s",
+            )
+        )
     for v in (r[k] for k in ("vgg16", "vgg16_all") if k in r):
         for key, value in v.items():
             if isinstance(value, dict):
                 per = ", ".join(f"{rule} {s:.0f}" for rule, s in value["per_rule"])
-                rows.append((f"VGG16 {key.replace('_', ', ', 1)}", value["seconds"], value["peak_rss_mb"],
-                             (f"CPU s {value['cpu_seconds']}; " if value.get("cpu_seconds") else "") + f"per rule s: {per}"))
+                rows.append(
+                    (
+                        f"VGG16 {key.replace('_', ', ', 1)}",
+                        value["seconds"],
+                        value["peak_rss_mb"],
+                        (f"CPU s {value['cpu_seconds']}; " if value.get("cpu_seconds") else "") + f"per rule s: {per}",
+                    )
+                )
     if "deep_side_by_side" in r:
         for rule, row in r["deep_side_by_side"]["per_rule"].items():
-            rows.append((f"MobileNetV2 {rule}: pytest-lrp / innvestigate directly", row.get("pytest_lrp_s"), "",
-                         f"{row.get('direct_s')} s directly; CPU s {row.get('pytest_lrp_cpu_s')} vs {row.get('direct_cpu_s')}; "
-                         f"ratio wall {row.get('ratio')}, CPU {row.get('cpu_ratio')}; bitwise identical: {row.get('bitwise_identical')}"))
+            rows.append(
+                (
+                    f"MobileNetV2 {rule}: pytest-lrp / innvestigate directly",
+                    row.get("pytest_lrp_s"),
+                    "",
+                    f"{row.get('direct_s')} s directly; CPU s {row.get('pytest_lrp_cpu_s')} vs {row.get('direct_cpu_s')}; "
+                    f"ratio wall {row.get('ratio')}, CPU {row.get('cpu_ratio')}; bitwise identical: {row.get('bitwise_identical')}",
+                )
+            )
     for name, network in r.get("deep_suites", {}).items():
         for key in ("with_speedup", "without_speedup"):
             if key in network:
-                rows.append((f"{name}, 21 rules, {key.replace('_', ' ')}", network[key]["seconds"], network[key]["peak_rss_mb"],
-                             ", ".join(f"{o} {sum(1 for t in network[key]['tests'] if t[2] == o)}"
-                                       for o in ("passed", "failed", "xfailed", "error"))))
+                rows.append(
+                    (
+                        f"{name}, 21 rules, {key.replace('_', ' ')}",
+                        network[key]["seconds"],
+                        network[key]["peak_rss_mb"],
+                        ", ".join(
+                            f"{o} {sum(1 for t in network[key]['tests'] if t[2] == o)}"
+                            for o in ("passed", "failed", "xfailed", "error")
+                        ),
+                    )
+                )
     widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(row[:3], widths)) + " | " + row[3] for row in rows]
     lines.insert(1, "-" * len(lines[0]))

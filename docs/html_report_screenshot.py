@@ -34,17 +34,44 @@ def main() -> None:
     page = args.page
     if page is None:
         page = folder / "report.html"
-        subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lrp-no-summary", "rules.yaml",
-                        f"--lrp-html={page}"], cwd=ROOT, check=False)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "--lrp-no-summary",
+                "rules.yaml",
+                f"--lrp-html={page}",
+            ],
+            cwd=ROOT,
+            check=False,
+        )
     trimmed = folder / "trimmed.html"
-    focus = (f"<style>#results tbody tr:nth-child(n+{ROWS + 1}){{display:none}}"
-             f"section:not(#{SECTION}){{display:none}}</style></head>")
+    focus = (
+        f"<style>#results tbody tr:nth-child(n+{ROWS + 1}){{display:none}}"
+        f"section:not(#{SECTION}){{display:none}}</style></head>"
+    )
     trimmed.write_text(page.read_text().replace("</head>", focus, 1))
     shot = folder / "shot.png"
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={SIZE[0]},{SIZE[1]}", f"--screenshot={shot}", trimmed.as_uri()],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={SIZE[0]},{SIZE[1]}",
+            f"--screenshot={shot}",
+            trimmed.as_uri(),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     picture = Image.open(shot).convert("RGB")
     content = ImageOps.invert(picture).getbbox()  # cut the white below the section
     picture.crop((0, 0, SIZE[0], min(SIZE[1], content[3] + 20))).quantize(colors=128).save(args.out, optimize=True)

@@ -21,7 +21,9 @@ def parametrize_models(metafunc: pytest.Metafunc) -> None:
     if names:
         metafunc.parametrize("lrp_model", list(names), ids=list(names.values()), indirect=True)
     else:
-        metafunc.parametrize("lrp_model", [pytest.param(None, marks=pytest.mark.skip(reason=NO_MODEL))], ids=["no-model"], indirect=True)
+        metafunc.parametrize(
+            "lrp_model", [pytest.param(None, marks=pytest.mark.skip(reason=NO_MODEL))], ids=["no-model"], indirect=True
+        )
 
 
 @pytest.fixture
@@ -49,7 +51,11 @@ def lrp_analysis(request, lrp_model, lrp_inputs):
     workbench = request.config.stash[workbench_key]
     rule = _usage(lambda: rule_from_marker(request.node.nodeid, marker.args, marker.kwargs))
     label = model_label(lrp_model.path)
-    return LrpAnalysis(_usage(lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs))))
+    return LrpAnalysis(
+        _usage(
+            lambda: shortened(request.config, rule, label, lambda: workbench.analysis(lrp_model.path, rule, lrp_inputs))
+        )
+    )
 
 
 class LrpAnalysis:

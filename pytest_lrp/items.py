@@ -37,13 +37,20 @@ class RulesFile(pytest.File):
             rules = [rule for rule in rule_file.rules if check in rule.checks]
             if not names:
                 for rule in rules:
-                    item = LrpItem.from_parent(self, name=f"{check}[{rule.id}]", check=check, model_path=None, model_name=None, rule=rule)
+                    item = LrpItem.from_parent(
+                        self, name=f"{check}[{rule.id}]", check=check, model_path=None, model_name=None, rule=rule
+                    )
                     item.add_marker(pytest.mark.skip(reason=NO_MODEL))
                     yield item
             for path, model_name in names.items():
                 for rule in rules:
                     yield LrpItem.from_parent(
-                        self, name=f"{check}[{model_name}-{rule.id}]", check=check, model_path=path, model_name=model_name, rule=rule
+                        self,
+                        name=f"{check}[{model_name}-{rule.id}]",
+                        check=check,
+                        model_path=path,
+                        model_name=model_name,
+                        rule=rule,
                     )
 
 
@@ -58,7 +65,9 @@ class LrpItem(pytest.Item):
         # regardless (innvestigate#273: a leaking rule can also explode).
         if rule.xfail and check == "conservation":
             # raises=: only a failed check counts as the expected failure; a crash stays an error.
-            self.add_marker(pytest.mark.xfail(reason=rule.xfail.reason, strict=rule.xfail.strict, raises=LrpCheckFailed))
+            self.add_marker(
+                pytest.mark.xfail(reason=rule.xfail.reason, strict=rule.xfail.strict, raises=LrpCheckFailed)
+            )
 
     def setup(self):
         # The analysis runs in setup: a model, input or analyzer that cannot be analyzed

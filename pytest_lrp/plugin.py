@@ -155,7 +155,11 @@ def _model_path(item):
     if isinstance(item, LrpItem):
         return item.model_path
     callspec = getattr(item, "callspec", None)
-    return callspec.params.get("lrp_model") if callspec is not None and "lrp_model" in getattr(item, "fixturenames", ()) else None
+    return (
+        callspec.params.get("lrp_model")
+        if callspec is not None and "lrp_model" in getattr(item, "fixturenames", ())
+        else None
+    )
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list:
@@ -242,7 +246,9 @@ def _adopt_explicit_rule_file(config: pytest.Config, workbench: Workbench) -> No
 
 def _collect_rule_file_too(config: pytest.Config, workbench: Workbench) -> None:
     """`pytest --lrp-model=m.h5` or `--lrp-rules=r.yaml` runs the rule file's tests even when testpaths points elsewhere."""
-    if config.args_source == pytest.Config.ArgsSource.ARGS or not (workbench.settings.models_given or config.getoption("lrp_rules")):
+    if config.args_source == pytest.Config.ArgsSource.ARGS or not (
+        workbench.settings.models_given or config.getoption("lrp_rules")
+    ):
         return
     rules = workbench.rules_path
     searched = [Path(config.invocation_params.dir, a).resolve() for a in config.args]

@@ -45,7 +45,9 @@ _deselected = pytest.StashKey[int]()
 def _markers_chosen(config) -> bool:
     """Whether the command line (or PYTEST_ADDOPTS) has `-m`, even `-m ""` (which selects everything)."""
     args = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
-    return bool(config.getoption("markexpr")) or any(arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")) for arg in args)
+    return bool(config.getoption("markexpr")) or any(
+        arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")) for arg in args
+    )
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -53,7 +55,8 @@ def pytest_terminal_summary(terminalreporter, config):
     if count:
         terminalreporter.write_line(
             f"{count} expensive tests deselected ({', '.join(EXPENSIVE)}); "
-            f'-m "{" or ".join(EXPENSIVE)}" runs them, -m "" runs everything')
+            f'-m "{" or ".join(EXPENSIVE)}" runs them, -m "" runs everything'
+        )
 
 
 @dataclass
@@ -115,10 +118,12 @@ def _save_dense(tf, folder: Path, name: str, bias: bool, seed: int, formats=(".h
     biases = [(rng.normal(0, 0.3, b) if bias else np.zeros(b)).astype(np.float32) for b in sizes[1:]]
     layers = tf.keras.layers
     model = tf.keras.Sequential(
-        [layers.Dense(8, activation="relu", use_bias=bias, input_shape=(INPUT_DIM,)),
-         layers.Dense(6, activation="relu", use_bias=bias),
-         layers.Dense(3, use_bias=bias),
-         layers.Activation("softmax")]
+        [
+            layers.Dense(8, activation="relu", use_bias=bias, input_shape=(INPUT_DIM,)),
+            layers.Dense(6, activation="relu", use_bias=bias),
+            layers.Dense(3, use_bias=bias),
+            layers.Activation("softmax"),
+        ]
     )
     weights = [w for pair in zip(kernels, biases) for w in (pair if bias else pair[:1])]
     model.set_weights(weights)
@@ -164,15 +169,21 @@ def conv_nets(model_dir, tensorflow_imported_once) -> dict:
     layers = tf.keras.layers
     paths = {}
     for name, bias in (("bias_free", False), ("biased", True)):
-        model = tf.keras.Sequential([
-            layers.Conv2D(4, 3, padding="same", activation="relu", use_bias=bias, input_shape=(8, 8, 1), name="conv_a"),
-            layers.MaxPooling2D(2, name="pool"),
-            layers.Conv2D(4, 3, activation="relu", use_bias=bias, name="conv_b"),
-            layers.Flatten(name="flatten"),
-            layers.Dense(3, use_bias=bias, name="dense"),
-        ])
+        model = tf.keras.Sequential(
+            [
+                layers.Conv2D(
+                    4, 3, padding="same", activation="relu", use_bias=bias, input_shape=(8, 8, 1), name="conv_a"
+                ),
+                layers.MaxPooling2D(2, name="pool"),
+                layers.Conv2D(4, 3, activation="relu", use_bias=bias, name="conv_b"),
+                layers.Flatten(name="flatten"),
+                layers.Dense(3, use_bias=bias, name="dense"),
+            ]
+        )
         rng = np.random.default_rng(7)
-        weights = [rng.normal(0.0, 0.6, w.shape) if w.ndim > 1 else rng.normal(0.1, 0.2, w.shape) for w in model.get_weights()]
+        weights = [
+            rng.normal(0.0, 0.6, w.shape) if w.ndim > 1 else rng.normal(0.1, 0.2, w.shape) for w in model.get_weights()
+        ]
         model.set_weights([w.astype(np.float32) for w in weights])
         paths[name] = model_dir / f"conv_{name}.h5"
         model.save(paths[name])

@@ -55,12 +55,16 @@ def test_a_model_check_about_relu_layers_is_overridden_and_the_run_says_so(defau
     # refusal of a layer the reference does not know is tested in test_upstream_fixes.py).
     path, inputs, _ = default_named
     (pytester.path / "rules.yaml").write_text(RULES)
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={path}", f"--lrp-inputs={inputs}", "-k", "conservation and z and not anyway")
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={path}", f"--lrp-inputs={inputs}", "-k", "conservation and z and not anyway"
+    )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([
-        "lrp: residual: innvestigate's model check \"LRP is only tested for convolutional neural networks.\" about layers "
-        "re_lu, re_lu_1, * was overridden: their rules are well defined (pytest-lrp's numpy reference implements them) (rules z)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            'lrp: residual: innvestigate\'s model check "LRP is only tested for convolutional neural networks." about layers '
+            "re_lu, re_lu_1, * was overridden: their rules are well defined (pytest-lrp's numpy reference implements them) (rules z)",
+        ]
+    )
     assert "NotImplementedError" not in result.stdout.str()
 
 
@@ -68,27 +72,37 @@ def test_default_layer_names_do_not_collide_with_the_layers_innvestigate_adds(de
     # Before: 'The name "add" is used 2 times in the model' for every rule, input_t_gradient included.
     path, inputs, _ = default_named
     (pytester.path / "rules.yaml").write_text(RULES)
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={path}", f"--lrp-inputs={inputs}", "-k", "anyway or gradient",
-                                "--lrp-report=report.json")
+    result = pytester.runpytest(
+        "rules.yaml",
+        f"--lrp-model={path}",
+        f"--lrp-inputs={inputs}",
+        "-k",
+        "anyway or gradient",
+        "--lrp-report=report.json",
+    )
     result.assert_outcomes(passed=10)
     assert "used 2 times" not in result.stdout.str()
 
 
 def test_reports_name_the_users_layers(default_named, pytester):
     path, inputs, names = default_named
-    pytester.makepyfile(test_layers="""
+    pytester.makepyfile(
+        test_layers="""
         import json
         import pytest
 
         @pytest.mark.lrp_rule("lrp.z", disable_model_checks=True)
         def test_layers(lrp_analysis):
             json.dump([name for layer in lrp_analysis.layers for name in (layer.members or (layer.name,))], open("layers.json", "w"))
-    """)
+    """
+    )
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
     result.assert_outcomes(passed=1)
     reported = json.loads((pytester.path / "layers.json").read_text())
     assert "add" in reported and "add_1" in reported
-    assert set(reported) <= set(names), sorted(set(reported) - set(names))  # no layer innvestigate added, no renamed one
+    assert set(reported) <= set(names), sorted(
+        set(reported) - set(names)
+    )  # no layer innvestigate added, no renamed one
 
 
 def test_per_layer_changes_add_up_to_the_error_on_a_residual_network(default_named, pytester):
@@ -97,7 +111,8 @@ def test_per_layer_changes_add_up_to_the_error_on_a_residual_network(default_nam
     # change too (and the convolution none), so the per-layer changes no longer added up to the total and
     # the leak accounting showed 'unexplained' relevance at every Add. Such layers are now one entry.
     path, inputs, _ = default_named
-    pytester.makepyfile(test_layers="""
+    pytester.makepyfile(
+        test_layers="""
         import json
         import numpy as np
         import pytest
@@ -111,7 +126,8 @@ def test_per_layer_changes_add_up_to_the_error_on_a_residual_network(default_nam
             unexplained = [np.max(np.abs(layer.unexplained)) for layer in lrp_analysis.leaks.layers if layer.cls != "InputLayer"]
             json.dump({"groups": [[layer.name, list(layer.members)] for layer in layers if layer.members],
                        "unexplained": max(unexplained), "scale": float(np.max(np.abs(start)))}, open("out.json", "w"))
-    """)
+    """
+    )
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
     result.assert_outcomes(passed=1)
     out = json.loads((pytester.path / "out.json").read_text())
@@ -125,17 +141,25 @@ def test_a_layer_deep_taylor_has_no_rule_for_is_named_in_one_line(pytester, tens
     tf = tensorflow_imported_once
     graph = tf.Graph()
     with graph.as_default():
-        model = tf.keras.Sequential([
-            tf.keras.layers.Dense(4, input_shape=(3,), name="hidden"),
-            tf.keras.layers.Activation("swish", name="swish_here"),
-            tf.keras.layers.Dense(2, name="logits"),
-        ])
+        model = tf.keras.Sequential(
+            [
+                tf.keras.layers.Dense(4, input_shape=(3,), name="hidden"),
+                tf.keras.layers.Activation("swish", name="swish_here"),
+                tf.keras.layers.Dense(2, name="logits"),
+            ]
+        )
         model.save(pytester.path / "swish.h5", include_optimizer=False)
-    (pytester.path / "rules.yaml").write_text("rules:\n  - id: dt\n    analyzer: deep_taylor\n    params: {disable_model_checks: true}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - id: dt\n    analyzer: deep_taylor\n    params: {disable_model_checks: true}\n"
+    )
     result = pytester.runpytest("rules.yaml", "--lrp-model=swish.h5", "--lrp-samples=2")
     result.assert_outcomes(errors=2)  # conservation and finite
-    result.stdout.fnmatch_lines(["*swish.h5: deep_taylor has no rule for layer 'swish_here' (Activation, activation 'swish') (rule 'dt'): "
-                                 "innvestigate 2.1.2's Deep Taylor maps only ReLU activations, *and refuses any other layer*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*swish.h5: deep_taylor has no rule for layer 'swish_here' (Activation, activation 'swish') (rule 'dt'): "
+            "innvestigate 2.1.2's Deep Taylor maps only ReLU activations, *and refuses any other layer*"
+        ]
+    )
     assert "object at 0x" not in result.stdout.str()
 
 
@@ -145,20 +169,24 @@ def test_a_separate_softmax_layer_is_dropped_and_the_layers_keep_their_names(pyt
     tf = tensorflow_imported_once
     graph = tf.Graph()
     with graph.as_default():
-        model = tf.keras.Sequential([
-            tf.keras.layers.Dense(4, activation="relu", input_shape=(3,), name="hidden"),
-            tf.keras.layers.Dense(2, name="logits"),
-            tf.keras.layers.Activation("softmax", name="probabilities"),
-        ])
+        model = tf.keras.Sequential(
+            [
+                tf.keras.layers.Dense(4, activation="relu", input_shape=(3,), name="hidden"),
+                tf.keras.layers.Dense(2, name="logits"),
+                tf.keras.layers.Activation("softmax", name="probabilities"),
+            ]
+        )
         model.save(pytester.path / "separate_softmax.h5", include_optimizer=False)
-    pytester.makepyfile(test_layers="""
+    pytester.makepyfile(
+        test_layers="""
         import json
         import pytest
 
         @pytest.mark.lrp_rule("lrp.z")
         def test_layers(lrp_analysis):
             json.dump([[layer.name, layer.cls] for layer in lrp_analysis.layers], open("layers.json", "w"))
-    """)
+    """
+    )
     result = pytester.runpytest("--lrp-model=separate_softmax.h5", "--lrp-samples=2")
     result.assert_outcomes(passed=1)
     reported = json.loads((pytester.path / "layers.json").read_text())

@@ -38,10 +38,12 @@ def test_missing_then_written_then_passing_then_a_changed_heatmap_fails(project,
     path = pytester.path / BASELINE
     first = pytester.runpytest("rules.yaml")
     first.assert_outcomes(failed=1)
-    first.stdout.fnmatch_lines([
-        f"no baseline for rule 'z' on net: {BASELINE} does not exist; "
-        "run pytest with --lrp-update-baselines to write it from the current heatmaps"
-    ])
+    first.stdout.fnmatch_lines(
+        [
+            f"no baseline for rule 'z' on net: {BASELINE} does not exist; "
+            "run pytest with --lrp-update-baselines to write it from the current heatmaps"
+        ]
+    )
     assert not (pytester.path / "lrp_baselines").exists(), "nothing may be written without the flag"
 
     update = pytester.runpytest("rules.yaml", "--lrp-update-baselines")
@@ -75,14 +77,16 @@ def test_missing_then_written_then_passing_then_a_changed_heatmap_fails(project,
     expected, current = changed.astype(np.float64), heatmaps.astype(np.float64)
     correlation = np.corrcoef(expected.ravel(), current.ravel())[0, 1]
     sample_correlation = np.corrcoef(expected[2], current[2])[0, 1]
-    mismatch.stdout.fnmatch_lines([
-        f"heatmaps differ from the baseline {BASELINE} (lrp.z on net; baseline_tolerance rtol=0.0001, atol=1e-06)",
-        f"max abs difference 0.5; 2 of 30 values (6.67%) outside the tolerance; correlation baseline vs current {correlation:.6f}",
-        f"worst sample 2: max abs difference 0.5 at index (3) ({changed[2, 3]:.6g} baseline, {heatmaps[2, 3]:.6g} current); "
-        f"1 of 5 values outside the tolerance; correlation {sample_correlation:.6f}",
-        "baseline / current / difference image: images/baselines/net/z.png",
-        "if the change is intended, run with --lrp-update-baselines to accept the current heatmaps",
-    ])
+    mismatch.stdout.fnmatch_lines(
+        [
+            f"heatmaps differ from the baseline {BASELINE} (lrp.z on net; baseline_tolerance rtol=0.0001, atol=1e-06)",
+            f"max abs difference 0.5; 2 of 30 values (6.67%) outside the tolerance; correlation baseline vs current {correlation:.6f}",
+            f"worst sample 2: max abs difference 0.5 at index (3) ({changed[2, 3]:.6g} baseline, {heatmaps[2, 3]:.6g} current); "
+            f"1 of 5 values outside the tolerance; correlation {sample_correlation:.6f}",
+            "baseline / current / difference image: images/baselines/net/z.png",
+            "if the change is intended, run with --lrp-update-baselines to accept the current heatmaps",
+        ]
+    )
     assert "the rule changed" not in mismatch.stdout.str() and "recorded with" not in mismatch.stdout.str()
     assert path.read_bytes() == before, "a failing run must leave the baseline byte for byte"
     assert (pytester.path / "images/baselines/net/z.png").read_bytes().startswith(b"\x89PNG")
@@ -103,11 +107,13 @@ def test_another_model_or_other_inputs_are_named_instead_of_a_diff(project, pyte
     new_digest = hashlib.sha256((pytester.path / "net.h5").read_bytes()).hexdigest()
     other_model = pytester.runpytest("rules.yaml")
     other_model.assert_outcomes(failed=1)
-    other_model.stdout.fnmatch_lines([
-        f"heatmaps differ from the baseline {BASELINE}, but it was recorded for another model file "
-        f"(sha256 {old_digest[:12]}..., now {new_digest[:12]}...), so a comparison would mean nothing (lrp.z on net); "
-        "if the change is intended, run with --lrp-update-baselines to record the current heatmaps"
-    ])
+    other_model.stdout.fnmatch_lines(
+        [
+            f"heatmaps differ from the baseline {BASELINE}, but it was recorded for another model file "
+            f"(sha256 {old_digest[:12]}..., now {new_digest[:12]}...), so a comparison would mean nothing (lrp.z on net); "
+            "if the change is intended, run with --lrp-update-baselines to record the current heatmaps"
+        ]
+    )
     assert "max abs difference" not in other_model.stdout.str()
     assert path.read_bytes() == recorded
 
@@ -115,7 +121,9 @@ def test_another_model_or_other_inputs_are_named_instead_of_a_diff(project, pyte
     pytester.runpytest("rules.yaml").assert_outcomes(passed=1)
     fewer = pytester.runpytest("rules.yaml", "--lrp-samples=3")
     fewer.assert_outcomes(failed=1)
-    fewer.stdout.fnmatch_lines(["*but it was recorded for other inputs (sha256 *... of shape (6, 5), now *... of shape (3, 5))*"])
+    fewer.stdout.fnmatch_lines(
+        ["*but it was recorded for other inputs (sha256 *... of shape (6, 5), now *... of shape (3, 5))*"]
+    )
     assert path.read_bytes() == recorded
 
     path.write_bytes(b"not a baseline")
@@ -143,12 +151,14 @@ rules:
 """)
     result = pytester.runpytest("rules.yaml", "-v")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        f"heatmaps differ from the baseline {BASELINE} (lrp.epsilon on net; *)",
-        "max abs difference *; * of 30 values (*) outside the tolerance; correlation baseline vs current *",
-        "worst sample *",
-        "the rule changed since the baseline was recorded: analyzer 'lrp.z', now 'lrp.epsilon'; params {}, now {'epsilon': 0.5}",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"heatmaps differ from the baseline {BASELINE} (lrp.epsilon on net; *)",
+            "max abs difference *; * of 30 values (*) outside the tolerance; correlation baseline vs current *",
+            "worst sample *",
+            "the rule changed since the baseline was recorded: analyzer 'lrp.z', now 'lrp.epsilon'; params {}, now {'epsilon': 0.5}",
+        ]
+    )
 
 
 def test_baseline_folder_from_flag_and_ini_and_no_update_from_the_ini(project, pytester):
@@ -180,14 +190,23 @@ rules:
     models = (f"--lrp-model={lrp_project.nobias.path}", f"--lrp-model={lrp_project.biased.path}")
     update = pytester.runpytest("rules.yaml", *models, "-n", "2", "--lrp-update-baselines")
     update.assert_outcomes(passed=4)
-    update.stdout.fnmatch_lines([
-        "*lrp: wrote 4 baselines*",
-        "wrote lrp_baselines/biased/flat.npz (new)",
-        "wrote lrp_baselines/biased/z.npz (new)",
-        "wrote lrp_baselines/nobias/flat.npz (new)",
-        "wrote lrp_baselines/nobias/z.npz (new)",
-    ])
-    assert sorted(p.name for p in (pytester.path / "lrp_baselines").rglob("*")) == ["biased", "flat.npz", "flat.npz", "nobias", "z.npz", "z.npz"]
+    update.stdout.fnmatch_lines(
+        [
+            "*lrp: wrote 4 baselines*",
+            "wrote lrp_baselines/biased/flat.npz (new)",
+            "wrote lrp_baselines/biased/z.npz (new)",
+            "wrote lrp_baselines/nobias/flat.npz (new)",
+            "wrote lrp_baselines/nobias/z.npz (new)",
+        ]
+    )
+    assert sorted(p.name for p in (pytester.path / "lrp_baselines").rglob("*")) == [
+        "biased",
+        "flat.npz",
+        "flat.npz",
+        "nobias",
+        "z.npz",
+        "z.npz",
+    ]
     pytester.runpytest("rules.yaml", *models, "-n", "2").assert_outcomes(passed=4)
 
 

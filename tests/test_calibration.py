@@ -94,10 +94,12 @@ def test_calibrated_file_passes_then_catches_changed_weights_and_an_injected_fau
     run = pytester.runpytest("rules.yaml", f"--lrp-calibrate={TARGET}", "--lrp-report=report.json")
     # The calibration run judges the model with the configured suite: its outcomes stay what they are.
     run.assert_outcomes(passed=10, failed=1, xfailed=3, errors=2)
-    run.stdout.fnmatch_lines([
-        "wrote calib/lrp_baselines/net/z.npz (calibration)",
-        f"lrp: wrote {TARGET}: calibrated on net.h5 (4 inputs; 4 rules, 1 left out); run pytest --lrp-rules={TARGET}",
-    ])
+    run.stdout.fnmatch_lines(
+        [
+            "wrote calib/lrp_baselines/net/z.npz (calibration)",
+            f"lrp: wrote {TARGET}: calibrated on net.h5 (4 inputs; 4 rules, 1 left out); run pytest --lrp-rules={TARGET}",
+        ]
+    )
     text, document = written(pytester)
     measured = {(r["check"], r["rule"]): r for r in json.loads((pytester.path / "report.json").read_text())["results"]}
 
@@ -108,7 +110,11 @@ def test_calibrated_file_passes_then_catches_changed_weights_and_an_injected_fau
     assert list(rules) == ["w-square", "z", "alpha2-beta1", "input-times-gradient"]
     assert all(rule["baseline"] is True for rule in rules.values())
     assert sorted(p.name for p in (pytester.path / "calib" / "lrp_baselines" / "net").iterdir()) == [
-        "alpha2-beta1.npz", "input-times-gradient.npz", "w-square.npz", "z.npz"]
+        "alpha2-beta1.npz",
+        "input-times-gradient.npz",
+        "w-square.npz",
+        "z.npz",
+    ]
 
     # A conserving rule keeps its checks and gets no leak or ceiling.
     assert rules["w-square"]["checks"] == ["conservation", "finite", "positive", "determinism", "reference"]
@@ -121,7 +127,10 @@ def test_calibrated_file_passes_then_catches_changed_weights_and_an_injected_fau
     assert rules["z"]["max_error"] == ceiling(z_error, 1e-5) >= 2 * z_error
     assert rules["z"]["checks"] == ["conservation", "finite", "positive", "reference"]
     assert "# checks kept that fail as expected (their own reason): positive (net: negative by its formula: " in text
-    assert f"# max_error = 2 x the measured max relative error {z_error:.4g} + rtol 1e-05, rounded up: {rules['z']['max_error']:g}" in text
+    assert (
+        f"# max_error = 2 x the measured max relative error {z_error:.4g} + rtol 1e-05, rounded up: {rules['z']['max_error']:g}"
+        in text
+    )
     # Declared leaks are what was found: on this net alpha2-beta1's imbalance stays within the tolerance.
     assert rules["alpha2-beta1"]["leaks"] == ["bias"]
     worst = measured["conservation", "alpha2-beta1"]["worst_sample"]
@@ -142,11 +151,13 @@ def test_calibrated_file_passes_then_catches_changed_weights_and_an_injected_fau
     pytester.makeconftest(ALPHA_FAULT)
     faulty = pytester.runpytest(TARGET, "-rf")
     faulty.assert_outcomes(passed=12, failed=3, xfailed=3)
-    faulty.stdout.fnmatch_lines([
-        "FAILED calib/rules.yaml::conservation[[]net-alpha2-beta1]*",
-        "FAILED calib/rules.yaml::reference[[]net-alpha2-beta1]*",
-        "FAILED calib/rules.yaml::baseline[[]net-alpha2-beta1]*",
-    ])
+    faulty.stdout.fnmatch_lines(
+        [
+            "FAILED calib/rules.yaml::conservation[[]net-alpha2-beta1]*",
+            "FAILED calib/rules.yaml::reference[[]net-alpha2-beta1]*",
+            "FAILED calib/rules.yaml::baseline[[]net-alpha2-beta1]*",
+        ]
+    )
     assert "leaks: [bias] declared; 4 of 4 samples leak through something else" in faulty.stdout.str()
     (pytester.path / "conftest.py").unlink()
 
@@ -158,7 +169,11 @@ def test_calibrated_file_passes_then_catches_changed_weights_and_an_injected_fau
     failed = {line.split(" ")[1].split("::")[1] for line in changed.outlines if line.startswith("FAILED ")}
     rules = ("w-square", "z", "alpha2-beta1", "input-times-gradient")
     assert {f"baseline[net-{rule}]" for rule in rules} <= failed
-    changed.stdout.fnmatch_lines(["heatmaps differ from the baseline calib/lrp_baselines/net/w-square.npz, but it was recorded for another model file*"])
+    changed.stdout.fnmatch_lines(
+        [
+            "heatmaps differ from the baseline calib/lrp_baselines/net/w-square.npz, but it was recorded for another model file*"
+        ]
+    )
 
     # Without biases z conserves: the strict leak it was calibrated with does not appear, and that fails too.
     scale_weights(pytester.path / "net.h5", lambda name, w: np.zeros_like(w) if name.endswith("bias:0") else w)
@@ -174,7 +189,9 @@ def test_an_existing_file_is_never_overwritten(project):
     result = project.runpytest("rules.yaml", f"--lrp-calibrate={TARGET}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.errlines == [
-        f"ERROR: {TARGET}: already exists; --lrp-calibrate does not overwrite a rule file (remove it or name another path)", ""]
+        f"ERROR: {TARGET}: already exists; --lrp-calibrate does not overwrite a rule file (remove it or name another path)",
+        "",
+    ]
     assert target.read_text() == "mine\n"
     assert not (target.parent / "lrp_baselines").exists(), "nothing may run"
 
@@ -182,7 +199,9 @@ def test_an_existing_file_is_never_overwritten(project):
 def test_under_xdist_the_workers_measure_and_the_controller_writes(project):
     result = project.runpytest("rules.yaml", f"--lrp-calibrate={TARGET}", "-n", "2")
     result.assert_outcomes(passed=10, failed=1, xfailed=3, errors=2)
-    result.stdout.fnmatch_lines([f"lrp: wrote {TARGET}: calibrated on net.h5 (4 inputs; 4 rules, 1 left out); run pytest --lrp-rules={TARGET}"])
+    result.stdout.fnmatch_lines(
+        [f"lrp: wrote {TARGET}: calibrated on net.h5 (4 inputs; 4 rules, 1 left out); run pytest --lrp-rules={TARGET}"]
+    )
     _, document = written(project)
     assert [rule["id"] for rule in document["rules"]] == ["w-square", "z", "alpha2-beta1", "input-times-gradient"]
     assert len(list((project.path / "calib" / "lrp_baselines" / "net").iterdir())) == 4
@@ -194,7 +213,9 @@ def test_the_packaged_suite_calibrated_on_ones_own_model(pytester, conv_nets, in
     then `pytest rules.yaml` alone reproduces and passes."""
     shutil.copy(conv_nets["biased"], pytester.path / "m.h5")
     run = pytester.runpytest("--lrp-model=m.h5", f"--lrp-inputs={inputs_8x8}", "--lrp-calibrate=rules.yaml")
-    run.stdout.fnmatch_lines(["lrp: wrote rules.yaml: calibrated on m.h5 (4 inputs; * rules*); run pytest --lrp-rules=rules.yaml"])
+    run.stdout.fnmatch_lines(
+        ["lrp: wrote rules.yaml: calibrated on m.h5 (4 inputs; * rules*); run pytest --lrp-rules=rules.yaml"]
+    )
     text, document = written(pytester, "rules.yaml")
     assert document["defaults"]["models"] == ["m.h5"]
     assert "# from pytest-lrp's default suite; innvestigate 2.1.2" in text
@@ -209,7 +230,9 @@ def test_the_packaged_suite_calibrated_on_ones_own_model(pytester, conv_nets, in
     assert outcomes["passed"] > 60 and "failed" not in outcomes and "errors" not in outcomes
 
 
-@pytest.mark.parametrize("value, rtol, expected", [(0.04299, 1e-5, 0.086), (35.75, 1e-5, 71.6), (0.0, 1e-5, 1e-5), (1.35, 0.02, 2.72)])
+@pytest.mark.parametrize(
+    "value, rtol, expected", [(0.04299, 1e-5, 0.086), (35.75, 1e-5, 71.6), (0.0, 1e-5, 1e-5), (1.35, 0.02, 2.72)]
+)
 def test_the_ceiling_is_twice_the_measured_error_plus_rtol_rounded_up(value, rtol, expected):
     assert ceiling(value, rtol) == expected
     assert ceiling(value, rtol) >= 2 * value + rtol

@@ -9,7 +9,9 @@ import numpy as np
 
 def z_rule(project, *lines) -> str:
     """A rule file with the one rule 'z' (lrp.z) on the shared inputs, plus the given lines of that rule."""
-    return f"defaults:\n  inputs: {project.inputs}\nrules:\n  - id: z\n    analyzer: lrp.z\n" + "".join(f"    {line}\n" for line in lines)
+    return f"defaults:\n  inputs: {project.inputs}\nrules:\n  - id: z\n    analyzer: lrp.z\n" + "".join(
+        f"    {line}\n" for line in lines
+    )
 
 
 def test_checks_pick_the_tests_and_their_ids(lrp_project, pytester):
@@ -29,21 +31,34 @@ rules:
 """)
     model = f"--lrp-model={lrp_project.nobias.path}"
     result = pytester.runpytest(model, "rules.yaml", "--collect-only", "-q")
-    result.stdout.fnmatch_lines([
-        "rules.yaml::conservation[[]nobias-z[]]",
-        "rules.yaml::conservation[[]nobias-flat[]]",
-        "rules.yaml::finite[[]nobias-z-plus[]]",
-        "rules.yaml::positive[[]nobias-z[]]",
-        "rules.yaml::positive[[]nobias-flat[]]",
-        "rules.yaml::determinism[[]nobias-z-plus[]]",
-        "rules.yaml::baseline[[]nobias-z-plus[]]",
-        "7 tests collected*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "rules.yaml::conservation[[]nobias-z[]]",
+            "rules.yaml::conservation[[]nobias-flat[]]",
+            "rules.yaml::finite[[]nobias-z-plus[]]",
+            "rules.yaml::positive[[]nobias-z[]]",
+            "rules.yaml::positive[[]nobias-flat[]]",
+            "rules.yaml::determinism[[]nobias-z-plus[]]",
+            "rules.yaml::baseline[[]nobias-z-plus[]]",
+            "7 tests collected*",
+        ]
+    )
     by_keyword = pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-k", "positive")
     by_keyword.stdout.fnmatch_lines(["*positive[[]nobias-z[]]", "*positive[[]nobias-flat[]]", "2/7 tests collected*"])
-    pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-m", "lrp").stdout.fnmatch_lines(["7 tests collected*"])
-    by_marker = pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-m", "lrp_positive or lrp_baseline", "--strict-markers")
-    by_marker.stdout.fnmatch_lines(["*positive[[]nobias-z[]]", "*positive[[]nobias-flat[]]", "*baseline[[]nobias-z-plus[]]", "3/7 tests collected*"])
+    pytester.runpytest(model, "rules.yaml", "--collect-only", "-q", "-m", "lrp").stdout.fnmatch_lines(
+        ["7 tests collected*"]
+    )
+    by_marker = pytester.runpytest(
+        model, "rules.yaml", "--collect-only", "-q", "-m", "lrp_positive or lrp_baseline", "--strict-markers"
+    )
+    by_marker.stdout.fnmatch_lines(
+        [
+            "*positive[[]nobias-z[]]",
+            "*positive[[]nobias-flat[]]",
+            "*baseline[[]nobias-z-plus[]]",
+            "3/7 tests collected*",
+        ]
+    )
 
 
 def test_without_checks_a_rule_gets_conservation_and_finite(lrp_project, pytester):
@@ -55,20 +70,35 @@ def test_without_checks_a_rule_gets_conservation_and_finite(lrp_project, pyteste
 def test_check_names_are_validated(lrp_project, pytester):
     lrp_project.rules("rules:\n  - id: a\n    analyzer: lrp.z\n    checks: [conservation, postive]\n")
     typo = pytester.runpytest("rules.yaml", "--lrp-model=m.h5")
-    typo.stdout.fnmatch_lines(["*rules.yaml: rule 'a': key 'checks': unknown check 'postive' (did you mean 'positive'?)"])
+    typo.stdout.fnmatch_lines(
+        ["*rules.yaml: rule 'a': key 'checks': unknown check 'postive' (did you mean 'positive'?)"]
+    )
     lrp_project.rules("defaults:\n  baseline: yes please\nrules:\n  - id: a\n    analyzer: lrp.z\n")
     not_bool = pytester.runpytest("rules.yaml", "--lrp-model=m.h5")
-    not_bool.stdout.fnmatch_lines(["*rules.yaml: key 'defaults': key 'baseline': expected true or false, got 'yes please'"])
+    not_bool.stdout.fnmatch_lines(
+        ["*rules.yaml: key 'defaults': key 'baseline': expected true or false, got 'yes please'"]
+    )
     lrp_project.rules("rules:\n  - id: a\n    analyzer: lrp.z\n    checks: [baseline]\n    baseline: false\n")
     nothing_left = pytester.runpytest("rules.yaml", "--lrp-model=m.h5")
-    nothing_left.stdout.fnmatch_lines(["*rules.yaml: rule 'a': key 'checks': no check left to run; name at least one of *"])
+    nothing_left.stdout.fnmatch_lines(
+        ["*rules.yaml: rule 'a': key 'checks': no check left to run; name at least one of *"]
+    )
 
 
 def test_xfail_excuses_only_the_conservation_leak(lrp_project, pytester):
-    lrp_project.rules(z_rule(lrp_project, "tolerance: {rtol: 1.0e-6, atol: 0}", "checks: [conservation, finite, determinism]", "xfail: leaks"))
+    lrp_project.rules(
+        z_rule(
+            lrp_project,
+            "tolerance: {rtol: 1.0e-6, atol: 0}",
+            "checks: [conservation, finite, determinism]",
+            "xfail: leaks",
+        )
+    )
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-v")
     result.assert_outcomes(xfailed=1, passed=2)
-    result.stdout.fnmatch_lines(["*finite[[]biased-z[]] PASSED*", "*determinism[[]biased-z[]] PASSED*"], consecutive=False)
+    result.stdout.fnmatch_lines(
+        ["*finite[[]biased-z[]] PASSED*", "*determinism[[]biased-z[]] PASSED*"], consecutive=False
+    )
 
 
 def test_positive_fails_with_the_most_negative_value_numpy_computes(lrp_project, pytester):
@@ -119,16 +149,20 @@ rules:
 """)
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-v")
     result.assert_outcomes(failed=2, passed=4)
-    result.stdout.fnmatch_lines([
-        "*not batch invariant: a sample analyzed alone gets another heatmap than inside the batch of 6 "
-        "(random on biased; innvestigate#91; baseline_tolerance rtol=0.0001, atol=1e-06*",
-        "max abs difference *; * of 30 values (*%) outside the tolerance; correlation in the batch vs alone *",
-        "worst sample *: max abs difference * at index (*) (* in the batch, * alone); * of 5 values outside the tolerance; correlation *",
-    ])
-    result.stdout.fnmatch_lines([
-        "*not deterministic: analyzing the same 6 inputs twice gave different heatmaps (random on biased; innvestigate#118)",
-        "max abs difference *; * of 30 values (*%) differ; correlation first vs second *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*not batch invariant: a sample analyzed alone gets another heatmap than inside the batch of 6 "
+            "(random on biased; innvestigate#91; baseline_tolerance rtol=0.0001, atol=1e-06*",
+            "max abs difference *; * of 30 values (*%) outside the tolerance; correlation in the batch vs alone *",
+            "worst sample *: max abs difference * at index (*) (* in the batch, * alone); * of 5 values outside the tolerance; correlation *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*not deterministic: analyzing the same 6 inputs twice gave different heatmaps (random on biased; innvestigate#118)",
+            "max abs difference *; * of 30 values (*%) differ; correlation first vs second *",
+        ]
+    )
 
 
 def test_all_checks_of_a_rule_share_one_analysis_and_one_analyzer_build(lrp_project, pytester):
@@ -183,4 +217,6 @@ def test_a_non_finite_heatmap_fails_finite_even_for_an_expected_leak(lrp_project
     lrp_project.rules(z_rule(lrp_project, "checks: [finite]", "xfail: leaks"))
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["heatmap is not finite: 1 of 6 samples contain NaN or Inf (first: sample 4; lrp.z on biased)"])
+    result.stdout.fnmatch_lines(
+        ["heatmap is not finite: 1 of 6 samples contain NaN or Inf (first: sample 4; lrp.z on biased)"]
+    )

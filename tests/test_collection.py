@@ -23,17 +23,23 @@ SAMPLE_COUNT_TEST = """
 def test_one_test_per_rule_and_model_with_readable_ids(lrp_project, pytester):
     lrp_project.rules(RULES)
     result = pytester.runpytest(
-        f"--lrp-model={lrp_project.nobias.path}", f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "--collect-only", "-q"
+        f"--lrp-model={lrp_project.nobias.path}",
+        f"--lrp-model={lrp_project.biased.path}",
+        "rules.yaml",
+        "--collect-only",
+        "-q",
     )
-    result.stdout.fnmatch_lines([
-        "rules.yaml::conservation[[]nobias-z[]]",
-        "rules.yaml::conservation[[]nobias-flat[]]",
-        "rules.yaml::conservation[[]biased-z[]]",
-        "rules.yaml::conservation[[]biased-flat[]]",
-        "rules.yaml::finite[[]nobias-z[]]",
-        "rules.yaml::finite[[]biased-flat[]]",
-        "8 tests collected*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "rules.yaml::conservation[[]nobias-z[]]",
+            "rules.yaml::conservation[[]nobias-flat[]]",
+            "rules.yaml::conservation[[]biased-z[]]",
+            "rules.yaml::conservation[[]biased-flat[]]",
+            "rules.yaml::finite[[]nobias-z[]]",
+            "rules.yaml::finite[[]biased-flat[]]",
+            "8 tests collected*",
+        ]
+    )
 
 
 def test_same_model_stem_in_two_folders_gets_distinct_ids(lrp_project, pytester):
@@ -49,7 +55,9 @@ def test_without_a_model_the_tests_are_skipped_with_a_reason(lrp_project, pytest
     lrp_project.rules(RULES)
     result = pytester.runpytest("rules.yaml", "-rs")
     result.assert_outcomes(skipped=4)  # conservation and finite, the default checks, for each rule
-    result.stdout.fnmatch_lines(["SKIPPED * no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file*"])
+    result.stdout.fnmatch_lines(
+        ["SKIPPED * no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file*"]
+    )
 
 
 def test_models_from_the_rule_file_relative_to_it(lrp_project, pytester):
@@ -68,7 +76,10 @@ def test_collected_from_the_root_even_when_testpaths_points_elsewhere(lrp_projec
     (pytester.path / "tests").mkdir()
     (pytester.path / "tests" / "test_other.py").write_text("def test_other():\n    pass\n")
     result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["tests/test_other.py::test_other", "rules.yaml::conservation[[]nobias-z[]]", "*5 tests collected*"], consecutive=False)
+    result.stdout.fnmatch_lines(
+        ["tests/test_other.py::test_other", "rules.yaml::conservation[[]nobias-z[]]", "*5 tests collected*"],
+        consecutive=False,
+    )
     only_rules = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "--collect-only", "-q")
     only_rules.stdout.fnmatch_lines(["*4 tests collected*"])
     assert "test_other" not in only_rules.stdout.str()
@@ -76,7 +87,9 @@ def test_collected_from_the_root_even_when_testpaths_points_elsewhere(lrp_projec
 
 def test_lrp_rules_option_and_ini(lrp_project, pytester):
     lrp_project.rules(RULES, name="suite.yaml")
-    by_flag = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "--lrp-rules=suite.yaml", "--collect-only", "-q")
+    by_flag = pytester.runpytest(
+        f"--lrp-model={lrp_project.nobias.path}", "--lrp-rules=suite.yaml", "--collect-only", "-q"
+    )
     by_flag.stdout.fnmatch_lines(["suite.yaml::conservation[[]nobias-z[]]", "*4 tests collected*"])
     pytester.makeini(f"[pytest]\nlrp_rules = suite.yaml\nlrp_model = {lrp_project.nobias.path}\n")
     by_ini = pytester.runpytest("--collect-only", "-q")
@@ -107,12 +120,14 @@ def test_command_line_wins_over_ini_over_rule_file(lrp_project, pytester):
 
 
 def test_random_inputs_in_the_model_shape_follow_the_seed(lrp_project, pytester):
-    pytester.makepyfile(test_seed="""
+    pytester.makepyfile(
+        test_seed="""
         import numpy as np
         def test_seed(lrp_inputs, lrp_model):
             assert lrp_inputs.shape == (8, 5) and lrp_inputs.dtype == np.float32
             np.save("x.npy", lrp_inputs)
-    """)
+    """
+    )
     model = f"--lrp-model={lrp_project.nobias.path}"
     pytester.runpytest(model, "--lrp-seed=1").assert_outcomes(passed=1)
     first = np.load(pytester.path / "x.npy")

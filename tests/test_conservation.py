@@ -66,7 +66,8 @@ rules:
 
 def test_analysis_fixture_errors_match_numpy(lrp_project, pytester):
     expected = lrp_project.biased
-    pytester.makepyfile(test_handwritten="""
+    pytester.makepyfile(
+        test_handwritten="""
         import numpy as np
         import pytest
 
@@ -76,24 +77,31 @@ def test_analysis_fixture_errors_match_numpy(lrp_project, pytester):
             np.save("errors.npy", lrp_analysis.errors)
             np.save("inputs.npy", lrp_inputs)
             assert lrp_model.name == "biased"
-    """)
-    result = pytester.runpytest(f"--lrp-model={expected.path}", f"--lrp-inputs={lrp_project.inputs}", "--strict-markers")
+    """
+    )
+    result = pytester.runpytest(
+        f"--lrp-model={expected.path}", f"--lrp-inputs={lrp_project.inputs}", "--strict-markers"
+    )
     result.assert_outcomes(passed=1)
     x = np.load(pytester.path / "inputs.npy")
     heatmaps = np.load(pytester.path / "heatmaps.npy")
     np.testing.assert_allclose(heatmaps, expected.lrp_z(x), rtol=1e-4, atol=1e-6)
     targets = expected.outputs(x).max(axis=1)
-    np.testing.assert_allclose(np.load(pytester.path / "errors.npy"), np.abs(heatmaps.sum(axis=1) - targets), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        np.load(pytester.path / "errors.npy"), np.abs(heatmaps.sum(axis=1) - targets), rtol=1e-4, atol=1e-7
+    )
 
 
 def test_assert_conserved_applies_the_marker_tolerance(lrp_project, pytester):
-    pytester.makepyfile(test_handwritten="""
+    pytester.makepyfile(
+        test_handwritten="""
         import pytest
 
         @pytest.mark.lrp_rule("lrp.z", tolerance={"rtol": 1e-5, "atol": 1e-6})
         def test_conserved(lrp_analysis):
             lrp_analysis.assert_conserved()
-    """)
+    """
+    )
     passed = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "--strict-markers")
     passed.assert_outcomes(passed=1)
     failed = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "--strict-markers")
@@ -127,7 +135,12 @@ rules:
     result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-rfX", "-k", "conservation")
     result.assert_outcomes(failed=1, xpassed=1)
     result.stdout.fnmatch_lines(["*conservation[[]nobias-z[]] (lrp.z)*", "[[]XPASS(strict)[]] believed to leak"])
-    result.stdout.fnmatch_lines(["FAILED rules.yaml::conservation[[]nobias-z[]]*", "XPASS rules.yaml::conservation[[]nobias-z-lenient[]] - may leak"])
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED rules.yaml::conservation[[]nobias-z[]]*",
+            "XPASS rules.yaml::conservation[[]nobias-z-lenient[]] - may leak",
+        ]
+    )
     assert result.ret == 1
 
 

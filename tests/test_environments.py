@@ -38,7 +38,9 @@ def fresh_process(monkeypatch):
 def test_lrp_session_gets_keras_2_and_says_which(lrp_project, pytester, fresh_process, tensorflow_imported_once):
     lrp_project.rules(RULES)
     pytester.makepyfile(test_plain=RECORD_ENVIRONMENT)
-    result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}")
+    result = pytester.runpytest_subprocess(
+        f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}"
+    )
     result.assert_outcomes(passed=2)
     # This process imported TensorFlow through the plugin too: its tf.keras is what the session must report.
     tf = tensorflow_imported_once
@@ -56,7 +58,6 @@ def test_lrp_session_gets_keras_2_and_says_which(lrp_project, pytester, fresh_pr
         assert (pytester.path / "seen.txt").read_text() == "unset"  # nothing to choose before TF 2.16
 
 
-
 TWO_RULES = RULES + "  - {id: eps, analyzer: lrp.epsilon, checks: [conservation]}\n"
 
 
@@ -65,12 +66,18 @@ def _keras_lines(result) -> list:
 
 
 @pytest.mark.xdist
-def test_under_xdist_the_controller_prints_the_workers_line_once(lrp_project, pytester, fresh_process, tensorflow_imported_once):
+def test_under_xdist_the_controller_prints_the_workers_line_once(
+    lrp_project, pytester, fresh_process, tensorflow_imported_once
+):
     """The controller imports no TensorFlow and collects nothing; both workers send their line, it shows once."""
     lrp_project.rules(TWO_RULES)
-    result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2", "-v")
+    result = pytester.runpytest_subprocess(
+        f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2", "-v"
+    )
     result.assert_outcomes(passed=2)
-    assert {"[gw0]", "[gw1]"} <= {line.split()[0] for line in result.outlines if line.startswith("[gw")}  # both workers ran a test
+    assert {"[gw0]", "[gw1]"} <= {
+        line.split()[0] for line in result.outlines if line.startswith("[gw")
+    }  # both workers ran a test
     tf = tensorflow_imported_once
     package = "tf_keras" if at_least_2_16() else "keras"
     line = f"lrp: tf.keras is Keras {importlib.metadata.version(package)} ({package}) under TensorFlow {tf.__version__}"
@@ -87,17 +94,23 @@ def test_under_xdist_the_controller_prints_the_workers_line_once(lrp_project, py
 def test_under_xdist_each_workers_own_keras_is_shown(lrp_project, pytester, fresh_process):
     """A worker whose collection imported TensorFlow with Keras 3 says so, though the other worker's Keras is fine."""
     if not tf_runtime.at_least_2_16():
-        pytest.skip("before TensorFlow 2.16 tf.keras is Keras 2 however TensorFlow is imported: the workers cannot differ")
+        pytest.skip(
+            "before TensorFlow 2.16 tf.keras is Keras 2 however TensorFlow is imported: the workers cannot differ"
+        )
     pytester.makeconftest("import os\nif os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n    import tensorflow\n")
     lrp_project.rules(TWO_RULES)
-    result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2")
+    result = pytester.runpytest_subprocess(
+        f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}", "-n", "2"
+    )
     result.assert_outcomes(passed=1, errors=1)
     tf_version = tf_runtime.tensorflow_release()
-    result.stdout.fnmatch_lines_random([
-        f"lrp: tf.keras is Keras {importlib.metadata.version('tf_keras')} (tf_keras) under TensorFlow {tf_version}; TF_USE_LEGACY_KERAS=1 set by pytest-lrp",
-        f"lrp: tf.keras is Keras {importlib.metadata.version('keras')} (keras) under TensorFlow {tf_version}; "
-        f"TensorFlow {tf_version} was imported with tf.keras = Keras 3 before pytest-lrp could set TF_USE_LEGACY_KERAS=1*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            f"lrp: tf.keras is Keras {importlib.metadata.version('tf_keras')} (tf_keras) under TensorFlow {tf_version}; TF_USE_LEGACY_KERAS=1 set by pytest-lrp",
+            f"lrp: tf.keras is Keras {importlib.metadata.version('keras')} (keras) under TensorFlow {tf_version}; "
+            f"TensorFlow {tf_version} was imported with tf.keras = Keras 3 before pytest-lrp could set TF_USE_LEGACY_KERAS=1*",
+        ]
+    )
     assert len(_keras_lines(result)) == 2
 
 
@@ -113,16 +126,20 @@ def test_tensorflow_imported_before_the_plugin_could_choose(lrp_project, pyteste
     # A user's conftest that imports TensorFlow at the top, before any collection.
     pytester.makeconftest("import tensorflow\n")
     lrp_project.rules(RULES)
-    result = pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}")
+    result = pytester.runpytest_subprocess(
+        f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}"
+    )
     if not at_least_2_16():
         result.assert_outcomes(passed=1)  # tf.keras is Keras 2 however TensorFlow was imported
         return
     # An environment that cannot run innvestigate: one usage error for the run (tests/test_one_message.py).
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert importlib.metadata.version("keras").startswith("3.")
-    result.stderr.fnmatch_lines([
-        "ERROR: TensorFlow * was imported with tf.keras = Keras 3 before pytest-lrp could set TF_USE_LEGACY_KERAS=1*",
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: TensorFlow * was imported with tf.keras = Keras 3 before pytest-lrp could set TF_USE_LEGACY_KERAS=1*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
@@ -154,5 +171,7 @@ def test_installed_versions_satisfy_the_declared_dependencies():
         assert {"tensorflow", "innvestigate", "numpy"} <= names
     for requirement in applicable:
         installed = importlib.metadata.version(requirement.name)
-        assert requirement.specifier.contains(installed, prereleases=True), f"{requirement} but {installed} is installed"
+        assert requirement.specifier.contains(installed, prereleases=True), (
+            f"{requirement} but {installed} is installed"
+        )
     assert importlib.metadata.version("innvestigate") == "2.1.2"  # installed without its pins from Python 3.12 on

@@ -49,7 +49,10 @@ def bad_models(tmp_path_factory, tensorflow_imported_once):
 
 MODEL_CASES = {
     "missing": ("nothere.h5", "*nothere.h5: model file not found"),
-    "not-a-model": ("text.h5", "*text.h5: not a Keras model file (expected an HDF5 .h5/.hdf5 file, a .keras archive or a SavedModel folder)"),
+    "not-a-model": (
+        "text.h5",
+        "*text.h5: not a Keras model file (expected an HDF5 .h5/.hdf5 file, a .keras archive or a SavedModel folder)",
+    ),
     "lambda-h5": (
         "lambda.h5",
         "*lambda.h5: layer 'lambda' is a Lambda layer, whose Python code is stored in the file and runs when the model is "
@@ -75,14 +78,18 @@ MODEL_CASES = {
         "(only a softmax on the last layer is supported, and it is stripped)",
     ),
 }
-MODEL_HINT = (" (the model: fix or replace the file named by --lrp-model, the ini key lrp_model or the rule file's "
-              "defaults.models; no LRP test ran)")
+MODEL_HINT = (
+    " (the model: fix or replace the file named by --lrp-model, the ini key lrp_model or the rule file's "
+    "defaults.models; no LRP test ran)"
+)
 
 
 @pytest.mark.parametrize("model, line", MODEL_CASES.values(), ids=MODEL_CASES.keys())
 def test_a_model_that_does_not_load_stops_the_run_with_one_line(pytester, bad_models, model, line):
     # One problem, one message (issue 19): not the same error on every test of the model.
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: dt, analyzer: deep_taylor}\n  - {id: z, analyzer: lrp.z}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: dt, analyzer: deep_taylor}\n  - {id: z, analyzer: lrp.z}\n"
+    )
     result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / model}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.assert_outcomes()
@@ -98,10 +105,12 @@ def test_a_model_innvestigate_cannot_analyze_is_its_tests_error_in_one_line(pyte
     result = pytester.runpytest("rules.yaml", f"--lrp-model={bad_models / 'tanh.h5'}", "-k", "conservation")
     result.assert_outcomes(errors=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines([
-        "*tanh.h5: innvestigate cannot analyze this model with deep_taylor (rule 'dt'): "
-        "This DeepTaylor implementation only supports ReLU activations."
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*tanh.h5: innvestigate cannot analyze this model with deep_taylor (rule 'dt'): "
+            "This DeepTaylor implementation only supports ReLU activations."
+        ]
+    )
     assert "Traceback" not in result.stdout.str() and "site-packages" not in result.stdout.str()
 
 
@@ -114,29 +123,39 @@ def test_trusted_lambda_model_is_loaded_and_innvestigate_says_why_it_cannot_anal
     finally:
         (bad_models / "LAMBDA-RAN").unlink(missing_ok=True)
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        "*lambda.h5: innvestigate cannot analyze this model with lrp.z (rule 'z'): "
-        "Lambda layers are not allowed. To force use set 'allow_lambda_layers' parameter."
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*lambda.h5: innvestigate cannot analyze this model with lrp.z (rule 'z'): "
+            "Lambda layers are not allowed. To force use set 'allow_lambda_layers' parameter."
+        ]
+    )
 
 
 def test_savedmodel_folder_needs_trust(lrp_project, pytester):
     folder = lrp_project.biased.paths[""]
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, xfail: the bias absorbs relevance}\n"
+    )
     refused = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "-k", "conservation")
     assert refused.ret == pytest.ExitCode.USAGE_ERROR  # once for the run (tests/test_one_message.py)
-    refused.stderr.fnmatch_lines([
-        "ERROR: *biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
-        "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5 (the model: *"
-    ])
+    refused.stderr.fnmatch_lines(
+        [
+            "ERROR: *biased_savedmodel: a SavedModel folder holds TensorFlow graphs that run as stored and cannot be checked before "
+            "loading; refused unless you trust the file (--lrp-trust-model, ini lrp_trust_model), or save the model as .keras or .h5 (the model: *"
+        ]
+    )
     trusted = pytester.runpytest("rules.yaml", f"--lrp-model={folder}", "--lrp-trust-model", "-k", "conservation")
     trusted.assert_outcomes(xfailed=1)
 
 
 def test_model_without_softmax_is_fine(lrp_project, pytester, tensorflow_imported_once):
     tf = tensorflow_imported_once
-    model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="relu", use_bias=False, input_shape=(5,)),
-                                 tf.keras.layers.Dense(3, use_bias=False)])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.layers.Dense(4, activation="relu", use_bias=False, input_shape=(5,)),
+            tf.keras.layers.Dense(3, use_bias=False),
+        ]
+    )
     model.save(pytester.path / "plain.h5")
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: w, analyzer: lrp.w_square}\n")
     result = pytester.runpytest("rules.yaml", "--lrp-model=plain.h5", "-k", "conservation")
@@ -154,11 +173,19 @@ def _nan_in_second_sample():
 
 INPUT_CASES = {
     "missing": (None, [], "nothere.npy: inputs file not found"),
-    "shape": (np.ones((4, 3), np.float32), [], "inputs.npy: inputs of shape (4, 3) do not fit the model's input shape (N, 5)"),
+    "shape": (
+        np.ones((4, 3), np.float32),
+        [],
+        "inputs.npy: inputs of shape (4, 3) do not fit the model's input shape (N, 5)",
+    ),
     "nan": (_nan_in_second_sample(), [], "inputs.npy: 1 of 4 samples contain NaN or Inf"),
     "inf": (np.full((2, 5), np.inf, np.float32), [], "inputs.npy: 2 of 2 samples contain NaN or Inf"),
     "zero-samples": (np.ones((0, 5), np.float32), [], "inputs.npy: holds no samples (shape (0, 5))"),
-    "beyond-the-file": (np.ones((6, 5), np.float32), ["--lrp-samples=10"], "inputs.npy: 10 samples asked for, but the file holds 6"),
+    "beyond-the-file": (
+        np.ones((6, 5), np.float32),
+        ["--lrp-samples=10"],
+        "inputs.npy: 10 samples asked for, but the file holds 6",
+    ),
 }
 
 
@@ -171,7 +198,9 @@ def test_bad_inputs_stop_the_run_with_one_line(lrp_project, pytester, array, fla
     result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={name}", *flags)
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # once for the run, not once per test
     result.assert_outcomes()
-    result.stderr.fnmatch_lines([f"ERROR: {line} (the inputs: give inputs of the model's input shape with --lrp-inputs*; no LRP test ran)"])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: {line} (the inputs: give inputs of the model's input shape with --lrp-inputs*; no LRP test ran)"]
+    )
 
 
 def test_zero_target_is_judged_by_atol_alone(lrp_project, pytester):
@@ -181,8 +210,13 @@ def test_zero_target_is_judged_by_atol_alone(lrp_project, pytester):
         "rules:\n  - {id: z, analyzer: lrp.z, tolerance: {rtol: 0.0, atol: 0.0}}\n"
     )
     result = pytester.runpytest(
-        "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "--lrp-inputs=zeros.npy", "-k", "conservation",
-        "-W", "error::RuntimeWarning",
+        "rules.yaml",
+        f"--lrp-model={lrp_project.nobias.path}",
+        "--lrp-inputs=zeros.npy",
+        "-k",
+        "conservation",
+        "-W",
+        "error::RuntimeWarning",
     )
     result.assert_outcomes(passed=1)
 
@@ -202,12 +236,21 @@ def test_zero_target_failure_shows_no_percentage(lrp_project, pytester):
         f"  - {rule % ('loose', neuron, '{rtol: 0.0, atol: 100.0}')}\n"
     )
     result = pytester.runpytest(
-        "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "--lrp-inputs=negative.npy", "-k", "conservation",
-        "-W", "error::RuntimeWarning",
+        "rules.yaml",
+        f"--lrp-model={lrp_project.nobias.path}",
+        "--lrp-inputs=negative.npy",
+        "-k",
+        "conservation",
+        "-W",
+        "error::RuntimeWarning",
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([f"worst sample *: sum(R) = -*, target max(f(x)[[]{neuron}[]], 0), softmax stripped = 0, error = *, "
-                                 "tolerance = 0 (atol 0 + rtol 1 * |target|); float32 rounding of its terms: *"])
+    result.stdout.fnmatch_lines(
+        [
+            f"worst sample *: sum(R) = -*, target max(f(x)[[]{neuron}[]], 0), softmax stripped = 0, error = *, "
+            "tolerance = 0 (atol 0 + rtol 1 * |target|); float32 rounding of its terms: *"
+        ]
+    )
     assert "% of |target|" not in result.stdout.str()
 
 
@@ -236,7 +279,9 @@ def _crashing_suite(pytester):
 
 def test_a_crashing_analyzer_is_an_error_of_its_test_only(lrp_project, pytester):
     _crashing_suite(pytester)
-    result = pytester.runpytest("rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation or eager")
+    result = pytester.runpytest(
+        "rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation or eager"
+    )
     result.assert_outcomes(passed=2, errors=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([ALPHA_BETA_LINE])
@@ -245,7 +290,9 @@ def test_a_crashing_analyzer_is_an_error_of_its_test_only(lrp_project, pytester)
 
 def test_the_traceback_of_a_crash_comes_back_with_vv(lrp_project, pytester):
     _crashing_suite(pytester)
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation and ab", "-vv")
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", "-k", "conservation and ab", "-vv"
+    )
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*relevance_analyzer.py*", "E * ValueError: Constructor call to LRPAlphaBeta*"])
 
@@ -274,28 +321,42 @@ def test_out_of_memory_in_one_rule_is_an_error_of_that_rule_only(lrp_project, py
     )
     pytester.makepyfile(test_user_eager=EAGER_TEST)
     result = pytester.runpytest(
-        "rules.yaml", "test_user_eager.py", f"--lrp-model={lrp_project.nobias.path}", "-k", "flat or conservation or eager",
+        "rules.yaml",
+        "test_user_eager.py",
+        f"--lrp-model={lrp_project.nobias.path}",
+        "-k",
+        "flat or conservation or eager",
         "--lrp-report=report.json",
     )
     result.assert_outcomes(passed=2, errors=2)
     crash = "lrp.flat crashed (rule 'flat' on *nobias.h5): MemoryError: failed to allocate 1.2 TiB [[]-vv or --fulltrace shows the traceback[]]"
     result.stdout.fnmatch_lines([crash, crash])
-    assert (pytester.path / "builds").read_text() == "1"  # the second check of the rule reports the crash without rebuilding
+    assert (
+        pytester.path / "builds"
+    ).read_text() == "1"  # the second check of the rule reports the crash without rebuilding
     # The run's reports are still complete: the errors in the summary and the JSON, next to the passing rule.
-    result.stdout.fnmatch_lines(["*= LRP results =*", "nobias: 2 rules, 3 tests: 1 passed, 2 errors*",
-                                 "  ERROR  flat           lrp.flat crashed *MemoryError*",
-                                 "  ERROR  flat (finite)  lrp.flat crashed *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*= LRP results =*",
+            "nobias: 2 rules, 3 tests: 1 passed, 2 errors*",
+            "  ERROR  flat           lrp.flat crashed *MemoryError*",
+            "  ERROR  flat (finite)  lrp.flat crashed *",
+        ]
+    )
     report = json.loads((pytester.path / "report.json").read_text())
     by_test = {(r["rule"], r["check"]): r for r in report["results"]}
     assert {key: r["outcome"] for key, r in by_test.items()} == {
-        ("flat", "conservation"): "error", ("flat", "finite"): "error", ("w", "conservation"): "passed"
+        ("flat", "conservation"): "error",
+        ("flat", "finite"): "error",
+        ("w", "conservation"): "passed",
     }
     assert "MemoryError: failed to allocate 1.2 TiB" in by_test["flat", "conservation"]["message"]
     assert by_test["flat", "conservation"]["max_error"] is None and by_test["w", "conservation"]["max_error"] < 1e-3
 
 
 def test_a_crash_in_a_hand_written_test_is_that_tests_error(lrp_project, pytester):
-    pytester.makepyfile(test_mine="""
+    pytester.makepyfile(
+        test_mine="""
         import pytest
 
         @pytest.mark.lrp_rule("lrp.alpha_beta", id="ab", alpha=1, beta=5)
@@ -304,7 +365,8 @@ def test_a_crash_in_a_hand_written_test_is_that_tests_error(lrp_project, pyteste
 
         def test_other():
             pass
-    """)
+    """
+    )
     result = pytester.runpytest("test_mine.py", f"--lrp-model={lrp_project.nobias.path}")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([ALPHA_BETA_LINE])
@@ -331,4 +393,7 @@ def test_tensorflow_errors_are_cut_to_what_happened(tensorflow_imported_once):
             with tf.compat.v1.Session() as session:
                 session.run(tf.reshape(x, (2,)), {x: np.zeros(3)})
 
-    assert first_line(_raised(in_graph)) == "Input to reshape is a tensor with 3 values, but the requested shape has 2 (node 'Reshape')"
+    assert (
+        first_line(_raised(in_graph))
+        == "Input to reshape is a tensor with 3 values, but the requested shape has 2 (node 'Reshape')"
+    )

@@ -37,7 +37,13 @@ class Page(HTMLParser):
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "tr" and "data-outcome" in attrs:
-            self._row = {"id": attrs["id"], "outcome": attrs["data-outcome"], "nodeid": attrs["title"], "cells": [], "links": []}
+            self._row = {
+                "id": attrs["id"],
+                "outcome": attrs["data-outcome"],
+                "nodeid": attrs["title"],
+                "cells": [],
+                "links": [],
+            }
         elif tag == "td" and self._row is not None:
             self._cell = []
         elif tag == "a" and self._row is not None:
@@ -71,7 +77,7 @@ def _decode(src: str) -> np.ndarray:
 
     prefix = "data:image/png;base64,"
     assert src.startswith(prefix)
-    return matplotlib.image.imread(io.BytesIO(base64.b64decode(src[len(prefix):])), format="png")
+    return matplotlib.image.imread(io.BytesIO(base64.b64decode(src[len(prefix) :])), format="png")
 
 
 def _run(pytester, *args):
@@ -90,10 +96,18 @@ def test_the_page_lists_every_test_failures_first_with_the_numbers_numpy_compute
     assert sorted(row["nodeid"] for row in page.rows) == sorted(r["nodeid"] for r in records)
     outcomes = [row["outcome"] for row in page.rows]
     assert outcomes == ["failed", "xfailed"] + ["passed"] * 5
-    assert [row["cells"][:3] for row in page.rows[:2]] == [["biased", "z-strict", "conservation"], ["biased", "z", "conservation"]]
+    assert [row["cells"][:3] for row in page.rows[:2]] == [
+        ["biased", "z-strict", "conservation"],
+        ["biased", "z", "conservation"],
+    ]
     # Then by model, rule and check in the documented order.
     assert [row["cells"][1:3] for row in page.rows[2:]] == [
-        ["flat", "conservation"], ["flat", "finite"], ["flat", "determinism"], ["z", "finite"], ["z-strict", "finite"]]
+        ["flat", "conservation"],
+        ["flat", "finite"],
+        ["flat", "determinism"],
+        ["z", "finite"],
+        ["z-strict", "finite"],
+    ]
 
     net = lrp_project.biased
     x = np.load(lrp_project.inputs)["x"]
@@ -101,7 +115,7 @@ def test_the_page_lists_every_test_failures_first_with_the_numbers_numpy_compute
     sums = net.lrp_z(x).sum(axis=1)
     errors = np.abs(sums - outputs.max(axis=1))
     z = next(row for row in page.rows if row["cells"][1] == "z" and row["cells"][2] == "conservation")
-    model, rule, check, outcome, max_error, relative, tolerance, leak, split = z["cells"]
+    _model, _rule, _check, outcome, max_error, relative, tolerance, leak, split = z["cells"]
     assert (outcome, tolerance) == ("xfailed", "rtol 1e-05, atol 1e-06")
     assert float(max_error) == pytest.approx(errors.max(), rel=1e-3)  # printed to 4 digits
     assert float(relative.rstrip("%")) / 100 == pytest.approx((errors / np.abs(outputs.max(axis=1))).max(), abs=1e-4)
@@ -116,14 +130,16 @@ def test_the_page_lists_every_test_failures_first_with_the_numbers_numpy_compute
     # Each sample's caption: the heatmap's sum and the target numpy computes.
     captions = [c for c in page.captions if c.startswith(tuple(f"{i}: R" for i in range(len(x))))]
     assert len(captions) == 3 * len(x)
-    z_captions = captions[len(x):2 * len(x)]  # sections in order: flat, z, z-strict
+    z_captions = captions[len(x) : 2 * len(x)]  # sections in order: flat, z, z-strict
     for i, caption in enumerate(z_captions):
         r, t = caption.split(": R ")[1].split(" / t ")
         assert float(r) == pytest.approx(sums[i], rel=1e-3) and float(t) == pytest.approx(outputs[i].max(), rel=1e-3)
 
 
 def test_heatmap_thumbnails_red_positive_blue_negative(lrp_project, pytester):
-    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n")
+    lrp_project.rules(
+        f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n"
+    )
     _, page, _ = _run(pytester, f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
     x = np.load(lrp_project.inputs)["x"]
     relevance = lrp_project.biased.lrp_z(x)
@@ -148,24 +164,29 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
     # A bias only in layer 'd2': the z rule conserves everywhere else, so that is the leak.
     tf = tensorflow_imported_once
     rng = np.random.default_rng(5)
-    model = tf.keras.Sequential([
-        tf.keras.Input((4,)),
-        tf.keras.layers.Dense(6, activation="relu", use_bias=False, name="d1"),
-        tf.keras.layers.Dense(5, activation="relu", name="d2"),
-        tf.keras.layers.Dense(3, use_bias=False, name="out"),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((4,)),
+            tf.keras.layers.Dense(6, activation="relu", use_bias=False, name="d1"),
+            tf.keras.layers.Dense(5, activation="relu", name="d2"),
+            tf.keras.layers.Dense(3, use_bias=False, name="out"),
+        ]
+    )
     model.set_weights([np.abs(rng.normal(0.5, 0.3, w.shape)).astype(np.float32) for w in model.get_weights()])
     model.save(pytester.path / "chain.h5")
     (pytester.path / "rules.yaml").write_text(
         "rules:\n  - {id: z, analyzer: lrp.z, xfail: bias in d2}\n  - {id: w, analyzer: lrp.w_square}\n"
-        "  - {id: z-declared, analyzer: lrp.z, leaks: [bias]}\n")
+        "  - {id: z-declared, analyzer: lrp.z, leaks: [bias]}\n"
+    )
     result, page, records = _run(pytester, "--lrp-model=chain.h5", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(xfailed=1, passed=2)
     w_chart, z_chart, declared_chart = [img for img in page.images if img["alt"].startswith("relevance per layer")]
     z = next(r for r in records if r["rule"] == "z")
     for layer in z["layers"]:
         assert f"{layer['name']} {layer['relevance']:.4g}" in z_chart["alt"]
-    assert any(f"red: the leaking layer d2 (Dense), change {z['leak_layer']['change']:+.4g}" in c for c in page.captions)
+    assert any(
+        f"red: the leaking layer d2 (Dense), change {z['leak_layer']['change']:+.4g}" in c for c in page.captions
+    )
     assert any(c.endswith("no leaking layer") for c in page.captions)  # w-square conserves
     assert page.rows[0]["cells"][7:] == ["d2 (Dense)", z["leak_split"] + "; bias in d2"]
     # The leaking step is drawn red, also where the declared leaks explain it (the test passes);
@@ -179,16 +200,21 @@ def test_the_chart_marks_the_leaking_layer(pytester, tensorflow_imported_once):
     declared_split = next(r["leak_split"] for r in records if r["rule"] == "z-declared")
     assert declared["cells"][8] == declared_split + " (declared: bias; explained)"
     # The reference's split of the leak by mechanism: the bias of d2, as in the JSON report.
-    table, declared_table = re.findall(r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text())
+    table, declared_table = re.findall(
+        r'<table class="mechanisms">.*?</table>', (pytester.path / "report.html").read_text()
+    )
     bias = next(entry["bias"] for entry in z["leaks"]["layers"] if entry["name"] == "d2")
     assert bias != 0 and f"<tr><td>d2</td><td>{bias:+.4g}</td>" in table
     assert "declared: none; verdict: not conserved" in table and "declared: bias; verdict: explained" in declared_table
 
 
-@pytest.mark.parametrize("values", [
-    [14.766263, 14.766267, 14.766267, 14.766268, 14.766268],  # conserved: the numbers differ in their 7th digit
-    [9.8, 9.81, 9.8, 9.8, 362.5],  # a leak
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [14.766263, 14.766267, 14.766267, 14.766268, 14.766268],  # conserved: the numbers differ in their 7th digit
+        [9.8, 9.81, 9.8, 9.8, 362.5],  # a leak
+    ],
+)
 def test_the_chart_keeps_its_numbers_inside_the_picture(values):
     from pytest_lrp.reports.html_images import layer_chart
 
@@ -215,8 +241,10 @@ def test_ini_key_and_the_page_replaced_whole(lrp_project, pytester):
 
 def test_an_error_is_listed_with_its_message(lrp_project, pytester):
     # An analyzer that crashes (bounds missing): its tests error. (Inputs that do not fit stop the run instead.)
-    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: bounded, analyzer: deep_taylor.bounded}}\n")
-    result, page, records = _run(pytester, f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
+    lrp_project.rules(
+        f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: bounded, analyzer: deep_taylor.bounded}}\n"
+    )
+    result, page, _records = _run(pytester, f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
     result.assert_outcomes(errors=2)
     assert [row["outcome"] for row in page.rows] == ["error", "error"]
     text = (pytester.path / "report.html").read_text()
@@ -226,9 +254,18 @@ def test_an_error_is_listed_with_its_message(lrp_project, pytester):
 
 def test_a_killed_run_leaves_the_old_page(lrp_project, pytester):
     lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: flat, analyzer: lrp.flat}}\n")
-    pytester.makepyfile(test_zz_killed="import os, signal\n\ndef test_kill():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    pytester.makepyfile(
+        test_zz_killed="import os, signal\n\ndef test_kill():\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     (pytester.path / "report.html").write_text("old page")
-    pytester.runpytest_subprocess(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "test_zz_killed.py", "--lrp-html=report.html", "-p", "no:cacheprovider")
+    pytester.runpytest_subprocess(
+        f"--lrp-model={lrp_project.nobias.path}",
+        "rules.yaml",
+        "test_zz_killed.py",
+        "--lrp-html=report.html",
+        "-p",
+        "no:cacheprovider",
+    )
     assert (pytester.path / "report.html").read_text() == "old page"
     assert not [p for p in pytester.path.iterdir() if p.name.endswith(".tmp")]
 
@@ -265,7 +302,9 @@ def test_one_page_from_xdist_workers(lrp_project, pytester):
     result = pytester.runpytest_subprocess(model, "rules.yaml", "-n", "2", "--lrp-html=report.html")
     result.assert_outcomes(failed=1, xfailed=1, passed=5)
     spread = Page((pytester.path / "report.html").read_text())
-    assert [(r["nodeid"], r["outcome"], r["cells"]) for r in spread.rows] == [(r["nodeid"], r["outcome"], r["cells"]) for r in alone.rows]
+    assert [(r["nodeid"], r["outcome"], r["cells"]) for r in spread.rows] == [
+        (r["nodeid"], r["outcome"], r["cells"]) for r in alone.rows
+    ]
     # The pictures came from the workers: all samples of all three sections, the same pixels.
     assert [i["alt"] for i in spread.images] == [i["alt"] for i in alone.images]
     for a, b in zip(spread.images, alone.images):
@@ -274,8 +313,12 @@ def test_one_page_from_xdist_workers(lrp_project, pytester):
 
 def test_pytest_html_rows_carry_heatmaps_and_chart(lrp_project, pytester):
     pytest.importorskip("pytest_html")
-    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n")
-    result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "--html=ph.html", "--self-contained-html")
+    lrp_project.rules(
+        f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n"
+    )
+    result = pytester.runpytest(
+        f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "--html=ph.html", "--self-contained-html"
+    )
     result.assert_outcomes(xfailed=1, passed=1)
     text = (pytester.path / "ph.html").read_text()
     blob = json.loads(html.unescape(re.search(r'data-jsonblob="([^"]*)"', text).group(1)))
@@ -311,10 +354,14 @@ def test_the_page_in_a_browser(lrp_project, pytester, chromium):
     chromium.open(pytester.path / "report.html")
     assert chromium.problems() == []
     # Nothing fetched but the page itself and its data URIs.
-    assert [url for url in chromium.requests() if not url.startswith("data:")] == [(pytester.path / "report.html").as_uri()]
+    assert [url for url in chromium.requests() if not url.startswith("data:")] == [
+        (pytester.path / "report.html").as_uri()
+    ]
     rows = chromium.evaluate("Array.from(document.querySelectorAll('#results tbody tr')).map(r => r.dataset.outcome)")
     assert rows == [row["outcome"] for row in page.rows] and len(rows) == len(records)
-    images = chromium.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+    images = chromium.evaluate(
+        "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+    )
     assert len(images) == len(page.images) > 10
     assert all(complete and width > 0 and height > 0 for _, complete, width, height in images), images
     # The outcome filter: untick "passed", and only the other rows stay visible.
@@ -335,9 +382,18 @@ def test_the_page_in_a_browser(lrp_project, pytester, chromium):
 @pytest.mark.browser
 def test_pytest_html_page_with_the_extras_in_a_browser(lrp_project, pytester, chromium):
     pytest.importorskip("pytest_html")
-    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n")
+    lrp_project.rules(
+        f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n"
+    )
     # Rows render their extras only when expanded: expand every row.
-    pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "--html=ph.html", "--self-contained-html", "-o", "render_collapsed=none")
+    pytester.runpytest(
+        f"--lrp-model={lrp_project.biased.path}",
+        "rules.yaml",
+        "--html=ph.html",
+        "--self-contained-html",
+        "-o",
+        "render_collapsed=none",
+    )
     chromium.open(pytester.path / "ph.html")
     # pytest-html shows a row's pictures one at a time: read the first, step to the next, read it.
     shown = chromium.evaluate("""(async () => {

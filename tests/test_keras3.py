@@ -186,7 +186,9 @@ def test_keras3_files_give_the_twins_verdicts_and_heatmaps(pytester, twins, name
     (pytester.path / "rules.yaml").write_text(f"defaults:\n  inputs: inputs.npz\n{rules}")
     pytester.makepyfile(test_heatmaps=HEATMAP_TEST.format(analyzer=analyzer, params=params))
     flags = [f"--lrp-model={stem}{source.suffix}" for stem, source in models.items()]
-    result = pytester.runpytest("rules.yaml", "test_heatmaps.py", "--lrp-rules=rules.yaml", "--lrp-report=report.json", *flags)
+    result = pytester.runpytest(
+        "rules.yaml", "test_heatmaps.py", "--lrp-rules=rules.yaml", "--lrp-report=report.json", *flags
+    )
     outcomes = result.parseoutcomes()
     assert "errors" not in outcomes and outcomes.get("passed", 0) >= 3, result.stdout.str()
 
@@ -204,7 +206,12 @@ def test_keras3_files_give_the_twins_verdicts_and_heatmaps(pytester, twins, name
     reference = np.load(pytester.path / "heatmaps" / "tf2.npy")
     assert np.abs(reference).max() > 0
     for stem in ("k3_keras", "k3_h5"):
-        np.testing.assert_allclose(np.load(pytester.path / "heatmaps" / f"{stem}.npy"), reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
+        np.testing.assert_allclose(
+            np.load(pytester.path / "heatmaps" / f"{stem}.npy"),
+            reference,
+            rtol=1e-5,
+            atol=1e-6 * np.abs(reference).max(),
+        )
 
 
 # --- recorded outputs (y) and the report header ------------------------------------------------
@@ -228,14 +235,16 @@ def test_recorded_outputs_that_match_let_the_tests_run_and_the_header_says_check
     (pytester.path / "rules.yaml").write_text(RULE_Z)
     result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'seq_cnn.keras'}", f"--lrp-inputs={inputs}")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "lrp: *seq_cnn.keras: written by Keras 3.15.1, translated to tf.keras 2; checked against the outputs (y) in *seq_cnn_inputs.npz"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "lrp: *seq_cnn.keras: written by Keras 3.15.1, translated to tf.keras 2; checked against the outputs (y) in *seq_cnn_inputs.npz"
+        ]
+    )
 
 
 @pytest.mark.parametrize("model", ["seq_cnn.keras", "seq_cnn.h5", "twin"])
 def test_outputs_that_differ_from_the_recorded_ones_make_every_test_an_error(pytester, twins, model):
-    x, y = _recorded("seq_cnn")
+    _x, y = _recorded("seq_cnn")
     wrong = y.copy()
     wrong[2] = wrong[2, ::-1]  # what a transposed kernel would do to one sample
     inputs = _inputs_file(pytester.path, "seq_cnn", y=wrong)
@@ -244,20 +253,26 @@ def test_outputs_that_differ_from_the_recorded_ones_make_every_test_an_error(pyt
     result = pytester.runpytest("rules.yaml", f"--lrp-model={path}", f"--lrp-inputs={inputs}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # one line for the run, not one per test (test_one_message.py)
     largest = float(np.abs(y - wrong).max())
-    result.stderr.fnmatch_lines([
-        f"ERROR: *{path.name}: predicts other outputs than those recorded in *seq_cnn_inputs.npz (y): largest difference "
-        f"{largest:.3g} at sample 2 (tolerance *); refusing to explain another model than the one that was recorded (the inputs: *"
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: *{path.name}: predicts other outputs than those recorded in *seq_cnn_inputs.npz (y): largest difference "
+            f"{largest:.3g} at sample 2 (tolerance *); refusing to explain another model than the one that was recorded (the inputs: *"
+        ]
+    )
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 def test_recorded_outputs_of_another_shape_are_an_error(pytester):
-    x, y = _recorded("seq_cnn")
+    _x, y = _recorded("seq_cnn")
     inputs = _inputs_file(pytester.path, "seq_cnn", y=y[:, :2])
     (pytester.path / "rules.yaml").write_text(RULE_Z)
     result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'seq_cnn.h5'}", f"--lrp-inputs={inputs}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: *seq_cnn_inputs.npz: the recorded outputs y have shape (4, 2), the model predicts (4, 3) (y is read as model.predict(x) *; store class labels under another name) (the inputs: *"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: *seq_cnn_inputs.npz: the recorded outputs y have shape (4, 2), the model predicts (4, 3) (y is read as model.predict(x) *; store class labels under another name) (the inputs: *"
+        ]
+    )
 
 
 def _swap_bn_statistics(monkeypatch):
@@ -281,28 +296,46 @@ def test_a_silently_wrong_translation_is_caught_by_the_recorded_outputs(pytester
     (pytester.path / "rules.yaml").write_text(RULE_Z)
     result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'functional.keras'}", f"--lrp-inputs={inputs}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: *functional.keras: predicts other outputs than those recorded in *functional_inputs.npz (y): largest difference *"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: *functional.keras: predicts other outputs than those recorded in *functional_inputs.npz (y): largest difference *"
+        ]
+    )
 
 
-def test_without_recorded_outputs_keras3_itself_checks_the_translation_or_the_header_says_unchecked(pytester, monkeypatch):
+def test_without_recorded_outputs_keras3_itself_checks_the_translation_or_the_header_says_unchecked(
+    pytester, monkeypatch
+):
     from pytest_lrp.models.fidelity import keras3_importable
 
     _swap_bn_statistics(monkeypatch)
     inputs = _inputs_file(pytester.path, "functional", with_y=False)
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: flat, analyzer: lrp.flat, params: {disable_model_checks: true}}\n")
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={DATA / 'functional.h5'}", f"--lrp-inputs={inputs}", "-k", "finite")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: flat, analyzer: lrp.flat, params: {disable_model_checks: true}}\n"
+    )
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={DATA / 'functional.h5'}", f"--lrp-inputs={inputs}", "-k", "finite"
+    )
     version = keras3_importable()
     if version:  # Python 3.12+ with TensorFlow 2.16+: Keras 3 is installed beside tf_keras
-        result.stdout.fnmatch_lines([
-            f"lrp: *functional.h5: written by Keras 3.15.1, translated to tf.keras 2; checked against Keras {version} loading the same file*",
-        ])
-        result.stderr.fnmatch_lines([f"ERROR: *functional.h5: predicts other outputs than Keras {version} loading the same file: largest difference *"])
+        result.stdout.fnmatch_lines(
+            [
+                f"lrp: *functional.h5: written by Keras 3.15.1, translated to tf.keras 2; checked against Keras {version} loading the same file*",
+            ]
+        )
+        result.stderr.fnmatch_lines(
+            [
+                f"ERROR: *functional.h5: predicts other outputs than Keras {version} loading the same file: largest difference *"
+            ]
+        )
         assert result.ret == pytest.ExitCode.USAGE_ERROR
     else:  # the wrong translation runs: which is why the header says so
-        result.stdout.fnmatch_lines([
-            "lrp: *functional.h5: written by Keras 3.15.1, translated to tf.keras 2; UNCHECKED: no outputs (y) recorded in the "
-            "inputs file and Keras 3 cannot be imported here to compare*"
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "lrp: *functional.h5: written by Keras 3.15.1, translated to tf.keras 2; UNCHECKED: no outputs (y) recorded in the "
+                "inputs file and Keras 3 cannot be imported here to compare*"
+            ]
+        )
         result.assert_outcomes(passed=1)
 
 
@@ -351,7 +384,7 @@ def _truncated(target: Path) -> Path:
 
 def _corrupt_weights(members):
     data = bytearray(members["model.weights.h5"])
-    data[: 4096] = bytes(4096)
+    data[:4096] = bytes(4096)
     members["model.weights.h5"] = bytes(data)
 
 
@@ -374,7 +407,9 @@ def _h5_bomb(target: Path) -> Path:
     with h5py.File(target, "a") as file:
         group = file["model_weights/dense/seq_cnn/dense"]
         del group["kernel"]
-        group.create_dataset("kernel", shape=(1 << 27,), dtype="float32", chunks=(1 << 16,), compression="gzip", fillvalue=0.0)
+        group.create_dataset(
+            "kernel", shape=(1 << 27,), dtype="float32", chunks=(1 << 16,), compression="gzip", fillvalue=0.0
+        )
     return target
 
 
@@ -385,7 +420,11 @@ def _escaping_member(members):
 def _make_bad(name: str, folder: Path) -> Path:
     seq = DATA / "seq_cnn.keras"
     if name == "custom":
-        return _rewrite(seq, folder / "custom.keras", _edit_layer(2, module="my_package.layers", class_name="Doubler", registered_name="Custom>Doubler"))
+        return _rewrite(
+            seq,
+            folder / "custom.keras",
+            _edit_layer(2, module="my_package.layers", class_name="Doubler", registered_name="Custom>Doubler"),
+        )
     if name == "lambda":
         return _rewrite(seq, folder / "lambda.keras", _edit_layer(3, class_name="Lambda"))
     if name == "unsupported":
@@ -407,7 +446,9 @@ def _make_bad(name: str, folder: Path) -> Path:
     if name == "transposed":
         return _rewrite(seq, folder / "transposed.keras", _swap_kernels)
     if name == "escaping":
-        return _rewrite(seq, folder / "escaping.keras", lambda m: _escaping_member(m) or _edit_layer(3, class_name="Lambda")(m))
+        return _rewrite(
+            seq, folder / "escaping.keras", lambda m: _escaping_member(m) or _edit_layer(3, class_name="Lambda")(m)
+        )
     raise KeyError(name)
 
 
@@ -447,8 +488,13 @@ def test_bad_keras3_archives_are_one_line_each_naming_the_file(pytester, tmp_pat
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # every broken file named, each in its one line, in one run
     assert len([line for line in result.errlines if line.startswith("ERROR: ")]) == len(bad)
     for case in cases:
-        result.stderr.fnmatch_lines(["ERROR: " + BAD_ARCHIVES[case] + (" (the model: *" if not BAD_ARCHIVES[case].endswith("*") else "")])
+        result.stderr.fnmatch_lines(
+            ["ERROR: " + BAD_ARCHIVES[case] + (" (the model: *" if not BAD_ARCHIVES[case].endswith("*") else "")]
+        )
     text = result.stdout.str()
     assert "Traceback" not in text and "site-packages" not in text
     # Extracting the member would have written it two folders above where pytest ran, or above the archive.
-    assert not (pytester.path.parent.parent / "escaped.txt").exists() and not (tmp_path.parent.parent / "escaped.txt").exists()
+    assert (
+        not (pytester.path.parent.parent / "escaped.txt").exists()
+        and not (tmp_path.parent.parent / "escaped.txt").exists()
+    )

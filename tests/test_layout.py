@@ -79,7 +79,9 @@ def _subpackage(module: str):
 def test_every_subpackage_says_what_lives_there_and_what_it_may_import():
     for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
-        assert docstring and "import" in docstring, f"{folder.name}/__init__.py needs a docstring saying what it may import"
+        assert docstring and "import" in docstring, (
+            f"{folder.name}/__init__.py needs a docstring saying what it may import"
+        )
         assert folder.name in ALLOWED, f"new subpackage {folder.name}: add its allowed imports to ALLOWED in this test"
 
 
@@ -106,7 +108,7 @@ def _cycles(graph: dict) -> list:
         stack.append(module)
         for imported in sorted(graph.get(module, ())):
             if state.get(imported) == "open":
-                cycles.append(" -> ".join(stack[stack.index(imported):] + [imported]))
+                cycles.append(" -> ".join([*stack[stack.index(imported) :], imported]))
             elif imported not in state:
                 visit(imported)
         stack.pop()
@@ -132,7 +134,9 @@ def test_the_layout_checks_see_a_wrong_direction_and_a_cycle():
     # The two tests above must be able to fail: plant a checks -> engine import into the real graph.
     graph = _graph()
     graph["pytest_lrp.checks.record"] = graph["pytest_lrp.checks.record"] | {"pytest_lrp.engine.workbench"}
-    assert any("pytest_lrp.checks.record imports pytest_lrp.engine.workbench" in line for line in _wrong_directions(graph))
+    assert any(
+        "pytest_lrp.checks.record imports pytest_lrp.engine.workbench" in line for line in _wrong_directions(graph)
+    )
     assert any("pytest_lrp.checks.record ->" in c for c in _cycles(graph))
 
 

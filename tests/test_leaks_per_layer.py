@@ -40,9 +40,11 @@ def nets(tmp_path_factory, tensorflow_imported_once):
     h = L.Conv2D(2, 3, activation="relu", name="conv")(L.ZeroPadding2D(1, name="pad")(image))
     out = L.Dense(1, name="dense")(L.Flatten(name="flat")(L.BatchNormalization(name="bn")(h)))
     bn_net = tf.keras.Model(image, out)
-    weights = {"conv": [rng.normal(0, 0.6, (3, 3, 1, 2)), np.array([0.3, -0.1])],
-               "bn": [np.array([1.5, 0.7]), np.array([0.2, -0.3]), np.array([0.4, 0.1]), np.array([2.0, 0.5])],
-               "dense": [rng.uniform(0.2, 1.0, (50, 1)), np.array([0.1])]}
+    weights = {
+        "conv": [rng.normal(0, 0.6, (3, 3, 1, 2)), np.array([0.3, -0.1])],
+        "bn": [np.array([1.5, 0.7]), np.array([0.2, -0.3]), np.array([0.4, 0.1]), np.array([2.0, 0.5])],
+        "dense": [rng.uniform(0.2, 1.0, (50, 1)), np.array([0.1])],
+    }
     for name, values in weights.items():
         bn_net.get_layer(name).set_weights([np.asarray(v, dtype=np.float32) for v in values])
     bn_net.save(folder / "bn.h5")
@@ -53,9 +55,21 @@ def nets(tmp_path_factory, tensorflow_imported_once):
     add_net = tf.keras.Model(image, L.Dense(1, name="dense")(L.Flatten(name="flat")(both)))
     spread = rng.normal(0, 1e-4, (3, 3, 2, 1))
     spread[1, 1] = -np.array([[1.0], [0.7]]) * (1 - 1e-6)
-    add_net.set_weights([np.asarray(w, dtype=np.float32) for w in (
-        rng.normal(0, 0.6, (3, 3, 1, 2)), [0.1, 0.05], [[[[1.0], [0.7]]]], [0.0], spread, [0.0],
-        rng.uniform(0.5, 1.0, (36, 1)), [0.0])])
+    add_net.set_weights(
+        [
+            np.asarray(w, dtype=np.float32)
+            for w in (
+                rng.normal(0, 0.6, (3, 3, 1, 2)),
+                [0.1, 0.05],
+                [[[[1.0], [0.7]]]],
+                [0.0],
+                spread,
+                [0.0],
+                rng.uniform(0.5, 1.0, (36, 1)),
+                [0.0],
+            )
+        ]
+    )
     add_net.save(folder / "add.h5")
 
     np.savez(folder / "x5.npz", x=rng.uniform(0, 1, (3, 5, 5, 1)).astype(np.float32))
@@ -79,8 +93,12 @@ def test_a_padding_layer_is_charged_with_innvestigates_border_not_the_references
     """The ResNet50 symptom on a tiny net: w-square, an Add whose inputs nearly cancel, then the padding.
     Before, the padding showed 'unexplained' = (reference's border share) - (innvestigate's)."""
     folder = nets["folder"]
-    record = _leaks(pytester, folder / "add.h5", folder / "x6.npz",
-                    "{id: w-square, analyzer: lrp.w_square, params: {disable_model_checks: true}}")
+    record = _leaks(
+        pytester,
+        folder / "add.h5",
+        folder / "x6.npz",
+        "{id: w-square, analyzer: lrp.w_square, params: {disable_model_checks: true}}",
+    )
     layers = _by_name(record)
     pad = layers["pad"]
     # w-square on a 'valid' convolution after ZeroPadding2D hands the border its share, which the padding drops
@@ -92,8 +110,7 @@ def test_a_padding_layer_is_charged_with_innvestigates_border_not_the_references
     flowing = max(abs(record["targets"][worst]), abs(record["sums"][worst]))
     rests = [layer["unexplained"] for layer in layers.values() if layer["unexplained"] is not None]
     assert len(rests) >= 5 and all(abs(rest) < 1e-3 * flowing for rest in rests)
-    np.testing.assert_allclose(sum(rests),
-                               record["leaks"]["total"]["unexplained"], atol=1e-9)
+    np.testing.assert_allclose(sum(rests), record["leaks"]["total"]["unexplained"], atol=1e-9)
 
 
 def _conv(padded, kernel):
@@ -102,7 +119,7 @@ def _conv(padded, kernel):
     out = np.zeros((n, rows - 2, cols - 2, kernel.shape[-1]))
     for i in range(3):
         for j in range(3):
-            out += padded[:, i:i + rows - 2, j:j + cols - 2, :1] * kernel[i, j, 0]
+            out += padded[:, i : i + rows - 2, j : j + cols - 2, :1] * kernel[i, j, 0]
     return out
 
 
@@ -112,7 +129,7 @@ def _conv_back(padded, kernel, share):
     rows, cols = share.shape[1:3]
     for i in range(3):
         for j in range(3):
-            back[:, i:i + rows, j:j + cols, 0] += (share * kernel[i, j, 0]).sum(axis=-1)
+            back[:, i : i + rows, j : j + cols, 0] += (share * kernel[i, j, 0]).sum(axis=-1)
     return padded * back
 
 
@@ -125,7 +142,7 @@ def test_below_innvestigates_own_deviation_the_layers_are_explained(nets, pytest
     record = _leaks(pytester, folder / "bn.h5", folder / "x5.npz", "{id: z, analyzer: lrp.z}")
     layers = _by_name(record)
     worst = record["worst_sample"]
-    x = np.load(folder / "x5.npz")["x"].astype(np.float64)[worst:worst + 1]
+    x = np.load(folder / "x5.npz")["x"].astype(np.float64)[worst : worst + 1]
     (kernel, bias), (gamma, beta, mean, var), (dense, dense_bias) = weights["conv"], weights["bn"], weights["dense"]
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     z = _conv(padded, kernel) + bias
@@ -133,8 +150,8 @@ def test_below_innvestigates_own_deviation_the_layers_are_explained(nets, pytest
     y = gamma * (h - mean) / np.sqrt(var + BN_EPS) + beta
     assert float((y.reshape(1, -1) @ dense + dense_bias)[0, 0]) == pytest.approx(record["targets"][worst], rel=1e-5)
     at_bn = y.reshape(y.shape) * dense[:, 0].reshape(y.shape)  # z rule at the Dense: R_i = y_i w_i (bias d kept)
-    k = gamma / np.sqrt(var ** 2 + BN_EPS)  # innvestigate 2.1.2's fusion (variance squared, gamma missing from b)
-    b = beta - mean / np.sqrt(var ** 2 + BN_EPS)
+    k = gamma / np.sqrt(var**2 + BN_EPS)  # innvestigate 2.1.2's fusion (variance squared, gamma missing from b)
+    b = beta - mean / np.sqrt(var**2 + BN_EPS)
     at_conv = h * k / (h * k + b) * at_bn
     share = at_conv / z
     heatmap = _conv_back(padded, kernel, share)
@@ -168,10 +185,15 @@ def test_observed_relevance_gets_the_formulas_mechanisms(nets):
     scaled = 2.0 * own.layer("conv").maps["out"]
     other = explain(model, x, "lrp.z", {}, observed={"pad": moved, "conv": scaled, "dense": np.ones(5)})
     pad = other.layer("pad")
-    np.testing.assert_allclose(pad.observed_mechanisms["dropped"],
-                               moved[:, 1:-1, 1:-1].sum(axis=(1, 2, 3)) - moved.sum(axis=(1, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(
+        pad.observed_mechanisms["dropped"],
+        moved[:, 1:-1, 1:-1].sum(axis=(1, 2, 3)) - moved.sum(axis=(1, 2, 3)),
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(pad.mechanisms["dropped"], own.layer("pad").mechanisms["dropped"])  # its own untouched
     # linear in the relevance: twice the relevance, twice the bias share
-    np.testing.assert_allclose(other.layer("conv").observed_mechanisms["bias"], 2 * own.layer("conv").mechanisms["bias"])
+    np.testing.assert_allclose(
+        other.layer("conv").observed_mechanisms["bias"], 2 * own.layer("conv").mechanisms["bias"]
+    )
     assert other.layer("dense").observed_mechanisms is None  # a map of another shape is no map of this layer
     assert other.layer("bn").observed_mechanisms is None

@@ -18,9 +18,13 @@ def test_h5_keras_and_savedmodel_give_the_same_heatmaps(lrp_project, pytester):
     pytester.makepyfile(test_formats=SAVE_HEATMAPS)
     paths = lrp_project.biased.paths
     # --lrp-trust-model: a SavedModel folder is refused without it (see test_hardening.py).
-    result = pytester.runpytest(*[f"--lrp-model={p}" for p in paths.values()], f"--lrp-inputs={lrp_project.inputs}", "--lrp-trust-model", "-v")
+    result = pytester.runpytest(
+        *[f"--lrp-model={p}" for p in paths.values()], f"--lrp-inputs={lrp_project.inputs}", "--lrp-trust-model", "-v"
+    )
     result.assert_outcomes(passed=3)
-    h5, keras, savedmodel = (np.load(pytester.path / f"heatmaps-{suffix}.npy") for suffix in (".h5", ".keras", "savedmodel"))
+    h5, keras, savedmodel = (
+        np.load(pytester.path / f"heatmaps-{suffix}.npy") for suffix in (".h5", ".keras", "savedmodel")
+    )
     assert np.abs(h5).sum() > 0
     np.testing.assert_allclose(keras, h5, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(savedmodel, h5, rtol=1e-6, atol=1e-7)
@@ -47,10 +51,12 @@ def test_a_rebuilt_model_with_other_weights_is_refused(lrp_project, pytester):
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n")
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        "*biased.h5: the copy of the model rebuilt for analysis predicts differently from the file loaded normally "
-        "(max difference *); refusing to explain a model with other weights"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*biased.h5: the copy of the model rebuilt for analysis predicts differently from the file loaded normally "
+            "(max difference *); refusing to explain a model with other weights"
+        ]
+    )
 
 
 def test_rebuilt_model_is_checked_on_every_analysis(lrp_project, pytester, monkeypatch):
@@ -58,16 +64,23 @@ def test_rebuilt_model_is_checked_on_every_analysis(lrp_project, pytester, monke
 
     calls = []
     original = modelfile.ModelFile.check_same_outputs
-    monkeypatch.setattr(modelfile.ModelFile, "check_same_outputs", lambda self, *a: calls.append(1) or original(self, *a))
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: flat, analyzer: lrp.flat}\n")
+    monkeypatch.setattr(
+        modelfile.ModelFile, "check_same_outputs", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: flat, analyzer: lrp.flat}\n"
+    )
     # conservation and finite for two rules: four tests, two analyses
     pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml").assert_outcomes(passed=4)
     assert len(calls) == 2
 
 
 def test_eager_tensorflow_tests_still_work_after_the_analyses(lrp_project, pytester):
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: w, analyzer: lrp.w_square}\n")
-    pytester.makepyfile(test_user_eager="""
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: w, analyzer: lrp.w_square}\n"
+    )
+    pytester.makepyfile(
+        test_user_eager="""
         import numpy as np
         import tensorflow as tf
 
@@ -81,8 +94,16 @@ def test_eager_tensorflow_tests_still_work_after_the_analyses(lrp_project, pytes
             model.compile(loss="mse", optimizer="sgd")
             model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0)
             assert model.predict(np.ones((1, 2)), verbose=0).shape == (1, 1)
-    """)
-    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "test_user_eager.py", "-v", "-k", "conservation or eager")
+    """
+    )
+    result = pytester.runpytest(
+        f"--lrp-model={lrp_project.nobias.path}",
+        "rules.yaml",
+        "test_user_eager.py",
+        "-v",
+        "-k",
+        "conservation or eager",
+    )
     result.assert_outcomes(passed=4)
     lines = result.stdout.str().splitlines()
     order = [i for i, line in enumerate(lines) if "PASSED" in line]

@@ -69,18 +69,35 @@ def test_under_xdist_the_lrp_tests_are_one_error_with_the_line(pytester):
     text = result.stdout.str() + result.stderr.str()
     assert "INTERNALERROR" not in text
     assert text.count("missing.h5: model file not found (the model: ") == 2  # the error and its summary line
-    result.stdout.fnmatch_lines(["*ERROR at setup of lrp: no LRP test can run*", "*", "missing.h5: model file not found (the model: *"])
+    result.stdout.fnmatch_lines(
+        ["*ERROR at setup of lrp: no LRP test can run*", "*", "missing.h5: model file not found (the model: *"]
+    )
 
 
 def test_an_environment_without_innvestigate_stops_with_one_line(lrp_project, pytester, monkeypatch):
     # A separate process whose `import innvestigate` fails, as where it is not installed.
     broken = pytester.mkdir("site")
     (broken / "innvestigate").mkdir()
-    (broken / "innvestigate" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'innvestigate'\")\n")
+    (broken / "innvestigate" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'innvestigate'\")\n"
+    )
     project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(broken), project_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: eps, analyzer: lrp.epsilon}\n")
-    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", timeout=300)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(broken), project_root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: eps, analyzer: lrp.epsilon}\n"
+    )
+    result = pytester.run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "rules.yaml",
+        f"--lrp-model={lrp_project.nobias.path}",
+        timeout=300,
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert _error_lines(result) == [
         "ERROR: this Python environment cannot run innvestigate (ModuleNotFoundError: No module named 'innvestigate'); "
@@ -93,7 +110,8 @@ def test_models_loaded_before_the_first_analysis_still_predict_afterwards(lrp_pr
     # The check loads every model before any analysis; building a model in an analysis graph invalidates Keras
     # models loaded eagerly before ("Your Layer or Model is in an invalid state"). ModelFile.predict then uses a
     # copy rebuilt in a graph of its own.
-    pytester.makepyfile(test_after="""
+    pytester.makepyfile(
+        test_after="""
         import numpy as np
         import pytest
 
@@ -103,9 +121,12 @@ def test_models_loaded_before_the_first_analysis_still_predict_afterwards(lrp_pr
 
         def test_predict_afterwards(lrp_model):
             np.save(f"after{lrp_model.path.suffix}.npy", lrp_model.predict(np.ones((2, 5), np.float32)))
-    """)
+    """
+    )
     paths = lrp_project.biased.paths
-    result = pytester.runpytest(f"--lrp-model={paths['.h5']}", f"--lrp-model={paths['.keras']}", f"--lrp-inputs={lrp_project.inputs}")
+    result = pytester.runpytest(
+        f"--lrp-model={paths['.h5']}", f"--lrp-model={paths['.keras']}", f"--lrp-inputs={lrp_project.inputs}"
+    )
     result.assert_outcomes(passed=4)
     expected = lrp_project.biased.outputs(np.ones((2, 5)))
     expected = np.exp(expected) / np.exp(expected).sum(axis=1, keepdims=True)  # the file's softmax
@@ -117,10 +138,19 @@ def test_under_xdist_a_worker_that_cannot_import_innvestigate_keeps_the_collecti
     # The environment is a property of each worker (a worker's conftest may import Keras 3): the workers must collect
     # the same tests, so such a worker's LRP tests stay and error one by one, as before; the others run.
     pytest.importorskip("xdist")
-    pytester.makeconftest("import os, sys\nif os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n    sys.modules['innvestigate'] = None\n")
+    pytester.makeconftest(
+        "import os, sys\nif os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n    sys.modules['innvestigate'] = None\n"
+    )
     lrp_project.rules("rules:\n  - {id: z, analyzer: lrp.z}\n  - {id: flat, analyzer: lrp.flat}\n")
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}",
-                                "-k", "conservation", "-n", "2")
+    result = pytester.runpytest(
+        "rules.yaml",
+        f"--lrp-model={lrp_project.nobias.path}",
+        f"--lrp-inputs={lrp_project.inputs}",
+        "-k",
+        "conservation",
+        "-n",
+        "2",
+    )
     text = result.stdout.str() + result.stderr.str()
     assert "INTERNALERROR" not in text and "Different tests were collected" not in text
     outcomes = result.parseoutcomes()

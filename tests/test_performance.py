@@ -85,7 +85,13 @@ rules:
 @pytest.mark.xdist
 def test_xdist_gives_the_same_outcomes_with_each_analysis_on_one_worker(lrp_project, pytester):
     lrp_project.rules(RULE_FILE)
-    args = [f"--lrp-model={lrp_project.biased.path}", f"--lrp-inputs={lrp_project.inputs}", "-v", "-p", "no:cacheprovider"]
+    args = [
+        f"--lrp-model={lrp_project.biased.path}",
+        f"--lrp-inputs={lrp_project.inputs}",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+    ]
     serial = pytester.runpytest_subprocess(*args, "rules.yaml", "-n", "0")
     parallel = pytester.runpytest_subprocess(*args, "rules.yaml", "-n", "2")
     assert outcomes(parallel) == outcomes(serial)
@@ -101,7 +107,10 @@ def test_xdist_gives_the_same_outcomes_with_each_analysis_on_one_worker(lrp_proj
 def outcomes(result) -> dict:
     found = {}
     for line in result.outlines:
-        match = re.search(r"(rules\.yaml::\S+) (PASSED|FAILED|XFAIL|XPASS|ERROR)|(PASSED|FAILED|XFAIL|XPASS|ERROR) (rules\.yaml::\S+)", line)
+        match = re.search(
+            r"(rules\.yaml::\S+) (PASSED|FAILED|XFAIL|XPASS|ERROR)|(PASSED|FAILED|XFAIL|XPASS|ERROR) (rules\.yaml::\S+)",
+            line,
+        )
         if match:
             found[match.group(1) or match.group(4)] = match.group(2) or match.group(3)
     return found
@@ -109,6 +118,10 @@ def outcomes(result) -> dict:
 
 def test_importing_the_plugin_imports_neither_numpy_nor_yaml():
     # pytest imports the plugin in every run; these two were ~100 ms of start-up (bench/run.py).
-    probe = "import sys, pytest_lrp.plugin; print(sorted(m for m in ('numpy', 'yaml', 'tensorflow') if m in sys.modules))"
+    probe = (
+        "import sys, pytest_lrp.plugin; print(sorted(m for m in ('numpy', 'yaml', 'tensorflow') if m in sys.modules))"
+    )
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
-    assert imported == "[]", f"importing pytest_lrp.plugin imported {imported}: use 'from .lazy import np' (see lazy.py)"
+    assert imported == "[]", (
+        f"importing pytest_lrp.plugin imported {imported}: use 'from .lazy import np' (see lazy.py)"
+    )

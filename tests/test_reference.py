@@ -17,8 +17,9 @@ from pytest_lrp.reference.ops import AveragePool, Conv, Dense, MaxPool, Windows
 def dense_config(sizes, activations, bias=True):
     layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, sizes[0]]}}]
     for i, (units, act) in enumerate(zip(sizes[1:], activations)):
-        layers.append({"class_name": "Dense",
-                       "config": {"name": f"d{i}", "units": units, "activation": act, "use_bias": bias}})
+        layers.append(
+            {"class_name": "Dense", "config": {"name": f"d{i}", "units": units, "activation": act, "use_bias": bias}}
+        )
     return {"name": "net", "layers": layers}
 
 
@@ -31,8 +32,7 @@ X = np.array([[1.0, 2.0]])
 
 @pytest.fixture(scope="module")
 def paper_net():
-    return ReferenceModel.from_keras(dense_config([2, 2, 1], ["relu", "linear"]),
-                                     {"d0": [W1, B1], "d1": [W2, B2]})
+    return ReferenceModel.from_keras(dense_config([2, 2, 1], ["relu", "linear"]), {"d0": [W1, B1], "d1": [W2, B2]})
 
 
 def test_forward_of_the_paper_net(paper_net):
@@ -73,15 +73,17 @@ def test_alpha2_beta1_by_hand(paper_net):
     np.testing.assert_allclose(result.heatmap[0], n0 + n1)
     first = result.layer("d0")
     np.testing.assert_allclose(first.mechanisms["unbalanced"], [r1[0]])  # 2R instead of R
-    np.testing.assert_allclose(first.mechanisms["bias"],
-                               [-2 * 0.5 / 5.5 * r1[0] - 2 * 1.5 / 3.5 * r1[1] + 1.5 / 0.5 * r1[1]])
+    np.testing.assert_allclose(
+        first.mechanisms["bias"], [-2 * 0.5 / 5.5 * r1[0] - 2 * 1.5 / 3.5 * r1[1] + 1.5 / 0.5 * r1[1]]
+    )
     assert first.rule == "alpha_beta(2,1)"
 
 
 def test_issue_273_blows_up_and_is_blamed_on_the_bias():
     # innvestigate issue 273: W = (1, -1), b = -1, x = (1, 1): the inhibitor denominator -1 + 1 == 0
-    model = ReferenceModel.from_keras(dense_config([2, 1], ["linear"]),
-                                      {"d0": [np.array([[1.0], [-1.0]]), np.array([-1.0])]})
+    model = ReferenceModel.from_keras(
+        dense_config([2, 1], ["linear"]), {"d0": [np.array([[1.0], [-1.0]]), np.array([-1.0])]}
+    )
     result = explain(model, np.ones((1, 2)), "lrp.alpha_2_beta_1", {})
     assert np.abs(result.heatmap).max() > 1e6
     account = result.layer("d0")
@@ -90,9 +92,13 @@ def test_issue_273_blows_up_and_is_blamed_on_the_bias():
 
 
 def test_z_plus_drops_a_neuron_without_positive_input():
-    model = ReferenceModel.from_keras(dense_config([2, 2, 1], ["relu", "linear"]),
-                                      {"d0": [np.array([[1.0, -1.0], [1.0, -1.0]]), np.array([0.0, 3.0])],
-                                       "d1": [np.array([[1.0], [1.0]]), np.array([0.0])]})
+    model = ReferenceModel.from_keras(
+        dense_config([2, 2, 1], ["relu", "linear"]),
+        {
+            "d0": [np.array([[1.0, -1.0], [1.0, -1.0]]), np.array([0.0, 3.0])],
+            "d1": [np.array([[1.0], [1.0]]), np.array([0.0])],
+        },
+    )
     result = explain(model, np.ones((1, 2)), "lrp.z_plus", {})
     # neuron 1 is active (3 - 2 = 1) through its bias alone: its relevance 1 is dropped
     np.testing.assert_allclose(result.layer("d0").mechanisms["dropped"], [-1.0])
@@ -112,12 +118,15 @@ def test_unknown_layer_and_rule_are_refused():
 
 
 def test_importable_without_tensorflow():
-    code = ("import sys, pytest_lrp.reference; "
-            "assert not any(m.split('.')[0] in ('tensorflow', 'innvestigate', 'keras') for m in sys.modules)")
+    code = (
+        "import sys, pytest_lrp.reference; "
+        "assert not any(m.split('.')[0] in ('tensorflow', 'innvestigate', 'keras') for m in sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---- the transposes are the adjoints of the forward maps ------------------------------
+
 
 def _direct_conv2d(x, kernel, stride, dilation, pads):
     x = np.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
@@ -134,8 +143,14 @@ def _direct_conv2d(x, kernel, stride, dilation, pads):
 
 
 @settings(max_examples=30, deadline=None)
-@given(size=st.integers(4, 9), k=st.integers(1, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2),
-       padding=st.sampled_from(["valid", "same"]), seed=st.integers(0, 2**16))
+@given(
+    size=st.integers(4, 9),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    padding=st.sampled_from(["valid", "same"]),
+    seed=st.integers(0, 2**16),
+)
 def test_conv_matches_a_direct_loop_and_its_transpose_is_the_adjoint(size, k, stride, dilation, padding, seed):
     if padding == "valid" and (k - 1) * dilation + 1 > size:
         return
@@ -153,7 +168,7 @@ def test_conv_matches_a_direct_loop_and_its_transpose_is_the_adjoint(size, k, st
     # channel c, multiplier m is output c * 2 + m: a full conv with a block-diagonal kernel
     full = np.zeros((k, k, 3, 6))
     for c in range(3):
-        full[:, :, c, 2 * c: 2 * c + 2] = dk[:, :, c]
+        full[:, :, c, 2 * c : 2 * c + 2] = dk[:, :, c]
     np.testing.assert_allclose(dout, conv.forward(x, full), atol=1e-10)
     dg = rng.normal(size=dout.shape)
     np.testing.assert_allclose((depthwise.transpose(dg, dk, x.shape) * x).sum(), (dout * dg).sum())
@@ -180,21 +195,36 @@ def test_pooling_windows():
 
 # ---- properties on random small networks ---------------------------------------------
 
+
 def random_net(rng, sizes, bias_scale):
-    weights = {f"d{i}": [rng.normal(0, 0.8, (a, b)), rng.normal(0, bias_scale, b)]
-               for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+    weights = {
+        f"d{i}": [rng.normal(0, 0.8, (a, b)), rng.normal(0, bias_scale, b)]
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:]))
+    }
     acts = ["relu"] * (len(sizes) - 2) + ["linear"]
     return ReferenceModel.from_keras(dense_config(sizes, acts), weights)
 
 
-nets = st.tuples(st.lists(st.integers(1, 6), min_size=1, max_size=3), st.integers(1, 4),
-                 st.integers(2, 5), st.integers(0, 2**16))
-RULES = [("lrp.z", {}), ("lrp.epsilon", {"epsilon": 0.3}), ("lrp.epsilon", {"bias": False}),
-         ("lrp.w_square", {}), ("lrp.flat", {}), ("lrp.alpha_2_beta_1", {}),
-         ("lrp.alpha_2_beta_1_IB", {}), ("lrp.alpha_beta", {"alpha": 3, "beta": 2, "bias": False}),
-         ("lrp.alpha_1_beta_0", {}), ("lrp.z_plus", {}), ("lrp.z_plus_fast", {}), ("deep_taylor", {}),
-         ("deep_taylor.bounded", {"low": -1.0, "high": 1.0}), ("lrp.sequential_preset_a_flat", {}),
-         ("lrp.sequential_preset_b", {})]
+nets = st.tuples(
+    st.lists(st.integers(1, 6), min_size=1, max_size=3), st.integers(1, 4), st.integers(2, 5), st.integers(0, 2**16)
+)
+RULES = [
+    ("lrp.z", {}),
+    ("lrp.epsilon", {"epsilon": 0.3}),
+    ("lrp.epsilon", {"bias": False}),
+    ("lrp.w_square", {}),
+    ("lrp.flat", {}),
+    ("lrp.alpha_2_beta_1", {}),
+    ("lrp.alpha_2_beta_1_IB", {}),
+    ("lrp.alpha_beta", {"alpha": 3, "beta": 2, "bias": False}),
+    ("lrp.alpha_1_beta_0", {}),
+    ("lrp.z_plus", {}),
+    ("lrp.z_plus_fast", {}),
+    ("deep_taylor", {}),
+    ("deep_taylor.bounded", {"low": -1.0, "high": 1.0}),
+    ("lrp.sequential_preset_a_flat", {}),
+    ("lrp.sequential_preset_b", {}),
+]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -207,8 +237,7 @@ def test_z_on_bias_free_relu_nets_conserves(net):
     result = explain(model, x, "lrp.z", {})
     # a neuron whose inputs are all zero drops its relevance (it has none: z = 0); any other conserves
     dropped = sum(account.mechanisms["dropped"] for account in result.layers)
-    np.testing.assert_allclose(result.heatmap.sum(axis=1) - dropped, model.predict(x).max(axis=1),
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(result.heatmap.sum(axis=1) - dropped, model.predict(x).max(axis=1), rtol=1e-6, atol=1e-9)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -222,10 +251,8 @@ def test_alpha_beta_conserves_where_every_neuron_has_both_signs(net, alpha):
     for account in result.layers:
         if account.class_name == "Dense":
             both = (account.mechanisms["unbalanced"] == 0) & (account.mechanisms["dropped"] == 0)
-            np.testing.assert_allclose(account.relevance_in[both], account.relevance_out[both],
-                                       rtol=1e-7, atol=1e-9)
-    if all((a.mechanisms["unbalanced"] == 0).all() and (a.mechanisms["dropped"] == 0).all()
-           for a in result.layers):
+            np.testing.assert_allclose(account.relevance_in[both], account.relevance_out[both], rtol=1e-7, atol=1e-9)
+    if all((a.mechanisms["unbalanced"] == 0).all() and (a.mechanisms["dropped"] == 0).all() for a in result.layers):
         np.testing.assert_allclose(result.heatmap.sum(axis=1), result.output_relevance, rtol=1e-7)
 
 
@@ -261,26 +288,60 @@ def test_integrated_gradients_completeness_and_left_riemann_sum(paper_net):
 
 
 def _node(class_name, name, inputs, **config):
-    return {"class_name": class_name, "name": name, "config": {"name": name, **config},
-            "inbound_nodes": [[[source, 0, 0, {}] for source in inputs]] if inputs else []}
+    return {
+        "class_name": class_name,
+        "name": name,
+        "config": {"name": name, **config},
+        "inbound_nodes": [[[source, 0, 0, {}] for source in inputs]] if inputs else [],
+    }
 
 
 def residual_config():
     """A functional net with every layer kind whose accounting is not a Dense's, built without Keras."""
     layers = [
         _node("InputLayer", "in", [], batch_input_shape=[None, 6, 6, 2]),
-        _node("Conv2D", "conv", ["in"], filters=3, kernel_size=[3, 3], strides=[1, 1], padding="same",
-              dilation_rate=[1, 1], activation="relu", use_bias=True),
+        _node(
+            "Conv2D",
+            "conv",
+            ["in"],
+            filters=3,
+            kernel_size=[3, 3],
+            strides=[1, 1],
+            padding="same",
+            dilation_rate=[1, 1],
+            activation="relu",
+            use_bias=True,
+        ),
         _node("BatchNormalization", "bn", ["conv"], axis=[3], epsilon=1e-3, center=True, scale=True),
-        _node("Conv2D", "side", ["in"], filters=3, kernel_size=[1, 1], strides=[1, 1], padding="valid",
-              dilation_rate=[1, 1], activation="relu", use_bias=True),
+        _node(
+            "Conv2D",
+            "side",
+            ["in"],
+            filters=3,
+            kernel_size=[1, 1],
+            strides=[1, 1],
+            padding="valid",
+            dilation_rate=[1, 1],
+            activation="relu",
+            use_bias=True,
+        ),
         _node("Add", "add", ["bn", "side"]),
         _node("ReLU", "relu", ["add"]),
         _node("MaxPooling2D", "pool", ["relu"], pool_size=[2, 2], strides=[2, 2], padding="valid"),
         _node("ZeroPadding2D", "pad", ["pool"], padding=[[1, 1], [1, 1]]),
         _node("AveragePooling2D", "avg", ["pad"], pool_size=[2, 2], strides=[1, 1], padding="same"),
-        _node("DepthwiseConv2D", "dw", ["avg"], kernel_size=[2, 2], strides=[1, 1], padding="valid",
-              depth_multiplier=2, dilation_rate=[1, 1], activation="relu", use_bias=True),
+        _node(
+            "DepthwiseConv2D",
+            "dw",
+            ["avg"],
+            kernel_size=[2, 2],
+            strides=[1, 1],
+            padding="valid",
+            depth_multiplier=2,
+            dilation_rate=[1, 1],
+            activation="relu",
+            use_bias=True,
+        ),
         _node("GlobalAveragePooling2D", "gap", ["dw"]),
         _node("GlobalMaxPooling2D", "gmp", ["dw"]),
         _node("Concatenate", "cat", ["gap", "gmp"], axis=-1),
@@ -290,11 +351,13 @@ def residual_config():
 
 
 def residual_weights(rng):
-    return {"conv": [rng.normal(0, 0.5, (3, 3, 2, 3)), rng.normal(0, 0.3, 3)],
-            "bn": [rng.uniform(0.5, 1.5, 3), rng.normal(0, 0.3, 3), rng.normal(0, 0.3, 3), rng.uniform(0.3, 2, 3)],
-            "side": [rng.normal(0, 0.5, (1, 1, 2, 3)), rng.normal(0, 0.3, 3)],
-            "dw": [rng.normal(0, 0.5, (2, 2, 3, 2)), rng.normal(0, 0.3, 6)],
-            "out": [rng.normal(0, 0.5, (12, 3)), rng.normal(0, 0.3, 3)]}
+    return {
+        "conv": [rng.normal(0, 0.5, (3, 3, 2, 3)), rng.normal(0, 0.3, 3)],
+        "bn": [rng.uniform(0.5, 1.5, 3), rng.normal(0, 0.3, 3), rng.normal(0, 0.3, 3), rng.uniform(0.3, 2, 3)],
+        "side": [rng.normal(0, 0.5, (1, 1, 2, 3)), rng.normal(0, 0.3, 3)],
+        "dw": [rng.normal(0, 0.5, (2, 2, 3, 2)), rng.normal(0, 0.3, 6)],
+        "out": [rng.normal(0, 0.5, (12, 3)), rng.normal(0, 0.3, 3)],
+    }
 
 
 def test_forward_of_the_residual_config_by_hand():
@@ -310,7 +373,9 @@ def test_forward_of_the_residual_config_by_hand():
     relu = np.maximum(acts["bn"] + side, 0)
     np.testing.assert_allclose(acts["pool"], relu.reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4)))
     assert acts["pad"].shape == (2, 5, 5, 3) and acts["avg"].shape == (2, 5, 5, 3)
-    np.testing.assert_allclose(acts["avg"][:, -1, -1], acts["pad"][:, -1, -1])  # 'same': the corner window holds one cell
+    np.testing.assert_allclose(
+        acts["avg"][:, -1, -1], acts["pad"][:, -1, -1]
+    )  # 'same': the corner window holds one cell
     assert acts["dw"].shape == (2, 4, 4, 6) and acts["out"].shape == (2, 3)
 
 
@@ -335,6 +400,7 @@ def test_accounting_identity_on_every_layer_kind(seed):
 
 
 # ---- the speed-ups change nothing but rounding ---------------------------------------
+
 
 def _ig_point_by_point(model, x, steps, reference=0.0):
     """Integrated gradients as its definition reads: one plain gradient per path point, no batching, no reuse."""
@@ -365,8 +431,11 @@ def test_integrated_gradients_batched_and_reusing_patterns_equals_point_by_point
     expected = _ig_point_by_point(model, x, 16)
     backward_points = []
     run = explain_module._Backward.run
-    monkeypatch.setattr(explain_module._Backward, "run",
-                        lambda self, head, accounts: backward_points.append(len(head)) or run(self, head, accounts))
+    monkeypatch.setattr(
+        explain_module._Backward,
+        "run",
+        lambda self, head, accounts: backward_points.append(len(head)) or run(self, head, accounts),
+    )
     point_bytes = sum(a.nbytes for a in model.forward(x[:1], products=False, cache=False).values())
     monkeypatch.setattr(explain_module, "IG_CHUNK_BYTES", 5 * point_bytes)  # 48 points: 1, then chunks of 5
     result = explain(model, x, "integrated_gradients", {"steps": 16})
@@ -390,8 +459,11 @@ def test_integrated_gradients_walks_only_t0_and_x_on_a_positively_homogeneous_ne
     expected = _ig_point_by_point(model, x, 32)
     walked = []
     gradients = explain_module._path_gradients
-    monkeypatch.setattr(explain_module, "_path_gradients",
-                        lambda model, points, *rest: walked.append(len(points)) or gradients(model, points, *rest))
+    monkeypatch.setattr(
+        explain_module,
+        "_path_gradients",
+        lambda model, points, *rest: walked.append(len(points)) or gradients(model, points, *rest),
+    )
     result = explain(model, x, "integrated_gradients", {"steps": 32})
     np.testing.assert_allclose(result.heatmap, expected, rtol=1e-12, atol=1e-14)
     assert sum(walked) == (2 * len(x) if bias_scale == 0.0 else 32 * len(x))
@@ -418,8 +490,9 @@ def test_forward_pass_is_shared_by_equal_inputs_and_read_only():
     x = x.astype(np.float32).astype(np.float64)
     model.forward(x)
     for analyzer, params in RULES[:6]:
-        np.testing.assert_array_equal(explain(model, x, analyzer, params).heatmap,
-                                      explain(fresh, x, analyzer, params).heatmap)
+        np.testing.assert_array_equal(
+            explain(model, x, analyzer, params).heatmap, explain(fresh, x, analyzer, params).heatmap
+        )
 
 
 def test_large_dense_kernels_made_slice_by_slice_equal_the_whole(monkeypatch):
@@ -427,7 +500,9 @@ def test_large_dense_kernels_made_slice_by_slice_equal_the_whole(monkeypatch):
 
     rng = np.random.default_rng(4)
     sizes = [9, 7, 5, 3]
-    weights = {f"d{i}": [rng.normal(0, 0.8, (a, b)), rng.normal(0, 0.3, b)] for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+    weights = {
+        f"d{i}": [rng.normal(0, 0.8, (a, b)), rng.normal(0, 0.3, b)] for i, (a, b) in enumerate(zip(sizes, sizes[1:]))
+    }
     config = dense_config(sizes, ["relu", "relu", "linear"])
     x = rng.normal(size=(4, 9))
     whole = [explain(ReferenceModel.from_keras(config, weights), x, analyzer, params) for analyzer, params in RULES]

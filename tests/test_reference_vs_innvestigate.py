@@ -31,19 +31,21 @@ RTOL_NEAR_ZERO_DENOMINATORS = 5e-3
 
 def _sequential_cnn(tf):
     L = tf.keras.layers
-    return tf.keras.Sequential([
-        L.Conv2D(6, 3, strides=2, padding="same", activation="relu", input_shape=(11, 10, 2), name="conv_s2"),
-        L.DepthwiseConv2D(2, depth_multiplier=2, padding="valid", activation="relu", name="dw"),
-        L.BatchNormalization(name="bn"),
-        L.MaxPooling2D(2, strides=1, padding="same", name="maxpool"),
-        L.Conv2D(5, 2, dilation_rate=2, padding="same", name="conv_dil"),
-        L.Activation("relu", name="act"),
-        L.AveragePooling2D(2, padding="same", name="avgpool"),
-        L.Flatten(name="flat"),
-        L.Dense(7, activation="relu", name="fc1"),
-        L.Dropout(0.3, name="drop"),
-        L.Dense(4, name="logits"),
-    ])
+    return tf.keras.Sequential(
+        [
+            L.Conv2D(6, 3, strides=2, padding="same", activation="relu", input_shape=(11, 10, 2), name="conv_s2"),
+            L.DepthwiseConv2D(2, depth_multiplier=2, padding="valid", activation="relu", name="dw"),
+            L.BatchNormalization(name="bn"),
+            L.MaxPooling2D(2, strides=1, padding="same", name="maxpool"),
+            L.Conv2D(5, 2, dilation_rate=2, padding="same", name="conv_dil"),
+            L.Activation("relu", name="act"),
+            L.AveragePooling2D(2, padding="same", name="avgpool"),
+            L.Flatten(name="flat"),
+            L.Dense(7, activation="relu", name="fc1"),
+            L.Dropout(0.3, name="drop"),
+            L.Dense(4, name="logits"),
+        ]
+    )
 
 
 def _residual(tf):
@@ -60,21 +62,25 @@ def _residual(tf):
     side = L.Conv2D(3, 1, strides=2, activation="relu", name="side")(x)
     pooled = L.MaxPooling2D(2, padding="same", name="side_pool")(x)
     both = L.Concatenate(name="concat")([side, pooled])
-    heads = L.Concatenate(name="heads")([L.GlobalAveragePooling2D(name="gap")(both), L.GlobalMaxPooling2D(name="gmp")(both)])
+    heads = L.Concatenate(name="heads")(
+        [L.GlobalAveragePooling2D(name="gap")(both), L.GlobalMaxPooling2D(name="gmp")(both)]
+    )
     return tf.keras.Model(image, L.Dense(5, name="logits")(heads))
 
 
 def _one_d(tf):
     L = tf.keras.layers
-    return tf.keras.Sequential([
-        L.Reshape((12, 2), input_shape=(24,), name="reshape"),
-        L.Conv1D(4, 3, padding="causal", activation="relu", name="c1"),
-        L.MaxPooling1D(2, name="mp1"),
-        L.Conv1D(5, 2, strides=2, padding="same", activation="relu", name="c2"),
-        L.AveragePooling1D(2, strides=1, name="ap1"),
-        L.GlobalMaxPooling1D(name="gmp"),
-        L.Dense(3, name="out"),
-    ])
+    return tf.keras.Sequential(
+        [
+            L.Reshape((12, 2), input_shape=(24,), name="reshape"),
+            L.Conv1D(4, 3, padding="causal", activation="relu", name="c1"),
+            L.MaxPooling1D(2, name="mp1"),
+            L.Conv1D(5, 2, strides=2, padding="same", activation="relu", name="c2"),
+            L.AveragePooling1D(2, strides=1, name="ap1"),
+            L.GlobalMaxPooling1D(name="gmp"),
+            L.Dense(3, name="out"),
+        ]
+    )
 
 
 BUILDERS = {"cnn": _sequential_cnn, "residual": _residual, "conv1d": _one_d}
@@ -141,9 +147,15 @@ def zoo(tensorflow_imported_once):
         for layer in model.layers:  # statistics of a trained BatchNormalization: mean != 0, var != 1
             if isinstance(layer, tf.keras.layers.BatchNormalization):
                 size = layer.get_weights()[0].shape
-                layer.set_weights([1 + 0.3 * rng.normal(size=size), 0.2 * rng.normal(size=size),
-                                   0.3 * rng.normal(size=size), rng.uniform(0.2, 2.0, size)])
-        x = rng.uniform(0, 1, (4,) + tuple(model.input_shape[1:])).astype(np.float32)
+                layer.set_weights(
+                    [
+                        1 + 0.3 * rng.normal(size=size),
+                        0.2 * rng.normal(size=size),
+                        0.3 * rng.normal(size=size),
+                        rng.uniform(0.2, 2.0, size),
+                    ]
+                )
+        x = rng.uniform(0, 1, (4, *tuple(model.input_shape[1:]))).astype(np.float32)
         x[x < 0.3] = 0  # zeros, as on an image's background
         kernel, bias = model.layers[-1].get_weights()  # a positive top output, or Deep Taylor explains zeros
         model.layers[-1].set_weights([kernel, bias + 1.0 - min(model.predict(x, verbose=0).max(axis=1).min(), 0.0)])
@@ -188,7 +200,9 @@ def assert_close(what, reference, actual, rtol):
     assert difference <= rtol * scale + 1e-12, f"{what}: max difference {difference:.3g} on values up to {scale:.3g}"
 
 
-@pytest.mark.parametrize("model_name, analyzer, params", CASES, ids=[f"{m}-{a}-{i}" for i, (m, a, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "model_name, analyzer, params", CASES, ids=[f"{m}-{a}-{i}" for i, (m, a, _) in enumerate(CASES)]
+)
 def test_reference_equals_innvestigate(zoo, tensorflow_imported_once, model_name, analyzer, params):
     entry = zoo[model_name]
     heatmap, at_output = run_innvestigate(tensorflow_imported_once, entry, analyzer, params)
@@ -200,7 +214,9 @@ def test_reference_equals_innvestigate(zoo, tensorflow_imported_once, model_name
     compared = 0
     for account in result.layers:
         if account.name in at_output:
-            assert_close(f"relevance at the output of {account.name}", account.maps["out"], at_output[account.name], rtol)
+            assert_close(
+                f"relevance at the output of {account.name}", account.maps["out"], at_output[account.name], rtol
+            )
             compared += 1
     if analyzer not in ("integrated_gradients", "input_t_gradient"):
         assert compared >= len(entry[4].layers) - 2  # every layer but the input and the output head
@@ -209,12 +225,18 @@ def test_reference_equals_innvestigate(zoo, tensorflow_imported_once, model_name
         explained = np.zeros(len(heatmap))
         for account in result.layers:
             mechanisms = sum(account.mechanisms.values())
-            np.testing.assert_allclose(account.relevance_in - account.relevance_out, mechanisms,
-                                       atol=1e-9 * np.abs(account.relevance_out).max() + 1e-12, err_msg=account.name)
+            np.testing.assert_allclose(
+                account.relevance_in - account.relevance_out,
+                mechanisms,
+                atol=1e-9 * np.abs(account.relevance_out).max() + 1e-12,
+                err_msg=account.name,
+            )
             explained += mechanisms
         change = heatmap.reshape(len(heatmap), -1).sum(axis=1) - result.output_relevance
         scale = np.abs(result.heatmap).sum() / len(heatmap)
-        assert np.abs(change - explained).max() <= rtol * 10 * scale, "innvestigate changed relevance the formula does not explain"
+        assert np.abs(change - explained).max() <= rtol * 10 * scale, (
+            "innvestigate changed relevance the formula does not explain"
+        )
 
 
 def test_batch_normalization_bug(zoo, tensorflow_imported_once):
@@ -232,7 +254,7 @@ def test_batch_normalization_bug(zoo, tensorflow_imported_once):
     assert not np.allclose(acts["dw"] * k + b, acts["bn"], rtol=1e-3)  # innvestigate's surrogate is not the layer
     k, b = bn_affine(bn, "exact")
     np.testing.assert_allclose(acts["dw"] * k + b, acts["bn"], rtol=1e-12)
-    heatmap, at_output = run_innvestigate(tensorflow_imported_once, entry, "lrp.z", {})
+    _heatmap, at_output = run_innvestigate(tensorflow_imported_once, entry, "lrp.z", {})
     exact = explain(reference, entry[3], "lrp.z", {})
     above = exact.layer("maxpool").maps["in"][0]  # the relevance arriving at BN's output: still equal
     assert_close("above the BN layer", above, at_output["bn"], RTOL)

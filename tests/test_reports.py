@@ -33,7 +33,7 @@ def _chain(tf, path: Path, shape: str, leak: str, seed: int = 5) -> Path:
         model = tf.keras.Sequential(body)
         model.build((None, 4))
     elif shape == "sequential-with-input":
-        model = tf.keras.Sequential([tf.keras.Input((4,))] + body)
+        model = tf.keras.Sequential([tf.keras.Input((4,)), *body])
     else:
         x = inputs = tf.keras.Input((4,), name="pixels")
         for layer in body:
@@ -51,7 +51,10 @@ def _chain(tf, path: Path, shape: str, leak: str, seed: int = 5) -> Path:
 def leak_models(tmp_path_factory, tensorflow_imported_once):
     folder = tmp_path_factory.mktemp("leaks")
     tf = tensorflow_imported_once
-    models = {f"{shape}-d2": _chain(tf, folder / f"{shape}-d2.h5", shape, "d2") for shape in ("sequential", "sequential-with-input", "functional")}
+    models = {
+        f"{shape}-d2": _chain(tf, folder / f"{shape}-d2.h5", shape, "d2")
+        for shape in ("sequential", "sequential-with-input", "functional")
+    }
     models["functional-bn"] = _chain(tf, folder / "functional-bn.h5", "functional", "bn")
     return models
 
@@ -61,17 +64,24 @@ def _report(pytester, *args) -> dict:
     return result, json.loads((pytester.path / "report.json").read_text())
 
 
-@pytest.mark.parametrize("model, layer, cls", [
-    ("sequential-d2", "d2", "Dense"),
-    ("sequential-with-input-d2", "d2", "Dense"),
-    ("functional-d2", "d2", "Dense"),
-    ("functional-bn", "bn", "BatchNormalization"),
-])
+@pytest.mark.parametrize(
+    "model, layer, cls",
+    [
+        ("sequential-d2", "d2", "Dense"),
+        ("sequential-with-input-d2", "d2", "Dense"),
+        ("functional-d2", "d2", "Dense"),
+        ("functional-bn", "bn", "BatchNormalization"),
+    ],
+)
 def test_the_layer_that_leaks_is_named(leak_models, pytester, model, layer, cls):
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, tolerance: {rtol: 1.0e-6, atol: 0}}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, tolerance: {rtol: 1.0e-6, atol: 0}}\n"
+    )
     result, report = _report(pytester, f"--lrp-model={leak_models[model]}", "rules.yaml")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"largest change at layer '{layer}' ({cls}): * -> * ([+-]*%)", "relevance per layer, sample *"])
+    result.stdout.fnmatch_lines(
+        [f"largest change at layer '{layer}' ({cls}): * -> * ([+-]*%)", "relevance per layer, sample *"]
+    )
     (record,) = report["results"]
     assert record["leak_layer"]["name"] == layer and record["leak_layer"]["class"] == cls
     names = [entry["name"] for entry in record["layers"]]
@@ -88,12 +98,21 @@ def test_alpha_beta_on_a_zero_background_leaks_in_the_first_layer(pytester):
         "rules:\n  - id: ab\n    analyzer: lrp.alpha_2_beta_1_IB\n    xfail: one term vanishes on the zero background\n"
     )
     result, report = _report(
-        pytester, f"--lrp-model={EXAMPLES / 'cnn.hdf5'}", f"--lrp-inputs={EXAMPLES / 'digits.npz'}", "--lrp-samples=4", "rules.yaml", "-rx"
+        pytester,
+        f"--lrp-model={EXAMPLES / 'cnn.hdf5'}",
+        f"--lrp-inputs={EXAMPLES / 'digits.npz'}",
+        "--lrp-samples=4",
+        "rules.yaml",
+        "-rx",
     )
     result.assert_outcomes(xfailed=1)
-    result.stdout.fnmatch_lines(["XFAIL rules.yaml::conservation[[]cnn-ab[]] - one term vanishes on the zero background; "
-                                 "largest change at layer 'conv2d' (Conv2D): * -> * (+*%); "
-                                 "leak by mechanism (numpy reference): unbalanced +*"])
+    result.stdout.fnmatch_lines(
+        [
+            "XFAIL rules.yaml::conservation[[]cnn-ab[]] - one term vanishes on the zero background; "
+            "largest change at layer 'conv2d' (Conv2D): * -> * (+*%); "
+            "leak by mechanism (numpy reference): unbalanced +*"
+        ]
+    )
     (record,) = report["results"]
     assert record["leak_layer"]["name"] == "conv2d"
     above = [entry["relevance"] for entry in record["layers"][:-2]]  # every layer above the first convolution
@@ -101,7 +120,9 @@ def test_alpha_beta_on_a_zero_background_leaks_in_the_first_layer(pytester):
 
 
 def test_report_errors_match_numpy(lrp_project, pytester):
-    lrp_project.rules(f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n  - {{id: flat, analyzer: lrp.flat}}\n")
+    lrp_project.rules(
+        f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n  - {{id: z, analyzer: lrp.z, xfail: bias}}\n  - {{id: flat, analyzer: lrp.flat}}\n"
+    )
     result, report = _report(pytester, f"--lrp-model={lrp_project.biased.path}", "rules.yaml")
     result.assert_outcomes(passed=1, xfailed=1)
     assert set(report["versions"]) >= {"python", "tensorflow", "keras", "tf_keras", "innvestigate", "pytest-lrp"}
@@ -138,21 +159,33 @@ def test_ceiling_turns_an_explosion_into_a_failure(pytester, tensorflow_imported
     )
     result, report = _report(pytester, "--lrp-model=issue273.h5", "rules.yaml")
     result.assert_outcomes(xfailed=1, failed=1)
-    result.stdout.fnmatch_lines(["*relevance error beyond the rule's ceiling max_error=10 in 1 of 1 samples (lrp.alpha_2_beta_1 on issue273); "
-                                 "an expected leak does not excuse this"])
+    result.stdout.fnmatch_lines(
+        [
+            "*relevance error beyond the rule's ceiling max_error=10 in 1 of 1 samples (lrp.alpha_2_beta_1 on issue273); "
+            "an expected leak does not excuse this"
+        ]
+    )
     assert {r["rule"]: r["max_relative_error"] > 10 for r in report["results"]} == {"tolerated": True, "ceiling": True}
 
 
 def test_a_non_finite_heatmap_fails_even_when_a_leak_is_expected(pytester, tensorflow_imported_once):
     tf = tensorflow_imported_once
-    model = tf.keras.Sequential([tf.keras.layers.Dense(2, activation="relu", use_bias=False, input_shape=(2,)),
-                                 tf.keras.layers.Dense(1, use_bias=False)])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.layers.Dense(2, activation="relu", use_bias=False, input_shape=(2,)),
+            tf.keras.layers.Dense(1, use_bias=False),
+        ]
+    )
     model.set_weights([np.full((2, 2), 1e30, np.float32), np.full((2, 1), 1e30, np.float32)])  # overflows float32
     model.save(pytester.path / "overflow.h5")
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, xfail: {reason: anything, strict: false}}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, xfail: {reason: anything, strict: false}}\n"
+    )
     result = pytester.runpytest("--lrp-model=overflow.h5", "rules.yaml", "-k", "conservation")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["heatmap is not finite: * of 8 samples contain NaN or Inf (first: sample *; lrp.z on overflow)"])
+    result.stdout.fnmatch_lines(
+        ["heatmap is not finite: * of 8 samples contain NaN or Inf (first: sample *; lrp.z on overflow)"]
+    )
 
 
 SUMMARY_RULES = (
@@ -172,7 +205,7 @@ def _section(result, title: str = "LRP results", until: str = "") -> list:
         end = next((i for i in rest if lines[i].startswith("=") and f" {until} " in lines[i]), len(lines))
     else:
         end = next((i for i in rest if lines[i].startswith(("=", "- "))), len(lines))
-    return lines[start + 1:end]
+    return lines[start + 1 : end]
 
 
 def _both_models(lrp_project) -> tuple:
@@ -191,14 +224,16 @@ def test_the_results_list_what_needs_attention_and_one_line_per_model(lrp_projec
     assert section[0].startswith("biased: 3 rules, 4 tests: 1 failed, 2 passed, 1 xfailed; 1 rule conserves (worst: ")
     assert section[3].startswith("nobias: 3 rules, 4 tests: 2 failed, 2 passed; 2 rules conserve (worst: ")
     assert len(section) == 6
-    result.stdout.fnmatch_lines([
-        "biased: *",
-        "  FAILED  eps  *% (rtol 0): stabilizer -*%*at dense_*",
-        "  XFAIL   z    *%: the bias absorbs relevance",
-        "nobias: *",
-        "  FAILED         eps  *% (rtol 0): stabilizer -*% at dense*",
-        "  XPASS(strict)  z    *%: the bias absorbs relevance",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "biased: *",
+            "  FAILED  eps  *% (rtol 0): stabilizer -*%*at dense_*",
+            "  XFAIL   z    *%: the bias absorbs relevance",
+            "nobias: *",
+            "  FAILED         eps  *% (rtol 0): stabilizer -*% at dense*",
+            "  XPASS(strict)  z    *%: the bias absorbs relevance",
+        ]
+    )
     assert not any("flat" in line for line in section[1:3] + section[4:])  # passed: no row
     # -q: the model lines and the failures only.
     quiet = _section(pytester.runpytest(*args, "-q"))
@@ -218,23 +253,29 @@ def test_verbose_results_have_a_row_for_every_test(lrp_project, pytester):
     args = (*_both_models(lrp_project), "rules.yaml", *SUMMARY_TESTS)
     result = pytester.runpytest(*args, "-v")
     section = _section(result)
-    header = ("rule  check         outcome         analyzer     max |error|  rel. error  rtol, atol    "
-              "leaking layer    leak by mechanism, reason")
+    header = (
+        "rule  check         outcome         analyzer     max |error|  rel. error  rtol, atol    "
+        "leaking layer    leak by mechanism, reason"
+    )
     # A rule's conservation row first, then its other checks; the same columns under every model.
-    result.stdout.fnmatch_lines([
-        "biased: 3 rules, 4 tests: *", header,
-        "eps   conservation  failed          lrp.epsilon  * 1*%  * 0, 1e-06 * dense_? (Dense)  "
-        "stabilizer -*% at dense_?",
-        "flat  conservation  passed          lrp.flat     * *%  * 1e-05, 1e-06",
-        "flat  finite        passed          lrp.flat",
-        "z     conservation  xfailed         lrp.z        * *%  * 1e-05, 1e-06 * dense_? (Dense)  bias -*%; "
-        "the bias absorbs relevance",
-        "nobias: 3 rules, 4 tests: *", header,
-        "eps   conservation  failed          lrp.epsilon  *",
-        "flat  conservation  passed          lrp.flat  *",
-        "flat  finite        passed          lrp.flat",
-        "z     conservation  xpassed-strict  lrp.z  * the bias absorbs relevance",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "biased: 3 rules, 4 tests: *",
+            header,
+            "eps   conservation  failed          lrp.epsilon  * 1*%  * 0, 1e-06 * dense_? (Dense)  "
+            "stabilizer -*% at dense_?",
+            "flat  conservation  passed          lrp.flat     * *%  * 1e-05, 1e-06",
+            "flat  finite        passed          lrp.flat",
+            "z     conservation  xfailed         lrp.z        * *%  * 1e-05, 1e-06 * dense_? (Dense)  bias -*%; "
+            "the bias absorbs relevance",
+            "nobias: 3 rules, 4 tests: *",
+            header,
+            "eps   conservation  failed          lrp.epsilon  *",
+            "flat  conservation  passed          lrp.flat  *",
+            "flat  finite        passed          lrp.flat",
+            "z     conservation  xpassed-strict  lrp.z  * the bias absorbs relevance",
+        ]
+    )
     assert len(section) == 2 * (1 + 1 + 4)  # a model line, the header, 4 rows; at 500 columns nothing wraps
     header_line = next(line for line in section if line.startswith("rule "))
     assert all(line.index("passed") == header_line.index("outcome") for line in section if line.startswith("flat "))
@@ -254,7 +295,7 @@ def test_results_and_failure_details_fit_the_terminal(lrp_project, pytester, mon
         assert max(map(len, details + summary)) <= columns, [line for line in details + summary if len(line) > columns]
         # Wrapped, not cut: a long line goes on, indented, on the next lines.
         worst = next(i for i, line in enumerate(details) if line.startswith("worst sample "))
-        joined = " ".join(line.strip() for line in details[worst:worst + 4])
+        joined = " ".join(line.strip() for line in details[worst : worst + 4])
         assert details[worst + 1].startswith("    ") and "tolerance = 1e-06 (atol 1e-06 + rtol 0 * |target|)" in joined
         if verbosity == ("-v",):
             assert sum(line.startswith(("eps ", "flat ", "z ")) for line in summary) == 8  # a row for every test
@@ -283,7 +324,14 @@ def test_wrap_to_width_keeps_what_fits_and_indents_what_goes_on():
 
 def test_junit_xml_properties(lrp_project, pytester):
     lrp_project.rules("rules:\n  - {id: z, analyzer: lrp.z, xfail: bias}\n")
-    pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", f"--lrp-inputs={lrp_project.inputs}", "rules.yaml", "--junitxml=junit.xml", "-k", "conservation")
+    pytester.runpytest(
+        f"--lrp-model={lrp_project.biased.path}",
+        f"--lrp-inputs={lrp_project.inputs}",
+        "rules.yaml",
+        "--junitxml=junit.xml",
+        "-k",
+        "conservation",
+    )
     case = ElementTree.parse(pytester.path / "junit.xml").getroot().find(".//testcase")
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
     x = np.load(lrp_project.inputs)["x"]
@@ -303,8 +351,15 @@ def test_heatmap_images_for_failing_and_xfailing_tests(pytester):
         "rules:\n  - {id: z, analyzer: lrp.z, xfail: bias}\n  - {id: w, analyzer: lrp.w_square}\n"
         "  - {id: eps, analyzer: lrp.epsilon, params: {epsilon: 1.0}, tolerance: {rtol: 0}}\n"
     )
-    args = (f"--lrp-model={EXAMPLES / 'cnn.hdf5'}", f"--lrp-inputs={EXAMPLES / 'digits.npz'}", "--lrp-samples=5", "rules.yaml")
-    pytester.runpytest(*args, "-k", "conservation", "--lrp-heatmaps=maps").assert_outcomes(passed=1, xfailed=1, failed=1)
+    args = (
+        f"--lrp-model={EXAMPLES / 'cnn.hdf5'}",
+        f"--lrp-inputs={EXAMPLES / 'digits.npz'}",
+        "--lrp-samples=5",
+        "rules.yaml",
+    )
+    pytester.runpytest(*args, "-k", "conservation", "--lrp-heatmaps=maps").assert_outcomes(
+        passed=1, xfailed=1, failed=1
+    )
     written = sorted(p.name for p in (pytester.path / "maps").iterdir())
     assert written == ["rules.yaml_conservation_cnn-eps.png", "rules.yaml_conservation_cnn-z.png"]
     image = matplotlib.image.imread(pytester.path / "maps" / written[0])
@@ -323,7 +378,9 @@ def test_same_results_under_xdist(lrp_project, pytester):
     args = (f"--lrp-model={lrp_project.biased.path}", f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
     serial, serial_report = _report(pytester, *args, "-p", "no:xdist")
     parallel, parallel_report = _report(pytester, *args, "-n", "2")
-    parallel.assert_outcomes(**{k: v for k, v in serial.parseoutcomes().items() if k in ("passed", "failed", "xfailed")})
+    parallel.assert_outcomes(
+        **{k: v for k, v in serial.parseoutcomes().items() if k in ("passed", "failed", "xfailed")}
+    )
     assert parallel.stdout.str().count("LRP results") == 1
     assert len(parallel_report["results"]) == 6
 

@@ -15,8 +15,14 @@ CASES = {
     "syntax": ("rules:\n  - id: a\n    analyzer: [lrp.z\n", "rules.yaml: line 4: YAML syntax error: *"),
     "empty": ("", "rules.yaml: the file is empty; expected a mapping with a 'rules' list"),
     "no-rules": ("defaults: {samples: 2}\n", "rules.yaml: no 'rules' list; add 'rules:' with at least one rule"),
-    "rules-not-list": ("rules: {id: a}\n", "rules.yaml: key 'rules': expected a non-empty list of rules, got a mapping"),
-    "unknown-top-key": ("rule:\n  - {id: a, analyzer: lrp.z}\n", "rules.yaml: key 'rule': unknown top-level key (did you mean 'rules'?)"),
+    "rules-not-list": (
+        "rules: {id: a}\n",
+        "rules.yaml: key 'rules': expected a non-empty list of rules, got a mapping",
+    ),
+    "unknown-top-key": (
+        "rule:\n  - {id: a, analyzer: lrp.z}\n",
+        "rules.yaml: key 'rule': unknown top-level key (did you mean 'rules'?)",
+    ),
     "unknown-rule-key": (
         "rules:\n  - {id: a, analyzer: lrp.z, tolerence: {rtol: 1}}\n",
         "rules.yaml: rule 'a': key 'tolerence': unknown key (did you mean 'tolerance'?)",
@@ -69,26 +75,40 @@ def test_bad_rule_file_gives_one_line(pytester, text, line):
 def test_bad_rule_file_does_not_import_tensorflow(pytester):
     (pytester.path / "rules.yaml").write_text(CASES["unknown-analyzer"][0])
     result = pytester.runpytest_subprocess(
-        "rules.yaml", "--lrp-model=m.h5", "-p", "no:cacheprovider", "--import-mode=importlib",
-        "-o", "addopts=", "--co",
+        "rules.yaml",
+        "--lrp-model=m.h5",
+        "-p",
+        "no:cacheprovider",
+        "--import-mode=importlib",
+        "-o",
+        "addopts=",
+        "--co",
     )
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    pytester.makeconftest("import sys\ndef pytest_sessionfinish():\n    print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'TF-NOT-IMPORTED')\n")
+    pytester.makeconftest(
+        "import sys\ndef pytest_sessionfinish():\n    print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'TF-NOT-IMPORTED')\n"
+    )
     result = pytester.runpytest_subprocess("rules.yaml", "--lrp-model=m.h5", "-s")
     result.stdout.fnmatch_lines(["*TF-NOT-IMPORTED*"])
 
 
 def test_marker_rule_is_validated_like_a_rule_file(lrp_project, pytester):
-    pytester.makepyfile(test_bad_marker="""
+    pytester.makepyfile(
+        test_bad_marker="""
         import pytest
 
         @pytest.mark.lrp_rule("lrp.epsilonn")
         def test_bad(lrp_analysis):
             pass
-    """)
+    """
+    )
     result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*test_bad_marker.py::test_bad[[]nobias[]]: rule 'lrp.epsilonn': key 'analyzer': unknown analyzer 'lrp.epsilonn' (close matches: lrp.epsilon*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_bad_marker.py::test_bad[[]nobias[]]: rule 'lrp.epsilonn': key 'analyzer': unknown analyzer 'lrp.epsilonn' (close matches: lrp.epsilon*"
+        ]
+    )
 
 
 # --- analyzer parameters, read from innvestigate's source ------------------------------------------
@@ -123,7 +143,9 @@ RULE_FILE_CASES = {
 @pytest.mark.parametrize("text, line", RULE_FILE_CASES.values(), ids=RULE_FILE_CASES.keys())
 def test_bad_rule_file_params(pytester, text, line):
     (pytester.path / "rules.yaml").write_text(text)
-    pytester.makeconftest("import sys\ndef pytest_sessionfinish():\n    print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'TF-NOT-IMPORTED')\n")
+    pytester.makeconftest(
+        "import sys\ndef pytest_sessionfinish():\n    print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'TF-NOT-IMPORTED')\n"
+    )
     result = pytester.runpytest_subprocess("rules.yaml", "--lrp-model=whatever.h5", "-p", "no:cacheprovider", "-s")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*ERROR collecting rules.yaml*", line])
@@ -141,25 +163,53 @@ def test_accepted_params_pass_validation(pytester):
         "  - {id: ig, analyzer: integrated_gradients, params: {steps: 8, reference_inputs: 0.0}, target: output_minus_reference}\n"
         "  - {id: pa, analyzer: lrp.sequential_preset_a, params: {epsilon: 0.1}}\n"
     )
-    result = pytester.runpytest_subprocess("rules.yaml", "--lrp-model=whatever.h5", "--co", "-q", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(
+        "rules.yaml", "--lrp-model=whatever.h5", "--co", "-q", "-p", "no:cacheprovider"
+    )
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines([f"rules.yaml::conservation[[]whatever-{rule}[]]" for rule in ("dt", "eps", "ab", "ig", "pa")])
+    result.stdout.fnmatch_lines(
+        [f"rules.yaml::conservation[[]whatever-{rule}[]]" for rule in ("dt", "eps", "ab", "ig", "pa")]
+    )
 
 
 def test_a_missing_rule_file_named_on_the_command_line_is_a_usage_error(pytester):
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
     result = pytester.runpytest("--lrp-rules=nothere.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # as pytest's own "file or directory not found"
-    result.stderr.fnmatch_lines(["ERROR: nothere.yaml: rule file not found (named by --lrp-rules or the ini key lrp_rules)"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: nothere.yaml: rule file not found (named by --lrp-rules or the ini key lrp_rules)"]
+    )
 
 
 # --- fuzzing the loader: whatever YAML holds, the only exception is the documented one ----------
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12)
 KEYS = st.sampled_from(
-    ["rules", "defaults", "id", "analyzer", "params", "tolerance", "rtol", "atol", "target", "xfail", "reason",
-     "strict", "neuron_selection", "max_error", "models", "inputs", "samples", "seed", "epsilon", "lrp.z",
-     "checks", "baseline", "baseline_tolerance"]
+    [
+        "rules",
+        "defaults",
+        "id",
+        "analyzer",
+        "params",
+        "tolerance",
+        "rtol",
+        "atol",
+        "target",
+        "xfail",
+        "reason",
+        "strict",
+        "neuron_selection",
+        "max_error",
+        "models",
+        "inputs",
+        "samples",
+        "seed",
+        "epsilon",
+        "lrp.z",
+        "checks",
+        "baseline",
+        "baseline_tolerance",
+    ]
 ) | st.text(max_size=8)
 ANALYZERS = st.sampled_from(["lrp.z", "lrp.epsilon", "deep_taylor.bounded", "integrated_gradients", "lrp.alpha_beta"])
 values = st.recursive(
@@ -168,9 +218,17 @@ values = st.recursive(
     max_leaves=20,
 )
 rules = st.lists(
-    st.fixed_dictionaries({"id": st.text(min_size=1, max_size=5) | st.integers(), "analyzer": ANALYZERS | values},
-                          optional={"params": values, "tolerance": values, "target": values, "xfail": values,
-                                    "neuron_selection": values, "max_error": values}),
+    st.fixed_dictionaries(
+        {"id": st.text(min_size=1, max_size=5) | st.integers(), "analyzer": ANALYZERS | values},
+        optional={
+            "params": values,
+            "tolerance": values,
+            "target": values,
+            "xfail": values,
+            "neuron_selection": values,
+            "max_error": values,
+        },
+    ),
     max_size=3,
 )
 documents = values | st.fixed_dictionaries({"rules": rules | values}, optional={"defaults": values})

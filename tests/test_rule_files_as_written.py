@@ -45,8 +45,12 @@ rules:
     xfail: a large epsilon absorbs relevance
 """)
     result = pytester.runpytest(
-        "rules.yaml", f"--lrp-model={lrp_project.nobias.path}", f"--lrp-inputs={lrp_project.inputs}",
-        "-k", "conservation", "--lrp-report=report.json",
+        "rules.yaml",
+        f"--lrp-model={lrp_project.nobias.path}",
+        f"--lrp-inputs={lrp_project.inputs}",
+        "-k",
+        "conservation",
+        "--lrp-report=report.json",
     )
     result.assert_outcomes(passed=1, xfailed=1)
     records = {r["rule"]: r for r in json.loads((pytester.path / "report.json").read_text())["results"]}
@@ -55,13 +59,17 @@ rules:
     assert records["conserving"]["max_error_ceiling"] == 2.0 and records["leaking"]["max_error_ceiling"] == 100.0
     # The numbers reached the analyzer: the leak matches the epsilon rule computed with epsilon = 10.
     x = np.load(lrp_project.inputs)["x"]
-    np.testing.assert_allclose(records["leaking"]["sums"], epsilon_sums(lrp_project.nobias, x, 10.0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        records["leaking"]["sums"], epsilon_sums(lrp_project.nobias, x, 10.0), rtol=1e-4, atol=1e-6
+    )
     assert max(records["leaking"]["relative_errors"]) > 0.01
 
 
 def test_yaml_1_2_integers_and_what_stays_text(tmp_path):
     path = tmp_path / "rules.yaml"
-    path.write_text("defaults:\n  samples: 010\n  seed: 0x1F\nrules:\n  - {id: 12:30, analyzer: lrp.z, neuron_selection: 0o7}\n")
+    path.write_text(
+        "defaults:\n  samples: 010\n  seed: 0x1F\nrules:\n  - {id: 12:30, analyzer: lrp.z, neuron_selection: 0o7}\n"
+    )
     with pytest.raises(Exception, match="an id may not contain spaces, brackets, slashes or colons"):
         load_rule_file(path)  # YAML 1.1 made 12:30 the number 750; in YAML 1.2 it is text
     path.write_text(path.read_text().replace("12:30", "twelve"))
@@ -135,7 +143,8 @@ def test_this_projects_rule_file_works_from_another_folder(pytester):
 
 
 def test_a_failing_assert_conserved_shows_the_test_not_the_plugin(lrp_project, pytester):
-    pytester.makepyfile(test_handwritten="""
+    pytester.makepyfile(
+        test_handwritten="""
         import pytest
 
         @pytest.mark.lrp_rule("lrp.z", tolerance={"rtol": 1e-6, "atol": 0})
@@ -145,14 +154,27 @@ def test_a_failing_assert_conserved_shows_the_test_not_the_plugin(lrp_project, p
         @pytest.mark.lrp_rule("lrp.z", id="exploding", max_error=1e-9)
         def test_ceiling(lrp_analysis):
             lrp_analysis.assert_conserved()
-    """)
+    """
+    )
     result = pytester.runpytest(f"--lrp-model={lrp_project.biased.path}", f"--lrp-inputs={lrp_project.inputs}")
     result.assert_outcomes(failed=2)
     output = result.stdout.str()
-    result.stdout.fnmatch_lines([
-        "*def test_leak(lrp_analysis):*", ">*lrp_analysis.assert_conserved()", "E*relevance not conserved*",
-        "*def test_ceiling(lrp_analysis):*", ">*lrp_analysis.assert_conserved()", "E*beyond the rule's ceiling max_error=1e-09*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*def test_leak(lrp_analysis):*",
+            ">*lrp_analysis.assert_conserved()",
+            "E*relevance not conserved*",
+            "*def test_ceiling(lrp_analysis):*",
+            ">*lrp_analysis.assert_conserved()",
+            "E*beyond the rule's ceiling max_error=1e-09*",
+        ]
+    )
     # No frame of the plugin: neither its source lines nor its files.
-    for plugin_line in ("raise LrpCheckFailed", "raise LrpBeyondExpectation", "check_conservation(self)", "pytest_lrp/", "conservation.py"):
+    for plugin_line in (
+        "raise LrpCheckFailed",
+        "raise LrpBeyondExpectation",
+        "check_conservation(self)",
+        "pytest_lrp/",
+        "conservation.py",
+    ):
         assert plugin_line not in output

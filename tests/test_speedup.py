@@ -82,13 +82,17 @@ def innvestigate_the_usual_way(tf, model_path: Path, x: np.ndarray, families) ->
                 # the nearest that runs fixes this graph's learning phase to inference, as speedup.py does.
                 tf.keras.backend.set_learning_phase(0)
             model = innvestigate.model_wo_softmax(tf.keras.models.load_model(str(model_path), compile=False))
-            heatmaps[rule_id] = innvestigate.create_analyzer(analyzer, model, disable_model_checks=True, **params).analyze(x)
+            heatmaps[rule_id] = innvestigate.create_analyzer(
+                analyzer, model, disable_model_checks=True, **params
+            ).analyze(x)
     return heatmaps
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key, families", [("small", tuple(FAMILIES)), ("deep", DEEP_FAMILIES)], ids=["small", "deep"])
-def test_heatmaps_are_bitwise_those_of_innvestigate_run_the_usual_way(key, families, models, pytester, tensorflow_imported_once):
+def test_heatmaps_are_bitwise_those_of_innvestigate_run_the_usual_way(
+    key, families, models, pytester, tensorflow_imported_once
+):
     path, inputs, _ = models[key]
     pytester.makepyfile(test_save=save_families(families))
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
@@ -109,8 +113,13 @@ def _switch(tf):
 def _process_state(tf):
     import innvestigate
 
-    return (getattr(_switch(tf), speedup.SWITCH), innvestigate.analyzer.base.AnalyzerBase.__dict__["_do_model_checks"],
-            innvestigate.backend.graph.get_layer_from_config, tf.keras.backend.learning_phase(), tf.executing_eagerly())
+    return (
+        getattr(_switch(tf), speedup.SWITCH),
+        innvestigate.analyzer.base.AnalyzerBase.__dict__["_do_model_checks"],
+        innvestigate.backend.graph.get_layer_from_config,
+        tf.keras.backend.learning_phase(),
+        tf.executing_eagerly(),
+    )
 
 
 def test_the_switch_and_the_model_check_patch_are_undone_when_the_build_raises(tensorflow_imported_once):
@@ -132,7 +141,8 @@ def test_nothing_leaks_into_the_process_after_analyses_that_pass_and_crash(model
     tf = tensorflow_imported_once
     before = _process_state(tf)
     path, inputs, _ = models["small"]
-    pytester.makepyfile(test_two="""
+    pytester.makepyfile(
+        test_two="""
         import pytest
 
         @pytest.mark.lrp_rule("lrp.z", disable_model_checks=True)
@@ -142,7 +152,8 @@ def test_nothing_leaks_into_the_process_after_analyses_that_pass_and_crash(model
         @pytest.mark.lrp_rule("deep_taylor.bounded", disable_model_checks=True)  # low and high missing: the build raises
         def test_crashes(lrp_analysis):
             pass
-    """)
+    """
+    )
     result = pytester.runpytest(f"--lrp-model={path}", f"--lrp-inputs={inputs}", "--lrp-samples=2")
     result.assert_outcomes(passed=1, errors=1)
     assert _process_state(tf) == before
@@ -161,7 +172,9 @@ ONE_ANALYSIS = """
 """
 
 
-def test_without_the_switch_analyses_still_run_and_the_header_says_so(models, pytester, monkeypatch, tmp_path, tensorflow_imported_once):
+def test_without_the_switch_analyses_still_run_and_the_header_says_so(
+    models, pytester, monkeypatch, tmp_path, tensorflow_imported_once
+):
     # A Keras without the switch (deleting Keras' own global would break Keras, which reads it).
     monkeypatch.setattr(speedup, "_switch_module", lambda tf: None)
     fake = tmp_path / "keras"  # its source, for the header (which must not import TensorFlow)
@@ -187,7 +200,9 @@ def test_with_the_switch_the_header_says_nothing_about_it(pytester, models):
     assert not [line for line in result.outlines if "_UNSAFE_GRAPH_OP_LAYER_CREATION" in line]
 
 
-def test_the_model_is_rebuilt_with_zero_initial_values_and_then_has_exactly_the_files_weights(models, monkeypatch, tensorflow_imported_once):
+def test_the_model_is_rebuilt_with_zero_initial_values_and_then_has_exactly_the_files_weights(
+    models, monkeypatch, tensorflow_imported_once
+):
     from pytest_lrp.models.modelfile import load_model_file
 
     tf = tensorflow_imported_once
@@ -196,7 +211,9 @@ def test_the_model_is_rebuilt_with_zero_initial_values_and_then_has_exactly_the_
     config = speedup.rebuild_config(model.config)
     initializers = [value for value in _values_of_keys_ending(config, "_initializer")]
     assert initializers and all(value == {"class_name": "Zeros", "config": {}} for value in initializers)
-    assert config["layers"][1]["config"]["kernel_initializer"] != model.config["layers"][1]["config"]["kernel_initializer"]
+    assert (
+        config["layers"][1]["config"]["kernel_initializer"] != model.config["layers"][1]["config"]["kernel_initializer"]
+    )
     x = np.load(inputs)["x"]
     outputs = {}
     for speed_up in ("1", "0"):
@@ -233,7 +250,9 @@ def test_variables_a_layer_copy_built_and_then_swapped_for_the_originals_never_g
         # innvestigate's copies: the original's variables (the default), or its values in variables of the copy's own
         shared = innvestigate.backend.graph.get_layer_from_config(dense, dense.get_config())
         orphans = [v for v in tf.compat.v1.global_variables() if id(v) not in before]
-        valued = innvestigate.backend.graph.get_layer_from_config(dense, dense.get_config(), weights=dense.get_weights())
+        valued = innvestigate.backend.graph.get_layer_from_config(
+            dense, dense.get_config(), weights=dense.get_weights()
+        )
         tf.compat.v1.keras.backend.get_session()  # where Keras initializes the variables it tracks
         assert [id(w) for w in shared.weights] == [id(w) for w in dense.weights]
         assert len(orphans) == 2 and not any(session.run([tf.compat.v1.is_variable_initialized(v) for v in orphans]))

@@ -29,8 +29,12 @@ def cnns(tmp_path_factory, tensorflow_imported_once):
     layers = tf.keras.layers
     folder = tmp_path_factory.mktemp("upstream")
     paths = {}
-    for name, input_name, tail in (("input_1", "input_1", None), ("pixels", "pixels", None),
-                                   ("softmax_layer", "pixels", layers.Softmax), ("softmax_activation", "pixels", lambda: layers.Activation("softmax"))):
+    for name, input_name, tail in (
+        ("input_1", "input_1", None),
+        ("pixels", "pixels", None),
+        ("softmax_layer", "pixels", layers.Softmax),
+        ("softmax_activation", "pixels", lambda: layers.Activation("softmax")),
+    ):
         inputs = layers.Input((8, 8, 1), name=input_name)
         x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
         x = layers.Dense(3, name="logits")(layers.Flatten(name="flatten")(x))
@@ -63,7 +67,12 @@ def relu_layer_models(tmp_path_factory, tensorflow_imported_once):
     relu6.save(folder / "relu6.h5", include_optimizer=False)
     np.savez(folder / "x.npz", x=np.random.default_rng(7).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32))
     np.savez(folder / "x1.npz", x=np.random.default_rng(7).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32))
-    return {"residual": folder / "residual.h5", "relu6": folder / "relu6.h5", "x": folder / "x.npz", "x1": folder / "x1.npz"}
+    return {
+        "residual": folder / "residual.h5",
+        "relu6": folder / "relu6.h5",
+        "x": folder / "x.npz",
+        "x1": folder / "x1.npz",
+    }
 
 
 def usual_way(tf, path, x, analyzer, params, strip=False):
@@ -82,11 +91,14 @@ def saving_tests(rules: dict, stripped: bool = False) -> str:
     """A test file with one hand-written test per rule id, saving the heatmaps and explained outputs."""
     lines = ["import numpy as np", "import pytest", ""]
     for rule_id, (analyzer, params) in rules.items():
-        lines += [f"@pytest.mark.lrp_rule({analyzer!r}, **{params!r})",
-                  f"def test_{rule_id}(lrp_analysis):",
-                  f"    np.save({rule_id + '.npy'!r}, lrp_analysis.heatmaps)",
-                  f"    np.save({rule_id + '_outputs.npy'!r}, lrp_analysis.outputs)",
-                  f"    assert lrp_analysis.softmax_stripped is {stripped}", ""]
+        lines += [
+            f"@pytest.mark.lrp_rule({analyzer!r}, **{params!r})",
+            f"def test_{rule_id}(lrp_analysis):",
+            f"    np.save({rule_id + '.npy'!r}, lrp_analysis.heatmaps)",
+            f"    np.save({rule_id + '_outputs.npy'!r}, lrp_analysis.outputs)",
+            f"    assert lrp_analysis.softmax_stripped is {stripped}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -126,10 +138,14 @@ def test_a_final_softmax_layer_is_stripped_like_an_activation(cnns, pytester, te
         assert np.abs(got).sum() > 0
         np.testing.assert_array_equal(got, expected, err_msg=rule_id)
         # What is explained are the pre-softmax logits, as for Activation('softmax').
-        np.testing.assert_allclose(np.load(pytester.path / f"{rule_id}_outputs.npy"), logits, rtol=1e-6, err_msg=rule_id)
+        np.testing.assert_allclose(
+            np.load(pytester.path / f"{rule_id}_outputs.npy"), logits, rtol=1e-6, err_msg=rule_id
+        )
 
 
-def test_a_warning_type_model_check_about_relu_layers_is_overridden_and_said(relu_layer_models, pytester, tensorflow_imported_once):
+def test_a_warning_type_model_check_about_relu_layers_is_overridden_and_said(
+    relu_layer_models, pytester, tensorflow_imported_once
+):
     tf = tensorflow_imported_once
     path, inputs = relu_layer_models["residual"], relu_layer_models["x"]
     x = np.load(inputs)["x"]
@@ -137,38 +153,59 @@ def test_a_warning_type_model_check_about_relu_layers_is_overridden_and_said(rel
         usual_way(tf, path, x, "lrp.z", {}, strip=True)  # innvestigate 2.1.2 refuses the ReLU() layers
     rules = {"z": ("lrp.z", {}), "alpha": ("lrp.alpha_2_beta_1", {})}
     pytester.makepyfile(test_save=saving_tests(rules, stripped=True))
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, tolerance: {rtol: 100}, checks: [conservation, finite]}\n")
-    result = pytester.runpytest("rules.yaml", "test_save.py", f"--lrp-model={path}", f"--lrp-inputs={inputs}",
-                                "--lrp-report=report.json", "--junitxml=junit.xml")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, tolerance: {rtol: 100}, checks: [conservation, finite]}\n"
+    )
+    result = pytester.runpytest(
+        "rules.yaml",
+        "test_save.py",
+        f"--lrp-model={path}",
+        f"--lrp-inputs={inputs}",
+        "--lrp-report=report.json",
+        "--junitxml=junit.xml",
+    )
     result.assert_outcomes(passed=4)
-    note = (f"innvestigate's model check \"{CHECK_MESSAGE}\" about layers stem_relu, b0_relu1, b0_relu2 was overridden: "
-            "their rules are well defined (pytest-lrp's numpy reference implements them)")
+    note = (
+        f'innvestigate\'s model check "{CHECK_MESSAGE}" about layers stem_relu, b0_relu1, b0_relu2 was overridden: '
+        "their rules are well defined (pytest-lrp's numpy reference implements them)"
+    )
     result.stdout.fnmatch_lines([f"lrp: residual: {note} (rules z)"])
     for rule_id, (analyzer, params) in rules.items():
         expected = usual_way(tf, path, x, analyzer, {**params, "disable_model_checks": True}, strip=True)
         np.testing.assert_array_equal(np.load(pytester.path / f"{rule_id}.npy"), expected, err_msg=rule_id)
     records = json.loads((pytester.path / "report.json").read_text())["results"]
     assert [record.get("notes") for record in records] == [[note], [note]]  # the rule file's two tests
-    properties = [p.get("value") for p in ElementTree.parse(pytester.path / "junit.xml").iter("property") if p.get("name") == "lrp_note"]
+    properties = [
+        p.get("value")
+        for p in ElementTree.parse(pytester.path / "junit.xml").iter("property")
+        if p.get("name") == "lrp_note"
+    ]
     assert properties == [note, note]  # the rule file's two tests
 
 
 def test_a_rule_with_disable_model_checks_gets_no_note(relu_layer_models, pytester):
     (pytester.path / "rules.yaml").write_text(
-        "rules:\n  - {id: z, analyzer: lrp.z, params: {disable_model_checks: true}, tolerance: {rtol: 100}, checks: [conservation]}\n")
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={relu_layer_models['residual']}", f"--lrp-inputs={relu_layer_models['x']}")
+        "rules:\n  - {id: z, analyzer: lrp.z, params: {disable_model_checks: true}, tolerance: {rtol: 100}, checks: [conservation]}\n"
+    )
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={relu_layer_models['residual']}", f"--lrp-inputs={relu_layer_models['x']}"
+    )
     result.assert_outcomes(passed=1)
     assert "was overridden" not in result.stdout.str()
 
 
 def test_a_layer_the_reference_does_not_know_is_still_refused_in_one_line(relu_layer_models, pytester):
     (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, checks: [conservation, finite]}\n")
-    result = pytester.runpytest("rules.yaml", f"--lrp-model={relu_layer_models['relu6']}", f"--lrp-inputs={relu_layer_models['x1']}")
+    result = pytester.runpytest(
+        "rules.yaml", f"--lrp-model={relu_layer_models['relu6']}", f"--lrp-inputs={relu_layer_models['x1']}"
+    )
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines([
-        f"*relu6.h5: innvestigate refuses to run lrp.z on this model (rule 'z'): innvestigate's model check says \"{CHECK_MESSAGE}\" "
-        "(layers relu6); to analyze anyway, set `disable_model_checks: true` in the rule's params"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"*relu6.h5: innvestigate refuses to run lrp.z on this model (rule 'z'): innvestigate's model check says \"{CHECK_MESSAGE}\" "
+            "(layers relu6); to analyze anyway, set `disable_model_checks: true` in the rule's params"
+        ]
+    )
     assert "Traceback" not in result.stdout.str() and "was overridden" not in result.stdout.str()
 
 
@@ -197,10 +234,14 @@ def test_the_model_check_patch_is_undone_when_the_build_raises(tensorflow_import
 def test_the_reference_reads_a_final_softmax_layer_as_the_activation_it_computes(cnns, pytester):
     # The numpy reference knows Activation('softmax') only; without the translation it skipped such a model
     # ("has no reference") and the leak split was missing.
-    (pytester.path / "rules.yaml").write_text("rules:\n  - {id: z, analyzer: lrp.z, checks: [conservation, reference]}\n")
+    (pytester.path / "rules.yaml").write_text(
+        "rules:\n  - {id: z, analyzer: lrp.z, checks: [conservation, reference]}\n"
+    )
     outcomes = {}
     for name in ("softmax_layer", "softmax_activation"):
-        result = pytester.runpytest("rules.yaml", f"--lrp-model={cnns[name]}", f"--lrp-inputs={cnns['x']}", f"--lrp-report={name}.json")
+        result = pytester.runpytest(
+            "rules.yaml", f"--lrp-model={cnns[name]}", f"--lrp-inputs={cnns['x']}", f"--lrp-report={name}.json"
+        )
         result.assert_outcomes(failed=1, passed=1)  # z leaks into the biases, undeclared; the reference agrees
         records = json.loads((pytester.path / f"{name}.json").read_text())["results"]
         outcomes[name] = [(r["check"], r["outcome"], r.get("leak_split"), r["sums"]) for r in records]

@@ -323,8 +323,10 @@ def vgg16_rules() -> str:
 
 def _zoo_machine(recorded: dict) -> str:
     machine = recorded.get("machine", {})
-    return (f"{machine.get('cpus', '?')} cores ({machine.get('platform', '?')}), {machine.get('memory_gib', '?')} GiB, "
-            f"Python {machine.get('python', '?')}")
+    return (
+        f"{machine.get('cpus', '?')} cores ({machine.get('platform', '?')}), {machine.get('memory_gib', '?')} GiB, "
+        f"Python {machine.get('python', '?')}"
+    )
 
 
 def false_alarms() -> str:
@@ -334,20 +336,32 @@ def false_alarms() -> str:
     for kind, result in zoo["models"].items():
         counts = result["counts"]
         red = sum(counts.get(outcome, 0) for outcome in ("failed", "error", "xpassed-strict"))
-        outcome = ", ".join(f"{counts[name]} {name}" for name in ("passed", "xfailed", "failed", "error", "skipped") if counts.get(name))
-        rows.append([f"`{kind}`", f"{result['accuracy']:.2f}", outcome, red, ", ".join(f"`{n}`" for n in result["red"]) or "-"])
-    return (f"{zoo['samples']} digits per model; {_zoo_machine(recorded)}.\n\n"
-            + _table(["model", "test accuracy", "outcomes", "false alarms", "red tests"], rows))
+        outcome = ", ".join(
+            f"{counts[name]} {name}" for name in ("passed", "xfailed", "failed", "error", "skipped") if counts.get(name)
+        )
+        rows.append(
+            [f"`{kind}`", f"{result['accuracy']:.2f}", outcome, red, ", ".join(f"`{n}`" for n in result["red"]) or "-"]
+        )
+    return f"{zoo['samples']} digits per model; {_zoo_machine(recorded)}.\n\n" + _table(
+        ["model", "test accuracy", "outcomes", "false alarms", "red tests"], rows
+    )
 
 
 def faults() -> str:
     recorded = _load("last_run_false_alarms.json")
     matrix = recorded["faults"]
-    rows = [[label, len(result["caught_by"]), ", ".join(f"`{n}`" for n in result["caught_by"][:6])
-             + (f" and {len(result['caught_by']) - 6} more" if len(result["caught_by"]) > 6 else "")]
-            for label, result in matrix["faults"].items()]
-    return (f"On `{matrix['model']}` (clean: {_outcomes([matrix['clean']])}); {_zoo_machine(recorded)}.\n\n"
-            + _table(["fault injected into innvestigate", "tests that caught it", "which"], rows))
+    rows = [
+        [
+            label,
+            len(result["caught_by"]),
+            ", ".join(f"`{n}`" for n in result["caught_by"][:6])
+            + (f" and {len(result['caught_by']) - 6} more" if len(result["caught_by"]) > 6 else ""),
+        ]
+        for label, result in matrix["faults"].items()
+    ]
+    return f"On `{matrix['model']}` (clean: {_outcomes([matrix['clean']])}); {_zoo_machine(recorded)}.\n\n" + _table(
+        ["fault injected into innvestigate", "tests that caught it", "which"], rows
+    )
 
 
 TABLES = {

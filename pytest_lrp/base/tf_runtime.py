@@ -61,13 +61,17 @@ def keras_3_problem():
     if tf_module is None:
         if not at_least_2_16() or LEGACY_KERAS not in os.environ or _legacy_keras_requested():
             return None
-        return (f"{LEGACY_KERAS}={os.environ[LEGACY_KERAS]} in the environment makes tf.keras Keras 3, "
-                f"which innvestigate 2.1.2 cannot analyze: unset it or set it to 1 for LRP runs")
+        return (
+            f"{LEGACY_KERAS}={os.environ[LEGACY_KERAS]} in the environment makes tf.keras Keras 3, "
+            f"which innvestigate 2.1.2 cannot analyze: unset it or set it to 1 for LRP runs"
+        )
     if not hasattr(tf_module, "__version__") or _keras_major(tf_module) != 3:
         return None
-    return (f"TensorFlow {tf_module.__version__} was imported with tf.keras = Keras 3 before pytest-lrp could set "
-            f"{LEGACY_KERAS}=1 (innvestigate 2.1.2 needs Keras 2): set {LEGACY_KERAS}=1 yourself, "
-            f"or run the LRP tests in a session of their own (pytest -m lrp)")
+    return (
+        f"TensorFlow {tf_module.__version__} was imported with tf.keras = Keras 3 before pytest-lrp could set "
+        f"{LEGACY_KERAS}=1 (innvestigate 2.1.2 needs Keras 2): set {LEGACY_KERAS}=1 yourself, "
+        f"or run the LRP tests in a session of their own (pytest -m lrp)"
+    )
 
 
 def tensorflow():

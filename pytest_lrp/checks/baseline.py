@@ -14,7 +14,6 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 from ..base.atomic import write_atomically
 from ..base.errors import LrpCheckFailed, shown
@@ -72,13 +71,17 @@ def record(analysis) -> dict:
         "params": json.loads(json.dumps(rule.params, sort_keys=True, default=repr)),
         "target": rule.target,
         "neuron_selection": rule.neuron_selection,
-        "versions": {name: tensorflow_release() if name == "tensorflow" else distribution_version(name) for name in VERSIONED},
+        "versions": {
+            name: tensorflow_release() if name == "tensorflow" else distribution_version(name) for name in VERSIONED
+        },
     }
 
 
 def write_baseline(path: Path, heatmaps: np.ndarray, meta: dict) -> Path:
     text = json.dumps(meta, sort_keys=True)
-    path = write_atomically(path, lambda f: np.savez_compressed(f, heatmaps=np.asarray(heatmaps), metadata=np.array(text)))
+    path = write_atomically(
+        path, lambda f: np.savez_compressed(f, heatmaps=np.asarray(heatmaps), metadata=np.array(text))
+    )
     # The temporary file was private (0600); a baseline is shared like any source file.
     umask = os.umask(0)
     os.umask(umask)
@@ -137,7 +140,9 @@ def _problem(analysis, path: Path, current: dict, settings):
 def _changed_sources(meta: dict, current: dict) -> list:
     changed = []
     if meta.get("model_sha256") != current["model_sha256"]:
-        changed.append(f"another model file (sha256 {_short(meta.get('model_sha256'))}..., now {_short(current['model_sha256'])}...)")
+        changed.append(
+            f"another model file (sha256 {_short(meta.get('model_sha256'))}..., now {_short(current['model_sha256'])}...)"
+        )
     if meta.get("inputs_sha256") != current["inputs_sha256"]:
         changed.append(
             f"other inputs (sha256 {_short(meta.get('inputs_sha256'))}... of shape {_shape(meta.get('inputs_shape'))}, "
@@ -163,12 +168,12 @@ def _mismatch_message(analysis, path: Path, difference: HeatmapDifference, meta:
     return "\n".join(lines)
 
 
-def _rule_change(meta: dict, current: dict) -> Optional[str]:
+def _rule_change(meta: dict, current: dict) -> str | None:
     changed = [f"{key} {meta.get(key)!r}, now {current[key]!r}" for key in RULE_FIELDS if meta.get(key) != current[key]]
     return "the rule changed since the baseline was recorded: " + "; ".join(changed) if changed else None
 
 
-def _version_change(meta: dict, current: dict) -> Optional[str]:
+def _version_change(meta: dict, current: dict) -> str | None:
     before, now = meta.get("versions", {}), current["versions"]
     if before == now:
         return None
@@ -176,7 +181,7 @@ def _version_change(meta: dict, current: dict) -> Optional[str]:
     return f"the baseline was recorded with {describe(before)}; now {describe(now)}"
 
 
-def _write_image(settings, analysis, difference: HeatmapDifference) -> Optional[Path]:
+def _write_image(settings, analysis, difference: HeatmapDifference) -> Path | None:
     folder = settings.path("lrp_heatmaps")
     if folder is None:
         return None

@@ -32,7 +32,11 @@ def comparison_figure(difference, title: str, names=("baseline", "current"), dpi
     # relevance; the difference gets its own, or small changes would be invisible.
     scale = _scale(baseline, current)
     expected_name, actual_name = names
-    panels = ((expected_name, baseline, scale), (actual_name, current, scale), (f"{actual_name} - {expected_name}", change, _scale(change)))
+    panels = (
+        (expected_name, baseline, scale),
+        (actual_name, current, scale),
+        (f"{actual_name} - {expected_name}", change, _scale(change)),
+    )
     for column, (name, plane, limit) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, 3, column)
         shown = axes.imshow(np.nan_to_num(plane), cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")

@@ -12,7 +12,6 @@ differ by far more than 1e-4 of the value itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..base.lazy import np
 from ..config.rulefile import Tolerance
@@ -58,24 +57,24 @@ class ReferenceComparison:
     """What the reference says about one analysis: why it could not judge, or the differences."""
 
     tolerance: Tolerance
-    skipped: Optional[str] = None  # one line: the layer or rule the reference does not know
-    problem: Optional[str] = None  # one line: the reference's forward pass is not the model's
-    heatmaps: Optional[Difference] = None
+    skipped: str | None = None  # one line: the layer or rule the reference does not know
+    problem: str | None = None  # one line: the reference's forward pass is not the model's
+    heatmaps: Difference | None = None
     layers: list = field(default_factory=list)  # Difference per layer with kept relevance, output first
     seconds: float = 0.0  # time the reference took (bench/)
     # innvestigate shows a known bug of its own here (engine/known_bugs.py): the reason, and the
     # differences above are against the reference with that bug; or the bug no longer shows
-    known_bug: Optional[str] = None
-    bug_fixed: Optional[str] = None
+    known_bug: str | None = None
+    bug_fixed: str | None = None
     # per sample: the sum of the reference's own heatmap (what the formula gives, exactly) and how far
     # float32 rounding may move innvestigate's sum from it
-    formula_sums: Optional[np.ndarray] = field(default=None, repr=False)
-    rounding: Optional[np.ndarray] = field(default=None, repr=False)
-    heatmap_bound: Optional[np.ndarray] = field(default=None, repr=False)  # the same, per heatmap element
-    formula_heatmap: Optional[np.ndarray] = field(default=None, repr=False)  # the reference's own heatmap
+    formula_sums: np.ndarray | None = field(default=None, repr=False)
+    rounding: np.ndarray | None = field(default=None, repr=False)
+    heatmap_bound: np.ndarray | None = field(default=None, repr=False)  # the same, per heatmap element
+    formula_heatmap: np.ndarray | None = field(default=None, repr=False)  # the reference's own heatmap
 
     @property
-    def first_divergence(self) -> Optional[Difference]:
+    def first_divergence(self) -> Difference | None:
         """The first place, from the output down, where innvestigate leaves the tolerance."""
         for difference in self.layers + ([self.heatmaps] if self.heatmaps else []):
             if not difference.within:

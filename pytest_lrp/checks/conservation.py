@@ -14,9 +14,10 @@ from .record import Analysis
 FORMULA_LEAK = "leaks by its formula"
 
 
-
 def check_conservation(analysis: Analysis) -> None:
-    __tracebackhide__ = True  # the plugin's raise lines mean nothing to the user (fixtures.LrpAnalysis.assert_conserved)
+    __tracebackhide__ = (
+        True  # the plugin's raise lines mean nothing to the user (fixtures.LrpAnalysis.assert_conserved)
+    )
     if not analysis.finite:
         raise LrpBeyondExpectation(non_finite_message(analysis))
     bug = analysis.reference.known_bug if analysis.reference is not None else None
@@ -31,7 +32,8 @@ def check_conservation(analysis: Analysis) -> None:
             raise LrpCheckFailed(
                 f"[XPASS(strict)] the declared leak [{', '.join(analysis.rule.leaks)}] did not appear: every sample is "
                 f"conserved within the tolerance ({analysis.rule.analyzer} on {analysis.model.name}); if the rule or "
-                f"innvestigate changed on purpose, drop strict: true or the leaks: list\n" + worst_sample_line(analysis))
+                f"innvestigate changed on purpose, drop strict: true or the leaks: list\n" + worst_sample_line(analysis)
+            )
         return
     declared = declared_leaks_line(analysis)
     if declared is None:  # leaks beyond the tolerance, but only by the mechanisms the rule declares
@@ -40,7 +42,10 @@ def check_conservation(analysis: Analysis) -> None:
         pytest.xfail(formula_gap_reason(analysis))
     raise LrpCheckFailed(
         f"relevance not conserved: {int(failing.sum())} of {len(failing)} samples outside the tolerance "
-        f"({analysis.rule.analyzer} on {analysis.model.name})\n" + worst_sample_line(analysis) + declared + leak_lines(analysis)
+        f"({analysis.rule.analyzer} on {analysis.model.name})\n"
+        + worst_sample_line(analysis)
+        + declared
+        + leak_lines(analysis)
     )
 
 
@@ -53,7 +58,11 @@ def formula_explains(analysis: Analysis) -> bool:
         return False
     failing = analysis.failing
     allowed = analysis.rounding_bounds
-    return bool(np.all(np.abs(analysis.sums - comparison.formula_sums)[failing] <= np.broadcast_to(allowed, failing.shape)[failing]))
+    return bool(
+        np.all(
+            np.abs(analysis.sums - comparison.formula_sums)[failing] <= np.broadcast_to(allowed, failing.shape)[failing]
+        )
+    )
 
 
 def formula_gap_reason(analysis: Analysis) -> str:
@@ -61,8 +70,10 @@ def formula_gap_reason(analysis: Analysis) -> str:
     target = float(analysis.targets[sample])
     gap = float(analysis.sums[sample] - target)
     share = f"{gap / abs(target):+.1%} of the target" if target else f"{gap:+.3g}"
-    return (f"{FORMULA_LEAK}: {analysis.rule.analyzer} sums to its formula's own value (numpy reference), "
-            f"{share} on sample {sample} ({int(analysis.failing.sum())} of {len(analysis.failing)} samples)")
+    return (
+        f"{FORMULA_LEAK}: {analysis.rule.analyzer} sums to its formula's own value (numpy reference), "
+        f"{share} on sample {sample} ({int(analysis.failing.sum())} of {len(analysis.failing)} samples)"
+    )
 
 
 def leak_verdict(analysis: Analysis):
@@ -111,8 +122,10 @@ def formula_leak_reason(analysis: Analysis) -> str:
         layer = largest_change(analysis.layers, sample)
         where = f" at {layer.name}"
     split = _beyond_split(analysis, sample) if analysis.leaks is not None else "?"
-    return (f"{FORMULA_LEAK}: {split}{where} ({int(analysis.failing.sum())} of {len(analysis.failing)} samples; "
-            f"declared: {', '.join(analysis.rule.leaks)})")
+    return (
+        f"{FORMULA_LEAK}: {split}{where} ({int(analysis.failing.sum())} of {len(analysis.failing)} samples; "
+        f"declared: {', '.join(analysis.rule.leaks)})"
+    )
 
 
 def _beyond_split(analysis: Analysis, sample: int) -> str:
@@ -125,7 +138,9 @@ def _beyond_split(analysis: Analysis, sample: int) -> str:
     if target == 0:
         return ", ".join(f"{name} {value:+.3g}" for name, value in totals[:3])
     shares = [(name, 100 * value / abs(target)) for name, value in totals[:3]]
-    return ", ".join(f"{name} {share:+.1f}%" if abs(share) >= 0.1 else f"{name} {share:+.2g}%" for name, share in shares)
+    return ", ".join(
+        f"{name} {share:+.1f}%" if abs(share) >= 0.1 else f"{name} {share:+.2g}%" for name, share in shares
+    )
 
 
 def non_finite_message(analysis: Analysis) -> str:
@@ -164,11 +179,15 @@ def _whose(analysis: Analysis, above: np.ndarray) -> str:
     totals = analysis.leaks.totals(sample)
     largest = max(totals, key=lambda name: abs(totals[name]))
     if largest == "unexplained":
-        return ("\nwhose: innvestigate's, not the formula's (the numpy reference does not explode alike): "
-                "report it upstream with this model and input")
-    return (f"\nwhose: the rule's formula on this model ({largest} {totals[largest]:+.3g} on sample {sample}: "
-            f"{EXPLOSIONS[largest]}); if you accept it, drop the rule or set max_error "
-            "(pytest --lrp-calibrate writes one measured on your model)")
+        return (
+            "\nwhose: innvestigate's, not the formula's (the numpy reference does not explode alike): "
+            "report it upstream with this model and input"
+        )
+    return (
+        f"\nwhose: the rule's formula on this model ({largest} {totals[largest]:+.3g} on sample {sample}: "
+        f"{EXPLOSIONS[largest]}); if you accept it, drop the rule or set max_error "
+        "(pytest --lrp-calibrate writes one measured on your model)"
+    )
 
 
 # How each mechanism of a formula can grow far beyond the output.
@@ -186,7 +205,10 @@ def leak_lines(analysis: Analysis) -> str:
     sample = analysis.worst
     lines = []
     if analysis.layers:
-        lines += [describe_change(largest_change(analysis.layers, sample), sample), layer_table(analysis.layers, sample)]
+        lines += [
+            describe_change(largest_change(analysis.layers, sample), sample),
+            layer_table(analysis.layers, sample),
+        ]
     if analysis.leaks is not None:
         lines.append(split_line(analysis.leaks, sample, float(analysis.targets[sample])))
         per_layer = layer_lines(analysis.leaks, sample)

@@ -50,5 +50,7 @@ def layer_table(layers: list, sample: int) -> str:
         if layer.cls == "InputLayer":
             lines.append(f"  {label}  {layer.at_output[sample]:>12.6g}")
         else:
-            lines.append(f"  {label}  {layer.at_output[sample]:>12.6g} -> {layer.at_inputs[sample]:<12.6g} {layer.change(sample):+.3g}")
+            lines.append(
+                f"  {label}  {layer.at_output[sample]:>12.6g} -> {layer.at_inputs[sample]:<12.6g} {layer.change(sample):+.3g}"
+            )
     return "\n".join(lines)

@@ -11,7 +11,6 @@ Pure numpy: the engine fills a LeakAccount during the analysis (engine/reference
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..base.lazy import np
 from ..config.rulefile import LEAK_MECHANISMS as MECHANISMS
@@ -27,11 +26,11 @@ class LayerLeaks:
     name: str
     cls: str
     rule: str
-    change: Optional[np.ndarray] = field(repr=False)  # None: innvestigate kept no per-layer relevance
+    change: np.ndarray | None = field(repr=False)  # None: innvestigate kept no per-layer relevance
     mechanisms: dict = field(repr=False)  # mechanism -> (n,)
 
     @property
-    def unexplained(self) -> Optional[np.ndarray]:
+    def unexplained(self) -> np.ndarray | None:
         if self.change is None:
             return None
         return self.change - sum(self.mechanisms.values())
@@ -44,7 +43,7 @@ class LeakAccount:
     layers: list  # LayerLeaks, output first
     errors: np.ndarray = field(repr=False)
     # per sample: how far float32 rounding may move sum(R) from what the formula gives (the reference's bound)
-    rounding: Optional[np.ndarray] = field(default=None, repr=False)
+    rounding: np.ndarray | None = field(default=None, repr=False)
 
     def total(self, mechanism: str) -> np.ndarray:
         """Per sample: the mechanism summed over layers; for 'unexplained', the whole error minus every mechanism."""
@@ -53,10 +52,14 @@ class LeakAccount:
             # outside the layers (the relevance innvestigate starts with), and needs no
             # per-layer relevance from innvestigate, which index-mode analyses lack.
             return self.errors - sum(self.total(m) for m in MECHANISMS)
-        return np.sum([layer.mechanisms[mechanism] for layer in self.layers], axis=0) if self.layers else np.zeros_like(self.errors)
+        return (
+            np.sum([layer.mechanisms[mechanism] for layer in self.layers], axis=0)
+            if self.layers
+            else np.zeros_like(self.errors)
+        )
 
     def totals(self, sample: int) -> dict:
-        return {name: float(self.total(name)[sample]) for name in MECHANISMS + (UNEXPLAINED,)}
+        return {name: float(self.total(name)[sample]) for name in (*MECHANISMS, UNEXPLAINED)}
 
 
 @dataclass
@@ -72,14 +75,20 @@ class LeakVerdict:
         return not self.beyond
 
 
-def judge(account: LeakAccount, failing: np.ndarray, bounds: np.ndarray, declared: tuple, unexplained_bounds: np.ndarray) -> LeakVerdict:
+def judge(
+    account: LeakAccount, failing: np.ndarray, bounds: np.ndarray, declared: tuple, unexplained_bounds: np.ndarray
+) -> LeakVerdict:
     """A failing sample is excused when every undeclared mechanism stays within its bound and the unexplained rest
     within ``unexplained_bounds`` (the tolerance applied to the relevance that flows, see conservation.py)."""
     beyond = {}
     for sample in np.flatnonzero(failing):
         limits = {name: bounds[sample] for name in MECHANISMS}
         limits[UNEXPLAINED] = unexplained_bounds[sample]
-        over = [name for name, limit in limits.items() if name not in declared and not abs(account.total(name)[sample]) <= limit]
+        over = [
+            name
+            for name, limit in limits.items()
+            if name not in declared and not abs(account.total(name)[sample]) <= limit
+        ]
         if over:
             beyond[int(sample)] = over
     explained = failing & ~np.isin(np.arange(len(failing)), list(beyond))
@@ -110,7 +119,7 @@ def layer_lines(account: LeakAccount, sample: int) -> str:
         lines.append(f"  {layer.name} ({layer.cls}, {layer.rule}): {change}" + ", ".join(shown))
     if not lines:
         return ""
-    return "\n".join([f"leak per layer, sample {sample} (innvestigate's change = mechanisms + unexplained):"] + lines)
+    return "\n".join([f"leak per layer, sample {sample} (innvestigate's change = mechanisms + unexplained):", *lines])
 
 
 def short_split(account: LeakAccount, sample: int, target: float) -> str:

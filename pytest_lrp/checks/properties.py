@@ -7,7 +7,6 @@ property does not hold. The heatmap comparison here is shared with the baseline 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pytest
 
@@ -38,9 +37,11 @@ def check_positive(analysis: Analysis) -> None:
     index = np.unravel_index(int(np.argmin(flat[worst])), analysis.heatmaps.shape[1:])
     formula = _formula_negative(analysis, below)
     if formula is not None:
-        pytest.xfail(f"negative by its formula: the numpy reference's own heatmap has the same negative values "
-                     f"(down to {formula:.3g}; {int(below.sum())} values in {int((per_sample > 0).sum())} of {len(flat)} "
-                     "samples): an Add's or average pooling's z rule gives an input of the opposite sign a negative share")
+        pytest.xfail(
+            f"negative by its formula: the numpy reference's own heatmap has the same negative values "
+            f"(down to {formula:.3g}; {int(below.sum())} values in {int((per_sample > 0).sum())} of {len(flat)} "
+            "samples): an Add's or average pooling's z rule gives an input of the opposite sign a negative share"
+        )
     raise LrpCheckFailed(
         f"negative relevance: {int(below.sum())} values in {int((per_sample > 0).sum())} of {len(flat)} samples "
         f"below -atol = {-atol:g} ({analysis.rule.analyzer} on {analysis.model.name})\n"
@@ -49,7 +50,7 @@ def check_positive(analysis: Analysis) -> None:
     )
 
 
-def _formula_negative(analysis: Analysis, below: np.ndarray) -> Optional[float]:
+def _formula_negative(analysis: Analysis, below: np.ndarray) -> float | None:
     """The reference's minimum where every value innvestigate has below -atol is negative in the reference's
     own heatmap too (to float32 rounding): the rule's formula is not positive on this model. Else None."""
     comparison = analysis.reference
@@ -98,7 +99,7 @@ class HeatmapDifference:
     expected: np.ndarray
     actual: np.ndarray
     tolerance: Tolerance
-    rounding: Optional[np.ndarray] = None  # per element, added to the tolerance (float32 rounding's bound)
+    rounding: np.ndarray | None = None  # per element, added to the tolerance (float32 rounding's bound)
 
     def __post_init__(self):
         self.expected = np.asarray(self.expected, dtype=np.float64)

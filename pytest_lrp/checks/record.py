@@ -6,7 +6,6 @@ The engine fills it (engine/analysis.py); nothing here runs TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..base.lazy import np
 from ..config.rulefile import Rule
@@ -26,9 +25,13 @@ class Analysis:
     targets: np.ndarray
     softmax_stripped: bool
     layers: list = field(default_factory=list, repr=False)  # LayerRelevance, output first, input last
-    reruns: dict = field(default_factory=dict, repr=False)  # extra heatmaps for determinism / batch_invariance (reruns.py)
-    reference: Optional[ReferenceComparison] = field(default=None, repr=False)  # the numpy reference's verdict (check 'reference')
-    leaks: Optional[LeakAccount] = field(default=None, repr=False)  # the leak split by mechanism (LRP and Deep Taylor)
+    reruns: dict = field(
+        default_factory=dict, repr=False
+    )  # extra heatmaps for determinism / batch_invariance (reruns.py)
+    reference: ReferenceComparison | None = field(
+        default=None, repr=False
+    )  # the numpy reference's verdict (check 'reference')
+    leaks: LeakAccount | None = field(default=None, repr=False)  # the leak split by mechanism (LRP and Deep Taylor)
 
     @property
     def sums(self) -> np.ndarray:
@@ -39,7 +42,7 @@ class Analysis:
         return np.abs(self.sums - self.targets)
 
     @property
-    def rounding(self) -> Optional[np.ndarray]:
+    def rounding(self) -> np.ndarray | None:
         """Per sample: how far float32 rounding of the rule's own terms may move sum(R) (the numpy
         reference's bound, reference.rules.float32_bound), or None where no reference ran."""
         return self.reference.rounding if self.reference is not None else None
@@ -67,7 +70,9 @@ class Analysis:
     @property
     def relative_errors(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.targets != 0, self.errors / np.abs(self.targets), np.where(self.errors == 0, 0.0, np.inf))
+            return np.where(
+                self.targets != 0, self.errors / np.abs(self.targets), np.where(self.errors == 0, 0.0, np.inf)
+            )
 
     @property
     def failing(self) -> np.ndarray:

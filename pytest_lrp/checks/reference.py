@@ -31,9 +31,8 @@ def check_reference(analysis: Analysis) -> None:
             pytest.xfail(comparison.known_bug)
         return
     raise LrpCheckFailed(
-        (f"beyond {comparison.known_bug}:\n" if comparison.known_bug else "") +
-        f"innvestigate differs from the numpy reference ({label}; reference_tolerance {comparison.tolerance}, "
+        (f"beyond {comparison.known_bug}:\n" if comparison.known_bug else "")
+        + f"innvestigate differs from the numpy reference ({label}; reference_tolerance {comparison.tolerance}, "
         f"relative to the largest |relevance| of each sample at each layer)\n"
         f"first divergence from the output: {divergence.where}\n" + divergence.describe()
     )
-

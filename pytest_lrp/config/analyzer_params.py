@@ -18,13 +18,12 @@ import difflib
 import functools
 import importlib.util
 from pathlib import Path
-from typing import Optional
 
 from .analyzer_names import analyzer_names
 
 
 @functools.lru_cache(maxsize=1)
-def _sources() -> Optional[tuple]:
+def _sources() -> tuple | None:
     """(class name -> ClassDef, analyzer name -> class name), or None when the source cannot be read."""
     try:
         spec = importlib.util.find_spec("innvestigate")
@@ -55,8 +54,8 @@ def _registry(tree: ast.Module) -> dict:
     return {}
 
 
-@functools.lru_cache(maxsize=None)
-def accepted_params(analyzer: str) -> Optional[frozenset]:
+@functools.cache
+def accepted_params(analyzer: str) -> frozenset | None:
     """Keyword arguments ``analyzer`` accepts (private ``_x`` ones left out); None when unknown."""
     sources = _sources()
     if sources is None or analyzer not in sources[1]:
@@ -66,7 +65,7 @@ def accepted_params(analyzer: str) -> Optional[frozenset]:
     return None if names is None else frozenset(n for n in names if not n.startswith("_"))
 
 
-def _class_params(name: str, classes: dict, depth: int) -> Optional[set]:
+def _class_params(name: str, classes: dict, depth: int) -> set | None:
     node = classes.get(name)
     if node is None or depth > 20:
         return None
@@ -86,7 +85,7 @@ def _class_params(name: str, classes: dict, depth: int) -> Optional[set]:
     return own | (inherited - _fixed_in_super_call(init))
 
 
-def _base_name(node: ast.ClassDef) -> Optional[str]:
+def _base_name(node: ast.ClassDef) -> str | None:
     for base in node.bases:
         if isinstance(base, ast.Name):
             return base.id
@@ -108,7 +107,7 @@ def _fixed_in_super_call(init: ast.FunctionDef) -> set:
     return set()
 
 
-def unknown_param_message(analyzer: str, params: dict, reserved) -> Optional[str]:
+def unknown_param_message(analyzer: str, params: dict, reserved) -> str | None:
     """The complaint about the first parameter ``analyzer`` does not accept, or None."""
     accepted = accepted_params(analyzer) if analyzer in analyzer_names() else None
     if accepted is None:

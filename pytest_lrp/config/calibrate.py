@@ -22,12 +22,19 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..base.atomic import write_atomically
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import yaml
-from .rulefile import BASELINE_TOLERANCE, LEAK_ANALYZER_FAMILIES, LEAK_MECHANISMS, REFERENCE_TOLERANCE, Tolerance, load_rule_file
+from .rulefile import (
+    BASELINE_TOLERANCE,
+    LEAK_ANALYZER_FAMILIES,
+    LEAK_MECHANISMS,
+    REFERENCE_TOLERANCE,
+    Tolerance,
+    load_rule_file,
+)
 
 
 @dataclass
@@ -43,7 +50,7 @@ class Calibrated:
 
     index: int
     rule_id: str
-    keys: Optional[dict]
+    keys: dict | None
     comments: list
 
 
@@ -74,8 +81,10 @@ def calibrated_text(target: Path, entries: list, margin: float):
     rules = sorted((calibrate_rule(per_model, models, margin) for per_model in by_rule.values()), key=lambda r: r.index)
     kept = [r for r in rules if r.keys is not None]
     if not kept:
-        raise LrpUsageError("no rule could be calibrated (each crashed or did not run); nothing written: "
-                            + "; ".join(line.lstrip("# ") for r in rules for line in r.comments[:1]))
+        raise LrpUsageError(
+            "no rule could be calibrated (each crashed or did not run); nothing written: "
+            + "; ".join(line.lstrip("# ") for r in rules for line in r.comments[:1])
+        )
 
     folder = target.parent
     source = "pytest-lrp's default suite" if first["packaged"] else shown(first["rules_path"])
@@ -117,25 +126,40 @@ def calibrate_rule(per_model: dict, models: dict, margin: float) -> Calibrated:
     crashes = [e for e in entries if e["result"] == "crashed"]
     if crashes:
         crash = crashes[0]
-        return Calibrated(spec["index"], rule_id, None, [
-            f"# rule '{rule_id}' ({spec['analyzer']}) left out: its {crash['check']} test crashed on {crash['model']}: "
-            f"{_one_line(crash['message']) or 'see the run'}",
-        ])
+        return Calibrated(
+            spec["index"],
+            rule_id,
+            None,
+            [
+                f"# rule '{rule_id}' ({spec['analyzer']}) left out: its {crash['check']} test crashed on {crash['model']}: "
+                f"{_one_line(crash['message']) or 'see the run'}",
+            ],
+        )
     unanalyzable = [e for e in entries if e["result"] == "unanalyzable"]
     if unanalyzable:
         first = unanalyzable[0]
-        return Calibrated(spec["index"], rule_id, None, [
-            f"# rule '{rule_id}' ({spec['analyzer']}) left out: it cannot be analyzed on {first['model']}, "
-            f"an expected failure: {_one_line(first['message']) or 'see the run'}",
-        ])
+        return Calibrated(
+            spec["index"],
+            rule_id,
+            None,
+            [
+                f"# rule '{rule_id}' ({spec['analyzer']}) left out: it cannot be analyzed on {first['model']}, "
+                f"an expected failure: {_one_line(first['message']) or 'see the run'}",
+            ],
+        )
     configured = spec["checks"]
     for path, group in per_model.items():
         missing = [c for c in configured if c not in {e["check"] for e in group}]
         if missing:
-            return Calibrated(spec["index"], rule_id, None, [
-                f"# rule '{rule_id}' ({spec['analyzer']}) left out: its {', '.join(missing)} test(s) did not run on "
-                f"{models[path]} in the calibration run (deselected or stopped)",
-            ])
+            return Calibrated(
+                spec["index"],
+                rule_id,
+                None,
+                [
+                    f"# rule '{rule_id}' ({spec['analyzer']}) left out: its {', '.join(missing)} test(s) did not run on "
+                    f"{models[path]} in the calibration run (deselected or stopped)",
+                ],
+            )
 
     measured = {path: next(e["measured"] for e in group if e.get("measured")) for path, group in per_model.items()}
     failed: dict[str, str] = {}
@@ -166,7 +190,9 @@ def calibrate_rule(per_model: dict, models: dict, margin: float) -> Calibrated:
     for path, m in measured.items():
         comments.append(f"# measured on {models[path]} ({m['samples']} inputs): " + _measured_line(m, bound))
     runs = {path: next((e for e in group if e["check"] == "conservation"), None) for path, group in per_model.items()}
-    expectations, more = _conservation(spec, measured, runs, models, margin, bound) if "conservation" in checks else ({}, [])
+    expectations, more = (
+        _conservation(spec, measured, runs, models, margin, bound) if "conservation" in checks else ({}, [])
+    )
     comments.extend(more)
     if expectations is None:
         checks.remove("conservation")
@@ -175,7 +201,10 @@ def calibrate_rule(per_model: dict, models: dict, margin: float) -> Calibrated:
         if run is not None:
             comments.append(f"# (in the calibration run it failed as expected: {_one_line(run['message'])})")
     if expected:
-        comments.append("# checks kept that fail as expected (their own reason): " + "; ".join(f"{c} ({why})" for c, why in expected.items()))
+        comments.append(
+            "# checks kept that fail as expected (their own reason): "
+            + "; ".join(f"{c} ({why})" for c, why in expected.items())
+        )
     if failed:
         comments.append("# checks that failed, left out: " + "; ".join(f"{c} ({why})" for c, why in failed.items()))
 
@@ -186,7 +215,12 @@ def calibrate_rule(per_model: dict, models: dict, margin: float) -> Calibrated:
     elif "determinism" in failed:
         comments.append("# no baseline: two runs gave different heatmaps (determinism failed)")
     if not checks and not baseline:
-        return Calibrated(spec["index"], rule_id, None, [f"# rule '{rule_id}' ({spec['analyzer']}) left out: no check held"] + comments)
+        return Calibrated(
+            spec["index"],
+            rule_id,
+            None,
+            [f"# rule '{rule_id}' ({spec['analyzer']}) left out: no check held", *comments],
+        )
     keys["checks"] = checks or ["baseline"]  # nothing else held: the golden heatmaps alone
     keys.update(expectations)
     if baseline and checks:
@@ -201,28 +235,40 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
     failing = {path: m for path, m in measured.items() if m["mode"] == "fails"}
     if failing:
         path, m = next(iter(failing.items()))
-        return None, [f"# conservation left out: it fails on {models[path]} whatever is declared: {_one_line(m['problem'])}"]
+        return None, [
+            f"# conservation left out: it fails on {models[path]} whatever is declared: {_one_line(m['problem'])}"
+        ]
     keys: dict[str, Any] = {}
     ceilings = [m["ceiling"] for m in measured.values()]
     peak = max((m["max_relative_error"] for m in measured.values()), default=0.0)
     has_mechanisms = spec["analyzer"].split(".")[0] in LEAK_ANALYZER_FAMILIES
     found = [name for m in measured.values() for name in m["found"]]
     leaks = list(dict.fromkeys(found))
-    recognised = [path for path, mode in modes.items() if mode == "xfail" and runs.get(path) and runs[path].get("formula_leak")]
+    recognised = [
+        path for path, mode in modes.items() if mode == "xfail" and runs.get(path) and runs[path].get("formula_leak")
+    ]
     if "xfail" in modes.values() and not spec["xfail"] and len(recognised) == list(modes.values()).count("xfail"):
         # pytest-lrp itself tells the formula's gap (an expected failure) from a divergence (a failure);
         # an xfail marker here would excuse the divergence too.
-        comments.append(f"# not conserved, by its formula ({_one_line(runs[recognised[0]]['message'])}); no xfail written: "
-                        "pytest-lrp recognises the gap, and a divergence from the formula still fails")
+        comments.append(
+            f"# not conserved, by its formula ({_one_line(runs[recognised[0]]['message'])}); no xfail written: "
+            "pytest-lrp recognises the gap, and a divergence from the formula still fails"
+        )
     elif "xfail" in modes.values() or (leaks and not has_mechanisms):
         strict = all(mode == "xfail" for mode in modes.values())
-        reason = spec["xfail"]["reason"] if spec["xfail"] else (
-            f"not conserved on {', '.join(models[p] for p, mode in modes.items() if mode == 'xfail')} "
-            f"(max relative error {peak:.4g}), and {spec['analyzer']} has no leak mechanisms to declare"
+        reason = (
+            spec["xfail"]["reason"]
+            if spec["xfail"]
+            else (
+                f"not conserved on {', '.join(models[p] for p, mode in modes.items() if mode == 'xfail')} "
+                f"(max relative error {peak:.4g}), and {spec['analyzer']} has no leak mechanisms to declare"
+            )
         )
         keys["xfail"] = {"reason": reason, "strict": strict}
-        comments.append(f"# expected failure{' (strict: it failed on the model)' if strict else ''}; "
-                        "no split by mechanism to declare" + ("" if spec["xfail"] else " (calibrated)"))
+        comments.append(
+            f"# expected failure{' (strict: it failed on the model)' if strict else ''}; "
+            "no split by mechanism to declare" + ("" if spec["xfail"] else " (calibrated)")
+        )
     elif leaks:
         keys["leaks"] = [name for name in LEAK_MECHANISMS if name in leaks]
         appeared = all(m["appeared"] for m in measured.values())
@@ -230,8 +276,10 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
         for m in measured.values():
             for name, b in m["beyond"].items():
                 if name in leaks:
-                    details.append(f"{name} {b['value']:+.3g} on sample {b['sample']} (tolerance {b['bound']:.3g}, "
-                                   f"{b['samples']} of {m['samples']} samples beyond)")
+                    details.append(
+                        f"{name} {b['value']:+.3g} on sample {b['sample']} (tolerance {b['bound']:.3g}, "
+                        f"{b['samples']} of {m['samples']} samples beyond)"
+                    )
         comments.append(f"# leaks beyond the tolerance ({bound}): " + "; ".join(details))
         if appeared:
             keys["strict"] = True
@@ -240,8 +288,10 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
         comments.append("# conserves here: the configured expected failure is dropped")
     if (keys or recognised) and all(c is not None for c in ceilings):
         keys["max_error"] = max(ceilings)
-        comments.append(f"# max_error = {margin:g} x the measured max relative error {peak:.4g} + rtol {spec['tolerance']['rtol']:g}, "
-                        f"rounded up: {keys['max_error']:g}")
+        comments.append(
+            f"# max_error = {margin:g} x the measured max relative error {peak:.4g} + rtol {spec['tolerance']['rtol']:g}, "
+            f"rounded up: {keys['max_error']:g}"
+        )
     return keys, comments
 
 

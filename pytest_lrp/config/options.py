@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -27,31 +27,79 @@ class Option:
     flag: str
     ini: str
     help: str
-    ini_type: Optional[IniType] = "string"  # None: command line only
+    ini_type: IniType | None = "string"  # None: command line only
     action: str = "store"
 
 
 OPTIONS = (
-    Option("--lrp-model", "lrp_model", "Keras model to explain: .h5/.hdf5, .keras or a SavedModel folder (repeatable).", "args", "append"),
+    Option(
+        "--lrp-model",
+        "lrp_model",
+        "Keras model to explain: .h5/.hdf5, .keras or a SavedModel folder (repeatable).",
+        "args",
+        "append",
+    ),
     Option("--lrp-rules", "lrp_rules", f"rule file (default: {DEFAULT_RULES} in the rootdir)."),
     Option("--lrp-inputs", "lrp_inputs", "inputs: .npy, or .npz (the array named 'x', or its only array)."),
     Option("--lrp-samples", "lrp_samples", "use the first N inputs."),
     Option("--lrp-seed", "lrp_seed", "seed for random inputs in the model's input shape when no inputs are given."),
-    Option("--lrp-baselines", "lrp_baselines", "folder of the golden heatmaps (default: lrp_baselines next to the rule file)."),
+    Option(
+        "--lrp-baselines",
+        "lrp_baselines",
+        "folder of the golden heatmaps (default: lrp_baselines next to the rule file).",
+    ),
     # Command line only (no ini key): a baseline is never written unless asked for in this very run.
-    Option("--lrp-update-baselines", "lrp_update_baselines", "write missing or differing baselines from the current heatmaps.", None, "store_true"),
-    Option("--lrp-trust-model", "lrp_trust_model", "load model files that run code when loaded (Lambda or custom layers, SavedModel folders); only for files you trust.", "bool", "store_true"),
+    Option(
+        "--lrp-update-baselines",
+        "lrp_update_baselines",
+        "write missing or differing baselines from the current heatmaps.",
+        None,
+        "store_true",
+    ),
+    Option(
+        "--lrp-trust-model",
+        "lrp_trust_model",
+        "load model files that run code when loaded (Lambda or custom layers, SavedModel folders); only for files you trust.",
+        "bool",
+        "store_true",
+    ),
     Option("--lrp-report", "lrp_report", "write the results of the LRP tests as JSON to PATH."),
-    Option("--lrp-heatmaps", "lrp_heatmaps", "write a PNG of inputs and heatmaps to DIR for every failing or xfailing LRP test."),
-    Option("--lrp-heatmaps-all", "lrp_heatmaps_all", "with --lrp-heatmaps: a PNG for every LRP test.", "bool", "store_true"),
-    Option("--lrp-html", "lrp_html", "write one self-contained HTML page of the LRP results (table, heatmaps, relevance per layer) to PATH."),
+    Option(
+        "--lrp-heatmaps",
+        "lrp_heatmaps",
+        "write a PNG of inputs and heatmaps to DIR for every failing or xfailing LRP test.",
+    ),
+    Option(
+        "--lrp-heatmaps-all", "lrp_heatmaps_all", "with --lrp-heatmaps: a PNG for every LRP test.", "bool", "store_true"
+    ),
+    Option(
+        "--lrp-html",
+        "lrp_html",
+        "write one self-contained HTML page of the LRP results (table, heatmaps, relevance per layer) to PATH.",
+    ),
     # Command line only: writes the packaged default suite and exits (config/packaged.py).
-    Option("--lrp-write-rules", "lrp_write_rules", "write pytest-lrp's default rule suite to PATH, an editable copy, and exit.", None),
+    Option(
+        "--lrp-write-rules",
+        "lrp_write_rules",
+        "write pytest-lrp's default rule suite to PATH, an editable copy, and exit.",
+        None,
+    ),
     # Command line only: a calibration is asked for once, never by an ini key that every run would read.
-    Option("--lrp-calibrate", "lrp_calibrate", "run the suite, measure each rule on this model and these inputs, and write a rule file "
-           "to PATH (never overwritten) that passes on them: declared leaks, ceilings with a 2x margin, the checks that held "
-           "and golden heatmaps beside it; then run pytest --lrp-rules=PATH.", None),
-    Option("--lrp-no-summary", "lrp_no_summary", "do not print the table of LRP results at the end of the run.", "bool", "store_true"),
+    Option(
+        "--lrp-calibrate",
+        "lrp_calibrate",
+        "run the suite, measure each rule on this model and these inputs, and write a rule file "
+        "to PATH (never overwritten) that passes on them: declared leaks, ceilings with a 2x margin, the checks that held "
+        "and golden heatmaps beside it; then run pytest --lrp-rules=PATH.",
+        None,
+    ),
+    Option(
+        "--lrp-no-summary",
+        "lrp_no_summary",
+        "do not print the table of LRP results at the end of the run.",
+        "bool",
+        "store_true",
+    ),
 )
 
 
@@ -98,7 +146,7 @@ class Settings:
         value, _, _ = self._raw(self._option(name))
         return bool(value)
 
-    def path(self, name: str) -> Optional[Path]:
+    def path(self, name: str) -> Path | None:
         """A path option by its ini name, resolved against where it was written; None when unset."""
         value, _, base = self._raw(self._option(name))
         return None if value is None else (base / value).resolve()
@@ -124,13 +172,13 @@ class Settings:
     def models_given(self) -> bool:
         return self._raw(self._option("lrp_model"))[0] is not None
 
-    def inputs(self, rule_file=None) -> Optional[Path]:
+    def inputs(self, rule_file=None) -> Path | None:
         value, _, base = self._raw(self._option("lrp_inputs"))
         if value is not None:
             return (base / value).resolve()
         return Path(rule_file.inputs).resolve() if rule_file and rule_file.inputs else None
 
-    def samples(self, rule_file=None) -> Optional[int]:
+    def samples(self, rule_file=None) -> int | None:
         return self._number("lrp_samples", rule_file.samples if rule_file else None, minimum=1)
 
     def seed(self, rule_file=None) -> int:

@@ -19,7 +19,7 @@ WRITE_FLAG = "--lrp-write-rules"
 # Keys under `defaults:` that belong to the example (examples/cnn.hdf5 and its digits): a
 # user's model needs its own inputs, and a sample count would refuse a smaller input file.
 EXAMPLE_ONLY = ("models", "inputs", "samples")
-_EXAMPLE_LINE = re.compile(r"^  (%s):.*\n" % "|".join(EXAMPLE_ONLY), re.MULTILINE)
+_EXAMPLE_LINE = re.compile(r"^  ({}):.*\n".format("|".join(EXAMPLE_ONLY)), re.MULTILINE)
 
 
 def without_example(text: str) -> str:
@@ -31,6 +31,8 @@ def write_rules(path: Path) -> Path:
     """Write an editable copy of the packaged suite; an existing file is never overwritten."""
     path = Path(path)
     if path.exists():
-        raise LrpUsageError(f"{shown(path)}: already exists; {WRITE_FLAG} does not overwrite a rule file (remove it or name another path)")
+        raise LrpUsageError(
+            f"{shown(path)}: already exists; {WRITE_FLAG} does not overwrite a rule file (remove it or name another path)"
+        )
     text = PACKAGED_RULES.read_bytes()
     return write_atomically(path, lambda f: f.write(text))

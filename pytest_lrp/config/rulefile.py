@@ -11,7 +11,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import yaml
@@ -22,10 +22,36 @@ from .analyzer_params import unknown_param_message
 TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)
 TOP_LEVEL_KEYS = ("defaults", "rules")
-DEFAULT_KEYS = ("models", "inputs", "samples", "seed", "tolerance", "neuron_selection", "target", "max_error",
-                "checks", "baseline", "baseline_tolerance", "reference_tolerance")
-RULE_KEYS = ("id", "analyzer", "params", "target", "tolerance", "xfail", "neuron_selection", "max_error",
-             "checks", "baseline", "baseline_tolerance", "reference_tolerance", "leaks", "strict")
+DEFAULT_KEYS = (
+    "models",
+    "inputs",
+    "samples",
+    "seed",
+    "tolerance",
+    "neuron_selection",
+    "target",
+    "max_error",
+    "checks",
+    "baseline",
+    "baseline_tolerance",
+    "reference_tolerance",
+)
+RULE_KEYS = (
+    "id",
+    "analyzer",
+    "params",
+    "target",
+    "tolerance",
+    "xfail",
+    "neuron_selection",
+    "max_error",
+    "checks",
+    "baseline",
+    "baseline_tolerance",
+    "reference_tolerance",
+    "leaks",
+    "strict",
+)
 # Each check is a test of its own (id "<check>[<model>-<rule>]"), generated in this order.
 CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determinism", "reference", "baseline")
 # How a rule's own formula loses relevance (pytest_lrp.reference computes each; a test
@@ -76,11 +102,13 @@ class Rule:
     params: dict = field(default_factory=dict, hash=False, compare=False)
     target: str = "output"
     tolerance: Tolerance = Tolerance()
-    xfail: Optional[Xfail] = None
-    neuron_selection: Union[str, int] = "max_activation"
-    max_error: Optional[float] = None
+    xfail: Xfail | None = None
+    neuron_selection: str | int = "max_activation"
+    max_error: float | None = None
     checks: tuple = DEFAULT_CHECKS
-    baseline_tolerance: Tolerance = BASELINE_TOLERANCE  # element-wise, for comparing heatmaps (baseline, batch_invariance)
+    baseline_tolerance: Tolerance = (
+        BASELINE_TOLERANCE  # element-wise, for comparing heatmaps (baseline, batch_invariance)
+    )
     reference_tolerance: Tolerance = REFERENCE_TOLERANCE  # innvestigate vs the numpy reference (check 'reference')
     leaks: tuple = ()  # mechanisms whose loss the conservation test accepts (LEAK_MECHANISMS)
     strict: bool = False  # the declared leak must appear: a conserving sample set fails as XPASS(strict)
@@ -95,9 +123,9 @@ class RuleFile:
     path: Path
     rules: list
     models: list = field(default_factory=list)
-    inputs: Optional[Path] = None
-    samples: Optional[int] = None
-    seed: Optional[int] = None
+    inputs: Path | None = None
+    samples: int | None = None
+    seed: int | None = None
 
 
 def load_rule_file(path) -> RuleFile:
@@ -133,7 +161,9 @@ def load_rule_file(path) -> RuleFile:
         path=path,
         rules=rules,
         models=[base / m for m in _list_of_paths(defaults.get("models"), where.key("defaults").key("models"))],
-        inputs=base / _path(defaults["inputs"], where.key("defaults").key("inputs")) if defaults.get("inputs") is not None else None,
+        inputs=base / _path(defaults["inputs"], where.key("defaults").key("inputs"))
+        if defaults.get("inputs") is not None
+        else None,
         samples=_positive_int(defaults.get("samples"), where.key("defaults").key("samples")),
         seed=_int(defaults.get("seed"), where.key("defaults").key("seed")),
     )
@@ -146,14 +176,14 @@ class _Where:
         self.path, self.parts = path, parts
 
     def rule(self, rule_id):
-        return _Where(self.path, self.parts + (f"rule '{rule_id}'",))
+        return _Where(self.path, (*self.parts, f"rule '{rule_id}'"))
 
     def key(self, name):
-        return _Where(self.path, self.parts + (f"key '{name}'",))
+        return _Where(self.path, (*self.parts, f"key '{name}'"))
 
     def error(self, message) -> LrpUsageError:
         # Keys and values come from the file; a newline in one must not break the one-line promise.
-        return LrpUsageError(_one_line(": ".join((shown(self.path),) + self.parts + (message,))))
+        return LrpUsageError(_one_line(": ".join((shown(self.path), *self.parts, message))))
 
 
 def _one_line(text: str) -> str:
@@ -211,13 +241,19 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
         raise where.key("rules").error(f"rule #{index} needs an 'id' (a non-empty string)")
     rule_id = str(rule_id)
     if any(ch in rule_id for ch in "[]/:\\ \t\n"):
-        raise where.rule(rule_id).key("id").error("an id may not contain spaces, brackets, slashes or colons (it is part of the test id)")
+        raise (
+            where.rule(rule_id)
+            .key("id")
+            .error("an id may not contain spaces, brackets, slashes or colons (it is part of the test id)")
+        )
     here = where.rule(rule_id)
     _reject_unknown_keys(raw, RULE_KEYS, here, "key")
 
     analyzer = raw.get("analyzer")
     if not isinstance(analyzer, str) or not analyzer:
-        raise here.key("analyzer").error("missing; name an analyzer innvestigate.create_analyzer knows, e.g. 'lrp.epsilon'")
+        raise here.key("analyzer").error(
+            "missing; name an analyzer innvestigate.create_analyzer knows, e.g. 'lrp.epsilon'"
+        )
     if analyzer not in analyzer_names():
         matches = close_matches(analyzer)
         hint = f" (close matches: {', '.join(matches)})" if matches else f" (known: {', '.join(analyzer_names())})"
@@ -237,7 +273,11 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
     values["tolerance"] = _tolerance(raw.get("tolerance"), inherited["tolerance"], here.key("tolerance"))
     values.update(_optional_settings(raw, here))
     values.update(_check_settings(raw, inherited, here))
-    if values.get("target") == "output_minus_reference" and analyzer != "integrated_gradients" and "reference_inputs" not in params:
+    if (
+        values.get("target") == "output_minus_reference"
+        and analyzer != "integrated_gradients"
+        and "reference_inputs" not in params
+    ):
         raise here.key("target").error("'output_minus_reference' needs params.reference_inputs")
     leaks = _leaks(raw.get("leaks"), analyzer, here.key("leaks"))
     return Rule(
@@ -263,9 +303,21 @@ def _check_settings(raw: dict, inherited: dict, where: _Where) -> dict:
         checks = tuple(c for c in checks if c != "baseline") + (("baseline",) if raw["baseline"] else ())
     if not checks:
         raise where.key("checks").error(f"no check left to run; name at least one of {', '.join(CHECK_NAMES)}")
-    tolerance = _tolerance(raw.get("baseline_tolerance"), inherited.get("baseline_tolerance", BASELINE_TOLERANCE), where.key("baseline_tolerance"))
-    reference = _tolerance(raw.get("reference_tolerance"), inherited.get("reference_tolerance", REFERENCE_TOLERANCE), where.key("reference_tolerance"))
-    return {"checks": tuple(c for c in CHECK_NAMES if c in checks), "baseline_tolerance": tolerance, "reference_tolerance": reference}
+    tolerance = _tolerance(
+        raw.get("baseline_tolerance"),
+        inherited.get("baseline_tolerance", BASELINE_TOLERANCE),
+        where.key("baseline_tolerance"),
+    )
+    reference = _tolerance(
+        raw.get("reference_tolerance"),
+        inherited.get("reference_tolerance", REFERENCE_TOLERANCE),
+        where.key("reference_tolerance"),
+    )
+    return {
+        "checks": tuple(c for c in CHECK_NAMES if c in checks),
+        "baseline_tolerance": tolerance,
+        "reference_tolerance": reference,
+    }
 
 
 def _checks(value, where: _Where) -> tuple:
@@ -291,7 +343,9 @@ def _leaks(value, analyzer: str, where: _Where) -> tuple:
         return ()
     names = _names(value, LEAK_MECHANISMS, "mechanism", where)
     if analyzer.split(".")[0] not in LEAK_ANALYZER_FAMILIES:
-        raise where.error(f"analyzer '{analyzer}' has no leak mechanisms (only LRP and Deep Taylor rules do); use xfail to expect its conservation to fail")
+        raise where.error(
+            f"analyzer '{analyzer}' has no leak mechanisms (only LRP and Deep Taylor rules do); use xfail to expect its conservation to fail"
+        )
     return tuple(m for m in LEAK_MECHANISMS if m in names)
 
 
@@ -343,7 +397,7 @@ def _neuron_selection(value, where: _Where):
     raise where.error(f"expected 'max_activation' or an output index >= 0, got {value!r}")
 
 
-def _xfail(raw, where: _Where) -> Optional[Xfail]:
+def _xfail(raw, where: _Where) -> Xfail | None:
     if raw is None or raw is False:
         return None
     if isinstance(raw, str) and raw.strip():
@@ -375,7 +429,7 @@ def _path(value, where: _Where) -> str:
     return value
 
 
-def _int(value, where: _Where) -> Optional[int]:
+def _int(value, where: _Where) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -383,7 +437,7 @@ def _int(value, where: _Where) -> Optional[int]:
     return value
 
 
-def _positive_int(value, where: _Where) -> Optional[int]:
+def _positive_int(value, where: _Where) -> int | None:
     number = _int(value, where)
     if number is not None and number < 1:
         raise where.error(f"expected a whole number >= 1, got {value!r}")
@@ -391,7 +445,9 @@ def _positive_int(value, where: _Where) -> Optional[int]:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
 
 
 MARKER_KEYS = ("id", "target", "tolerance", "neuron_selection", "max_error", "leaks", "strict", "reference_tolerance")

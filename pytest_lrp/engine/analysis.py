@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import warnings
-from typing import Optional
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
@@ -40,7 +39,15 @@ def analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.n
         # After the collection, so that the reference's peak (integrated gradients runs all its
         # steps in one batch) does not come on top of the graph's.
         analysis.reference, analysis.leaks = run_reference(
-            model, rule, x, analysis.heatmaps, analysis.outputs, analysis.neurons, analysis.sums - analysis.targets, analysis.layers, maps
+            model,
+            rule,
+            x,
+            analysis.heatmaps,
+            analysis.outputs,
+            analysis.neurons,
+            analysis.sums - analysis.targets,
+            analysis.layers,
+            maps,
         )
     return analysis
 
@@ -128,10 +135,12 @@ def _create_analyzer(inn, rule: Rule, keras_model):
 
 def _reference_outputs(rule: Rule, keras_model, x: np.ndarray) -> np.ndarray:
     reference = np.broadcast_to(np.asarray(rule.params.get("reference_inputs", 0.0), dtype=np.float32), x.shape)
-    return np.asarray(keras_model.predict(np.ascontiguousarray(reference), verbose=0), dtype=np.float64).reshape(len(x), -1)
+    return np.asarray(keras_model.predict(np.ascontiguousarray(reference), verbose=0), dtype=np.float64).reshape(
+        len(x), -1
+    )
 
 
-def _targets(rule: Rule, selected: np.ndarray, reference: Optional[np.ndarray], neurons: np.ndarray) -> np.ndarray:
+def _targets(rule: Rule, selected: np.ndarray, reference: np.ndarray | None, neurons: np.ndarray) -> np.ndarray:
     if rule.target == "positive_output":
         return np.maximum(selected, 0.0)
     if rule.target == "output_minus_reference":

@@ -9,7 +9,7 @@ full traceback back for debugging.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Callable
 
 from ..base.errors import LrpUsageError, shown
 from .upstream_fixes import ModelCheckRefused
@@ -19,7 +19,7 @@ TRACE_HINT = "-vv or --fulltrace shows the traceback"
 FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
-def crash_line(config, rule, model, exc: BaseException) -> Optional[str]:
+def crash_line(config, rule, model, exc: BaseException) -> str | None:
     """The one-line report of ``exc`` raised while analyzing ``model`` with ``rule``, or None to show the traceback."""
     if not isinstance(exc, Exception) or isinstance(exc, LrpUsageError):
         return None
@@ -32,13 +32,15 @@ def crash_line(config, rule, model, exc: BaseException) -> Optional[str]:
         return f"{model}: innvestigate cannot analyze this model with {rule.analyzer} (rule '{rule.id}'): {message}"
     refused = _layer_without_rule(exc)
     if refused:
-        return (f"{model}: {rule.analyzer} has no rule for layer {refused} (rule '{rule.id}'): innvestigate 2.1.2's Deep Taylor "
-                f"maps only ReLU activations, Dense/Conv kernels, BatchNormalization, pooling, Add, Dropout, UpSampling and "
-                f"reshaping layers, and refuses any other layer")
+        return (
+            f"{model}: {rule.analyzer} has no rule for layer {refused} (rule '{rule.id}'): innvestigate 2.1.2's Deep Taylor "
+            f"maps only ReLU activations, Dense/Conv kernels, BatchNormalization, pooling, Add, Dropout, UpSampling and "
+            f"reshaping layers, and refuses any other layer"
+        )
     return f"{rule.analyzer} crashed (rule '{rule.id}' on {model}): {type(exc).__name__}: {message} [{TRACE_HINT}]"
 
 
-def _layer_without_rule(exc: BaseException) -> Optional[str]:
+def _layer_without_rule(exc: BaseException) -> str | None:
     """'name' (Class, activation 'x') of the layer innvestigate 2.1.2's Deep Taylor refused.
 
     Its ``_default_reverse_mapping`` raises NotImplementedError("Layer <... object at 0x...> not
@@ -54,7 +56,7 @@ def _layer_without_rule(exc: BaseException) -> Optional[str]:
     return exc._pytest_lrp_layer
 
 
-def _raising_layer(exc: BaseException) -> Optional[str]:
+def _raising_layer(exc: BaseException) -> str | None:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
@@ -73,7 +75,7 @@ def first_line(exc: BaseException) -> str:
     # A graph-mode error reads "Graph execution error: / Detected at node ... / <stack> / Node: 'x' / <what happened>".
     for here, following in zip(lines, lines[1:]):
         if here.startswith("Node: "):
-            return f"{following} (node {here[len('Node: '):]})"
+            return f"{following} (node {here[len('Node: ') :]})"
     return FUNCTION_NODE.sub("", lines[0]) if lines else "no details"
 
 

@@ -10,7 +10,6 @@ summaries here, inside the analysis, so that no per-layer map outlives it.
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 from ..base.lazy import np
 from ..checks.comparison import FORWARD_RTOL, ReferenceComparison, compare
@@ -29,8 +28,17 @@ def wanted(rule: Rule) -> bool:
     return "reference" in rule.checks or accounts_leaks(rule.analyzer)
 
 
-def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndarray, outputs: np.ndarray,
-                  neurons: np.ndarray, errors: np.ndarray, layers: list, maps: dict):
+def run_reference(
+    model: ModelFile,
+    rule: Rule,
+    x: np.ndarray,
+    heatmaps: np.ndarray,
+    outputs: np.ndarray,
+    neurons: np.ndarray,
+    errors: np.ndarray,
+    layers: list,
+    maps: dict,
+):
     """(ReferenceComparison or None, LeakAccount or None) for one analysis.
 
     ``outputs`` are the explained model's outputs (softmax stripped), ``errors`` sum(R) - target
@@ -50,11 +58,23 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
         # innvestigate's own choice of neuron: float32 and float64 may rank near-equal outputs differently.
         observed = _observed(reference_model, maps, layers)
 
-        keep_maps = "reference" in rule.checks or any(layer.class_name == "BatchNormalization" for layer in reference_model.layers)
+        keep_maps = "reference" in rule.checks or any(
+            layer.class_name == "BatchNormalization" for layer in reference_model.layers
+        )
 
         def run(bn_fusion: str):
-            return explain(reference_model, x.astype(np.float64), rule.analyzer, dict(rule.params), "index", neurons,
-                           keep_maps=keep_maps, observed=observed, bounds=True, bn_fusion=bn_fusion)
+            return explain(
+                reference_model,
+                x.astype(np.float64),
+                rule.analyzer,
+                dict(rule.params),
+                "index",
+                neurons,
+                keep_maps=keep_maps,
+                observed=observed,
+                bounds=True,
+                bn_fusion=bn_fusion,
+            )
 
         result = run("exact")
         result = _known_bn_bug(reference_model, rule, result, run, heatmaps, maps, layers, comparison)
@@ -63,7 +83,9 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
         return comparison, None
     except Exception as exc:  # a fault of the reference must not pass for one of innvestigate's analysis
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-        comparison.problem = f"the numpy reference could not run {rule.analyzer} on {model.name} ({type(exc).__name__}: {first})"
+        comparison.problem = (
+            f"the numpy reference could not run {rule.analyzer} on {model.name} ({type(exc).__name__}: {first})"
+        )
         return comparison, None
     comparison.formula_sums = result.heatmap.reshape(len(x), -1).sum(axis=1)
     comparison.rounding = result.rounding_total()
@@ -72,14 +94,27 @@ def run_reference(model: ModelFile, rule: Rule, x: np.ndarray, heatmaps: np.ndar
     account = _account(result, layers, errors) if accounts_leaks(rule.analyzer) else None
     if "reference" in rule.checks:
         comparison.layers = _layer_differences(result, maps, layers, rule)
-        comparison.heatmaps = compare(_heatmap_place(result, reference_model), result.heatmap, heatmaps, rule.reference_tolerance,
-                                      result.heatmap_bound)
+        comparison.heatmaps = compare(
+            _heatmap_place(result, reference_model),
+            result.heatmap,
+            heatmaps,
+            rule.reference_tolerance,
+            result.heatmap_bound,
+        )
     comparison.seconds = time.perf_counter() - started
     return comparison, account
 
 
-def _known_bn_bug(reference_model, rule: Rule, result, run, heatmaps: np.ndarray, maps: dict, layers: list,
-                  comparison: ReferenceComparison):
+def _known_bn_bug(
+    reference_model,
+    rule: Rule,
+    result,
+    run,
+    heatmaps: np.ndarray,
+    maps: dict,
+    layers: list,
+    comparison: ReferenceComparison,
+):
     """The result to judge innvestigate by: the exact reference, or, where innvestigate 2.1.2's
     BatchNormalization fusion bug matters on this model and innvestigate is not exact, the reference
     with the bug (comparison.known_bug then names it; known_bugs.py)."""
@@ -90,10 +125,15 @@ def _known_bn_bug(reference_model, rule: Rule, result, run, heatmaps: np.ndarray
         return result
     buggy = run("innvestigate")
     tolerance = rule.reference_tolerance
-    exact_differs = not compare("", result.heatmap, buggy.heatmap, tolerance, result.heatmap_bound + buggy.heatmap_bound).within
+    exact_differs = not compare(
+        "", result.heatmap, buggy.heatmap, tolerance, result.heatmap_bound + buggy.heatmap_bound
+    ).within
 
     def matches(candidate) -> bool:
-        places = _layer_differences(candidate, maps, layers, rule) + [compare("", candidate.heatmap, heatmaps, tolerance, candidate.heatmap_bound)]
+        places = [
+            *_layer_differences(candidate, maps, layers, rule),
+            compare("", candidate.heatmap, heatmaps, tolerance, candidate.heatmap_bound),
+        ]
         return all(place.within for place in places)
 
     bug, fixed = bn_fusion_verdict(exact_differs, matches(result), bn_layers)
@@ -128,18 +168,26 @@ def softmax_layers_as_activations(config: dict) -> dict:
     layers = inner.get("layers")
     if not isinstance(layers, list) or not any(_last_axis_softmax(entry) for entry in layers):
         return config
-    rewritten = [{**entry, "class_name": "Activation", "config": {**entry["config"], "activation": "softmax"}}
-                 if _last_axis_softmax(entry) else entry for entry in layers]
+    rewritten = [
+        {**entry, "class_name": "Activation", "config": {**entry["config"], "activation": "softmax"}}
+        if _last_axis_softmax(entry)
+        else entry
+        for entry in layers
+    ]
     if inner is config:
         return {**config, "layers": rewritten}
     return {**config, "config": {**inner, "layers": rewritten}}
 
 
 def _last_axis_softmax(entry) -> bool:
-    return isinstance(entry, dict) and entry.get("class_name") == "Softmax" and entry.get("config", {}).get("axis", -1) in (-1, [-1])
+    return (
+        isinstance(entry, dict)
+        and entry.get("class_name") == "Softmax"
+        and entry.get("config", {}).get("axis", -1) in (-1, [-1])
+    )
 
 
-def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFile) -> Optional[str]:
+def _forward_problem(predicted: np.ndarray, outputs: np.ndarray, model: ModelFile) -> str | None:
     predicted = np.asarray(predicted, dtype=np.float64).reshape(outputs.shape)
     difference = float(np.max(np.abs(predicted - outputs), initial=0.0))
     scale = float(np.max(np.abs(outputs), initial=0.0))
@@ -169,12 +217,16 @@ def _account(result, layers: list, errors: np.ndarray) -> LeakAccount:
         # float32 rounding) sends it elsewhere with the same total; its mechanisms below would charge the
         # layers there (a ZeroPadding2D's border share) with 'unexplained' for what they did right.
         own = layer.observed_mechanisms if layer.observed_mechanisms is not None else layer.mechanisms
-        mechanisms = {name: np.asarray(own.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS}
+        mechanisms = {
+            name: np.asarray(own.get(name, 0.0), dtype=np.float64) * np.ones(len(errors)) for name in MECHANISMS
+        }
         group = groups.get(layer.name)
         if group is None:
             accounted.append(LayerLeaks(layer.name, layer.class_name, layer.rule, changes.get(layer.name), mechanisms))
         elif group.name not in merged:
-            merged[group.name] = LayerLeaks(group.name, group.cls, layer.rule, group.at_inputs - group.at_output, mechanisms)
+            merged[group.name] = LayerLeaks(
+                group.name, group.cls, layer.rule, group.at_inputs - group.at_output, mechanisms
+            )
             accounted.append(merged[group.name])
         else:
             joint = merged[group.name]
@@ -192,7 +244,12 @@ def _reference_names(accounts: list, layers: list) -> dict:
     names = {account.name for account in accounts}
     found = {layer.name: layer.name for layer in kept if layer.name in names}
     for index, account in enumerate(accounts):
-        if account.name not in found.values() and index < len(kept) and kept[index].name not in names and kept[index].cls == account.class_name:
+        if (
+            account.name not in found.values()
+            and index < len(kept)
+            and kept[index].name not in names
+            and kept[index].cls == account.class_name
+        ):
             found[kept[index].name] = account.name
     return found
 
@@ -205,7 +262,11 @@ def _changes_by_layer(accounts: list, layers: list) -> dict:
 def _heatmap_place(result, reference_model) -> str:
     """The heatmaps are what the layers reading the model input hand to it: name them."""
     accounts = {account.name: account for account in result.layers}
-    readers = [accounts[layer.name] for layer in reference_model.layers if reference_model.input_name in layer.inputs and layer.name in accounts]
+    readers = [
+        accounts[layer.name]
+        for layer in reference_model.layers
+        if reference_model.input_name in layer.inputs and layer.name in accounts
+    ]
     if not readers:
         return "the heatmaps"
     named = ", ".join(f"layer '{a.name}' ({a.class_name}, rule {a.rule})" for a in readers)
@@ -216,7 +277,9 @@ def _layer_differences(result, maps: dict, layers: list, rule: Rule) -> list:
     """From the output down: the relevance each layer hands to the layer below, innvestigate's vs the reference's."""
     accounts = {account.name: account for account in result.layers}
     names = _reference_names(result.layers, layers)
-    maps = {names.get(name, name): (kept, [names.get(c, c) for c in consumers]) for name, (kept, consumers) in maps.items()}
+    maps = {
+        names.get(name, name): (kept, [names.get(c, c) for c in consumers]) for name, (kept, consumers) in maps.items()
+    }
     differences = []
     for account in result.layers:
         if account.name not in maps or not account.maps:

@@ -42,7 +42,6 @@ import os
 from contextlib import contextmanager
 from importlib import import_module, util
 from pathlib import Path
-from typing import Optional
 
 from ..base.tf_runtime import at_least_2_16, keras_package
 from .upstream_fixes import patched_model_checks
@@ -65,7 +64,7 @@ def _switch_module(tf):
 
 
 @contextmanager
-def analyzer_build(tf, inn, overridden: Optional[list] = None):
+def analyzer_build(tf, inn, overridden: list | None = None):
     """Keras' switch on, layer copies without random initial values, innvestigate's model checks explained and
     overridden where the rules are well defined (upstream_fixes.patched_model_checks, which appends to and
     yields ``overridden``): for the duration of the block only."""
@@ -111,8 +110,14 @@ def rebuild_config(config: dict) -> dict:
 def _zero_initializers(config):
     """``config`` (a layer's or a whole model's, nested) with every initializer replaced by Keras' Zeros."""
     if isinstance(config, dict):
-        return {key: ({"class_name": "Zeros", "config": {}} if key.endswith("_initializer") and isinstance(value, (dict, str))
-                      else _zero_initializers(value)) for key, value in config.items()}
+        return {
+            key: (
+                {"class_name": "Zeros", "config": {}}
+                if key.endswith("_initializer") and isinstance(value, (dict, str))
+                else _zero_initializers(value)
+            )
+            for key, value in config.items()
+        }
     if isinstance(config, list):
         return [_zero_initializers(value) for value in config]
     return config
@@ -147,11 +152,12 @@ def header_lines() -> list:
         present = False
     if present:
         return []
-    return [f"lrp: this {root} has no {SWITCH} switch; analyzer builds on deep networks run at innvestigate's own (slow) speed"]
+    return [
+        f"lrp: this {root} has no {SWITCH} switch; analyzer builds on deep networks run at innvestigate's own (slow) speed"
+    ]
 
 
 def package_origin(name: str):
     """The __init__.py of an installed top-level package, found without importing it."""
     spec = util.find_spec(name)
     return spec.origin if spec is not None else None
-

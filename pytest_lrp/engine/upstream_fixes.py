@@ -121,8 +121,10 @@ class ModelCheckRefused(Exception):
         self.check_message = " ".join(message.split())
         self.layers = layers
         shown_layers = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
-        super().__init__(f"innvestigate's model check says \"{self.check_message}\" (layers {shown_layers}); "
-                         f"to analyze anyway, set `{OVERRIDE}` in the rule's params")
+        super().__init__(
+            f'innvestigate\'s model check says "{self.check_message}" (layers {shown_layers}); '
+            f"to analyze anyway, set `{OVERRIDE}` in the rule's params"
+        )
 
 
 @dataclass
@@ -133,9 +135,13 @@ class CheckOverride:
     layers: list = field(default_factory=list)
 
     def note(self) -> str:
-        shown_layers = ", ".join(self.layers[:5]) + (f" and {len(self.layers) - 5} more" if len(self.layers) > 5 else "")
-        return (f"innvestigate's model check \"{self.message}\" about layers {shown_layers} was overridden: "
-                "their rules are well defined (pytest-lrp's numpy reference implements them)")
+        shown_layers = ", ".join(self.layers[:5]) + (
+            f" and {len(self.layers) - 5} more" if len(self.layers) > 5 else ""
+        )
+        return (
+            f'innvestigate\'s model check "{self.message}" about layers {shown_layers} was overridden: '
+            "their rules are well defined (pytest-lrp's numpy reference implements them)"
+        )
 
 
 @contextmanager
@@ -157,16 +163,23 @@ def patched_model_checks(inn, overridden: list):
         if not self._disable_model_checks and self._model_checks:
             checks = self._model_checks
             warned = []
-            for layers, check in zip(inn.backend.graph.model_contains(self._model, [c["check"] for c in checks]), checks):
+            for layers, check in zip(
+                inn.backend.graph.model_contains(self._model, [c["check"] for c in checks]), checks
+            ):
                 if not layers:
                     continue
                 if check["check_type"] == "exception":
-                    raise inn.analyzer.base.NotAnalyzeableModelException(f"{check['message']}\nCheck triggered by layers: {layers}")
+                    raise inn.analyzer.base.NotAnalyzeableModelException(
+                        f"{check['message']}\nCheck triggered by layers: {layers}"
+                    )
                 warned.append((check, layers))
             for check, layers in warned:
                 if not all(well_defined(layer) for layer in layers):
                     raise ModelCheckRefused(check["message"], [layer.name for layer in layers])
-            overridden.extend(CheckOverride(" ".join(check["message"].split()), [layer.name for layer in layers]) for check, layers in warned)
+            overridden.extend(
+                CheckOverride(" ".join(check["message"].split()), [layer.name for layer in layers])
+                for check, layers in warned
+            )
         self._model_check_done = True
 
     base._do_model_checks = _do_model_checks

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -21,28 +20,28 @@ from ..config.packaged import PACKAGED_RULES
 from ..config.rulefile import Rule, RuleFile, load_rule_file
 from .reruns import reruns_needed
 
-NO_MODEL = (
-    "no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file, or list defaults.models in the rule file"
-)
+NO_MODEL = "no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file, or list defaults.models in the rule file"
 
 workbench_key = pytest.StashKey["Workbench"]()
 MODEL_HINT = "fix or replace the file named by --lrp-model, the ini key lrp_model or the rule file's defaults.models; no LRP test ran"
-INPUTS_HINT = ("give inputs of the model's input shape with --lrp-inputs, the ini key lrp_inputs or the rule file's "
-               "defaults.inputs (or none: seeded random inputs); no LRP test ran")
+INPUTS_HINT = (
+    "give inputs of the model's input shape with --lrp-inputs, the ini key lrp_inputs or the rule file's "
+    "defaults.inputs (or none: seeded random inputs); no LRP test ran"
+)
 
 
 class Workbench:
     def __init__(self, config: pytest.Config):
         self.settings = Settings(config)
         self.rules_path = self.settings.rules_path
-        self._rule_file: Optional[RuleFile] = None
+        self._rule_file: RuleFile | None = None
         self._models: dict = {}
         self._inputs: dict = {}
         self._references: dict = {}
         self._analyses: dict = {}
 
     @property
-    def rule_file(self) -> Optional[RuleFile]:
+    def rule_file(self) -> RuleFile | None:
         """The parsed rule file, or None when the default one does not exist."""
         if self._rule_file is None and (self.rules_path.exists() or self.settings.rules_configured):
             self._rule_file = load_rule_file(self.rules_path)
@@ -64,7 +63,9 @@ class Workbench:
         """A rule file named by --lrp-rules or lrp_rules must exist: otherwise no LRP test would run, in silence."""
         if self.settings.rules_configured and not self.rules_path.exists():
             # A usage error (exit 4), as pytest's own for a test path that does not exist.
-            raise pytest.UsageError(f"{shown(self.rules_path)}: rule file not found (named by --lrp-rules or the ini key lrp_rules)")
+            raise pytest.UsageError(
+                f"{shown(self.rules_path)}: rule file not found (named by --lrp-rules or the ini key lrp_rules)"
+            )
 
     def check_runnable(self, model_paths) -> None:
         """Before the first test: innvestigate can run here, and each model loads and its inputs fit it.
@@ -135,7 +136,7 @@ class Workbench:
 
         return _remembered(self._inputs, model.path, load, LrpUsageError)
 
-    def analysis(self, model_path: Path, rule: Rule, x: Optional[np.ndarray] = None):
+    def analysis(self, model_path: Path, rule: Rule, x: np.ndarray | None = None):
         from .analysis import analyze
 
         model = self.model(model_path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
-from typing import Optional
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
@@ -28,7 +27,7 @@ RTOL = 1e-4
 ATOL = 1e-5
 
 
-def check_outputs(model, x: np.ndarray, inputs_path: Optional[Path]) -> None:
+def check_outputs(model, x: np.ndarray, inputs_path: Path | None) -> None:
     """Raise a one-line LrpUsageError unless `model` reproduces the recorded (or Keras 3's own) outputs."""
     y = recorded_outputs(inputs_path, len(x))
     source = f"those recorded in {shown(inputs_path)} (y)"
@@ -55,7 +54,7 @@ def check_outputs(model, x: np.ndarray, inputs_path: Optional[Path]) -> None:
         )
 
 
-def keras3_importable() -> Optional[str]:
+def keras3_importable() -> str | None:
     """The version of an installed Keras 3 (the `keras` package), without importing it."""
     try:
         version = importlib.metadata.version("keras")
@@ -64,7 +63,7 @@ def keras3_importable() -> Optional[str]:
     return version if is_keras3(version) else None
 
 
-def original_keras3_outputs(path: Path, x: np.ndarray) -> Optional[np.ndarray]:
+def original_keras3_outputs(path: Path, x: np.ndarray) -> np.ndarray | None:
     """Outputs of the file as Keras 3 itself loads it (safe mode), or None when Keras 3 is not installed."""
     if keras3_importable() is None:
         return None
@@ -80,7 +79,7 @@ def original_keras3_outputs(path: Path, x: np.ndarray) -> Optional[np.ndarray]:
         ) from None
 
 
-def header_lines(model_paths: list, inputs_path: Optional[Path]) -> list:
+def header_lines(model_paths: list, inputs_path: Path | None) -> list:
     """One report-header line per Keras 3 model file: translated, and how (or whether) that was checked."""
     lines = []
     has_y = None
@@ -98,13 +97,15 @@ def header_lines(model_paths: list, inputs_path: Optional[Path]) -> list:
         elif keras3_importable():
             how = f"checked against Keras {keras3_importable()} loading the same file (no outputs y recorded)"
         else:
-            how = ("UNCHECKED: no outputs (y) recorded in the inputs file and Keras 3 cannot be imported here to compare "
-                   "(README: Supported model formats)")
+            how = (
+                "UNCHECKED: no outputs (y) recorded in the inputs file and Keras 3 cannot be imported here to compare "
+                "(README: Supported model formats)"
+            )
         lines.append(f"lrp: {shown(path)}: written by Keras {version}, translated to tf.keras 2; {how}")
     return lines
 
 
-def _has_y(inputs_path: Optional[Path]) -> bool:
+def _has_y(inputs_path: Path | None) -> bool:
     if inputs_path is None or Path(inputs_path).suffix != ".npz" or not Path(inputs_path).is_file():
         return False
     try:

@@ -7,7 +7,6 @@ fidelity.py checks the loaded model against them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
@@ -15,7 +14,7 @@ from ..base.lazy import np
 DEFAULT_RANDOM_SAMPLES = 8
 
 
-def load_inputs(path: Optional[Path], input_shape: tuple, samples: Optional[int], seed: int) -> np.ndarray:
+def load_inputs(path: Path | None, input_shape: tuple, samples: int | None, seed: int) -> np.ndarray:
     if path is None:
         return random_inputs(input_shape, samples or DEFAULT_RANDOM_SAMPLES, seed)
     x = _read_array(Path(path))
@@ -40,7 +39,7 @@ def load_inputs(path: Optional[Path], input_shape: tuple, samples: Optional[int]
 
 def random_inputs(input_shape: tuple, samples: int, seed: int) -> np.ndarray:
     dims = tuple(d if d is not None else 1 for d in input_shape[1:])
-    return np.random.default_rng(seed).random((samples,) + dims, dtype=np.float32)
+    return np.random.default_rng(seed).random((samples, *dims), dtype=np.float32)
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -59,10 +58,12 @@ def _read_array(path: Path) -> np.ndarray:
             return data["x"]
         if len(names) == 1:
             return data[names[0]]
-    raise LrpUsageError(f"{shown(path)}: has arrays {names}; name the inputs 'x' (and recorded outputs 'y') or keep only one array")
+    raise LrpUsageError(
+        f"{shown(path)}: has arrays {names}; name the inputs 'x' (and recorded outputs 'y') or keep only one array"
+    )
 
 
-def recorded_outputs(path: Optional[Path], count: int) -> Optional[np.ndarray]:
+def recorded_outputs(path: Path | None, count: int) -> np.ndarray | None:
     """The array ``y`` of an inputs .npz (its first ``count`` samples), or None when there is none."""
     if path is None or Path(path).suffix != ".npz":
         return None
@@ -71,7 +72,9 @@ def recorded_outputs(path: Optional[Path], count: int) -> Optional[np.ndarray]:
             return None
         y = data["y"]
     if y.ndim == 0 or y.shape[0] < count:
-        raise LrpUsageError(f"{shown(path)}: the recorded outputs y hold {0 if y.ndim == 0 else y.shape[0]} samples, x {count}")
+        raise LrpUsageError(
+            f"{shown(path)}: the recorded outputs y hold {0 if y.ndim == 0 else y.shape[0]} samples, x {count}"
+        )
     return y[:count]
 
 

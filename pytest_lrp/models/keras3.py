@@ -83,7 +83,10 @@ def translate(path: Path, model_config: dict) -> tuple:
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         raise LrpUsageError(f"{shown(path)}: the model config has no list of layers")
     if class_name == "Sequential":
-        translated = {"name": config.get("name", "sequential"), "layers": [_layer(path, entry) for entry in config["layers"]]}
+        translated = {
+            "name": config.get("name", "sequential"),
+            "layers": [_layer(path, entry) for entry in config["layers"]],
+        }
         if config.get("build_input_shape") is not None:
             translated["build_input_shape"] = _plain(config["build_input_shape"])
         return True, translated
@@ -116,7 +119,9 @@ def _layer(path: Path, entry) -> dict:
             "translates only built-in Keras 3 layers"
         )
     if class_name in MODEL_CLASSES:
-        raise LrpUsageError(f"{where} is a nested model; pytest-lrp translates Keras 3 models whose layers are plain layers")
+        raise LrpUsageError(
+            f"{where} is a nested model; pytest-lrp translates Keras 3 models whose layers are plain layers"
+        )
     if class_name == "Lambda":
         raise LrpUsageError(f"{where} is a Lambda layer: its Python code cannot be carried from Keras 3 to tf.keras 2")
     if class_name not in TRANSLATED:
@@ -190,7 +195,9 @@ def _nodes(path: Path, entry: dict) -> list:
     where = f"{shown(path)}: layer '{name}' ({entry.get('class_name')})"
     nodes = entry.get("inbound_nodes") or []
     if len(nodes) > 1:
-        raise LrpUsageError(f"{where} is called {len(nodes)} times (a shared layer); pytest-lrp translates each layer called once")
+        raise LrpUsageError(
+            f"{where} is called {len(nodes)} times (a shared layer); pytest-lrp translates each layer called once"
+        )
     translated = []
     for node in nodes:
         if not isinstance(node, dict) or not isinstance(node.get("args"), list) or len(node["args"]) != 1:
@@ -200,7 +207,7 @@ def _nodes(path: Path, entry: dict) -> list:
             raise LrpUsageError(f"{where}: a call with tensors as keyword arguments cannot be translated")
         inputs = node["args"][0]
         tensors = inputs if isinstance(inputs, list) else [inputs]
-        translated.append([_history(where, tensor) + [kwargs] for tensor in tensors])
+        translated.append([[*_history(where, tensor), kwargs] for tensor in tensors])
     return translated
 
 
@@ -232,7 +239,9 @@ def _set_weights(path: Path, model, weights: dict) -> None:
         stored = weights.get(layer.name, [])
         where = f"{shown(path)}: layer '{layer.name}' ({type(layer).__name__})"
         if len(stored) != len(expected):
-            raise LrpUsageError(f"{where} has {len(stored)} weight arrays in the file where tf.keras 2 expects {len(expected)}")
+            raise LrpUsageError(
+                f"{where} has {len(stored)} weight arrays in the file where tf.keras 2 expects {len(expected)}"
+            )
         for i, (array, variable) in enumerate(zip(stored, expected)):
             if tuple(array.shape) != tuple(variable.shape):
                 raise LrpUsageError(

@@ -24,7 +24,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
@@ -50,7 +50,7 @@ class Keras3File:
     weights: dict = field(repr=False)  # layer name -> list of arrays in get_weights() order
 
 
-def keras_version_of(path: Path) -> Optional[str]:
+def keras_version_of(path: Path) -> str | None:
     """The Keras version that wrote a .keras or HDF5 model file, or None when it does not say.
 
     Cheap (no weights are read), so that it can decide which loader a file needs.
@@ -82,7 +82,7 @@ def keras_version_of(path: Path) -> Optional[str]:
     return None
 
 
-def is_keras3(version: Optional[str]) -> bool:
+def is_keras3(version: str | None) -> bool:
     major = re.match(r"\s*(\d+)", version or "")
     return bool(major) and int(major.group(1)) >= 3
 
@@ -104,7 +104,11 @@ def _read_archive(path: Path, check_config) -> Keras3File:
         names = archive.namelist()
         for member in (METADATA, CONFIG, WEIGHTS):
             if member not in names:
-                also = " (Keras 3 can also store weights as model.weights.npz; save with the default format)" if member == WEIGHTS else ""
+                also = (
+                    " (Keras 3 can also store weights as model.weights.npz; save with the default format)"
+                    if member == WEIGHTS
+                    else ""
+                )
                 raise LrpUsageError(f"{shown(path)}: a .keras archive without {member}{also}")
         metadata = _json_member(path, archive, METADATA)
         config = _json_member(path, archive, CONFIG)
@@ -120,7 +124,9 @@ def _read_archive(path: Path, check_config) -> Keras3File:
     except LrpUsageError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LrpUsageError(f"{shown(path)}: {WEIGHTS} in the archive is not a readable HDF5 file ({first_line(exc)})") from None
+        raise LrpUsageError(
+            f"{shown(path)}: {WEIGHTS} in the archive is not a readable HDF5 file ({first_line(exc)})"
+        ) from None
     return Keras3File(path, str(metadata.get("keras_version", "3")), config, weights)
 
 
@@ -169,7 +175,9 @@ def _read_legacy_h5(path: Path, check_config) -> Keras3File:
             version = file.attrs.get("keras_version")
             raw = file.attrs.get("model_config")
             if raw is None:
-                raise LrpUsageError(f"{shown(path)}: an HDF5 file without a model config (weights only?); save it with model.save()")
+                raise LrpUsageError(
+                    f"{shown(path)}: an HDF5 file without a model config (weights only?); save it with model.save()"
+                )
             config = _parse_json(path, raw.decode("utf-8") if isinstance(raw, bytes) else str(raw), "model_config")
             if not isinstance(config, dict) or config.get("class_name") not in MODEL_CLASSES:
                 raise LrpUsageError(f"{shown(path)}: the stored model_config is not a Sequential or functional model")
@@ -181,11 +189,16 @@ def _read_legacy_h5(path: Path, check_config) -> Keras3File:
                 layer_group = group.get(name)
                 if layer_group is None:
                     raise LrpUsageError(f"{shown(path)}: model_weights lists layer '{name}' but holds no group for it")
-                weights[name] = [_array(path, layer_group[w], f"{name}/{w}", stored_bytes) for w in _strings(layer_group.attrs.get("weight_names", []))]
+                weights[name] = [
+                    _array(path, layer_group[w], f"{name}/{w}", stored_bytes)
+                    for w in _strings(layer_group.attrs.get("weight_names", []))
+                ]
     except LrpUsageError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LrpUsageError(f"{shown(path)}: a damaged Keras 3 HDF5 file ({type(exc).__name__}: {first_line(exc)})") from None
+        raise LrpUsageError(
+            f"{shown(path)}: a damaged Keras 3 HDF5 file ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
     return Keras3File(path, str(version), config, weights)
@@ -249,18 +262,22 @@ class _open_zip:
         try:
             self.archive = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise LrpUsageError(f"{shown(self.path)}: a damaged or truncated .keras archive ({first_line(exc)})") from None
+            raise LrpUsageError(
+                f"{shown(self.path)}: a damaged or truncated .keras archive ({first_line(exc)})"
+            ) from None
         return self.archive
 
     def __exit__(self, *exc_info):
         self.archive.close()
 
 
-def _member_bytes(path: Path, archive: zipfile.ZipFile, member: str, limit: Optional[int] = None) -> bytes:
+def _member_bytes(path: Path, archive: zipfile.ZipFile, member: str, limit: int | None = None) -> bytes:
     """A member's bytes, its declared size checked before a byte is inflated."""
     info = archive.getinfo(member)
     if limit is not None and info.file_size > limit:
-        raise LrpUsageError(f"{shown(path)}: {member} declares {info.file_size} bytes, more than the {limit} a model's {member} may have")
+        raise LrpUsageError(
+            f"{shown(path)}: {member} declares {info.file_size} bytes, more than the {limit} a model's {member} may have"
+        )
     if info.file_size > BOMB_FLOOR_BYTES and info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
         raise LrpUsageError(
             f"{shown(path)}: {member} would inflate from {info.compress_size} to {info.file_size} bytes; "
@@ -271,7 +288,9 @@ def _member_bytes(path: Path, archive: zipfile.ZipFile, member: str, limit: Opti
         with archive.open(info) as stream:
             return stream.read()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        raise LrpUsageError(f"{shown(path)}: a damaged or truncated .keras archive ({member}: {first_line(exc)})") from None
+        raise LrpUsageError(
+            f"{shown(path)}: a damaged or truncated .keras archive ({member}: {first_line(exc)})"
+        ) from None
 
 
 def _json_member(path: Path, archive: zipfile.ZipFile, member: str):

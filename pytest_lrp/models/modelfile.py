@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
@@ -38,7 +37,7 @@ class ModelFile:
     trusted: bool = False  # rebuilding a trusted model may deserialize its Lambda layers
     # The numpy reference's copy (or why it cannot have one), built once by engine/reference_run.py.
     reference_model: object = field(default=None, repr=False)
-    keras3_version: Optional[str] = None  # a Keras 3 file, translated to tf.keras 2 (keras3.py)
+    keras3_version: str | None = None  # a Keras 3 file, translated to tf.keras 2 (keras3.py)
     # analyzer -> notes on innvestigate model checks overridden for it (engine/upstream_fixes.py), for the reports.
     check_overrides: dict = field(default_factory=dict, repr=False)
 
@@ -72,7 +71,7 @@ class ModelFile:
         with graph.as_default(), tf.compat.v1.Session(graph=graph):
             return np.asarray(self.rebuild().predict(x, verbose=0))
 
-    def rebuild(self, config: Optional[dict] = None):
+    def rebuild(self, config: dict | None = None):
         """A copy of the model in the current (graph) context, with the file's weights.
 
         ``config`` replaces the file's config for building it (the same layers, other initial values)."""
@@ -145,7 +144,9 @@ def _load_tf_keras(tf, path: Path, trusted: bool):
         # safe_mode (used for .keras only) refuses Lambda bytecode; trust lifts it.
         return tf.keras.models.load_model(str(path), compile=False, safe_mode=not trusted)
     except Exception as exc:  # h5py, keras and TF raise many unrelated types for a bad file
-        raise LrpUsageError(f"{shown(path)}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise LrpUsageError(
+            f"{shown(path)}: cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..base.errors import LrpUsageError, shown
 
@@ -63,7 +63,9 @@ def read_model_config(path: Path) -> dict:
         with h5py.File(path, "r") as file:
             raw = file.attrs.get("model_config")
         if raw is None:
-            raise LrpUsageError(f"{shown(path)}: an HDF5 file without a model config (weights only?); save it with model.save()")
+            raise LrpUsageError(
+                f"{shown(path)}: an HDF5 file without a model config (weights only?); save it with model.save()"
+            )
         text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     elif zipfile.is_zipfile(path) and path.suffix == ".keras":
         with zipfile.ZipFile(path) as archive:

@@ -21,5 +21,13 @@ from .explain import ANALYZERS, LayerAccount, ReferenceResult, explain
 from .model import ReferenceModel, UnsupportedLayer
 from .rules import MECHANISMS, UnsupportedRule
 
-__all__ = ["ANALYZERS", "MECHANISMS", "LayerAccount", "ReferenceModel", "ReferenceResult",
-           "UnsupportedLayer", "UnsupportedRule", "explain"]
+__all__ = [
+    "ANALYZERS",
+    "MECHANISMS",
+    "LayerAccount",
+    "ReferenceModel",
+    "ReferenceResult",
+    "UnsupportedLayer",
+    "UnsupportedRule",
+    "explain",
+]

@@ -43,7 +43,19 @@ from typing import Any
 
 import numpy as np
 
-from .model import AVG_POOL, GLOBAL_AVG, GLOBAL_MAX, IDENTITY, KERNEL, MAX_POOL, PADDING, Layer, ReferenceModel, bn_affine, padding_of
+from .model import (
+    AVG_POOL,
+    GLOBAL_AVG,
+    GLOBAL_MAX,
+    IDENTITY,
+    KERNEL,
+    MAX_POOL,
+    PADDING,
+    Layer,
+    ReferenceModel,
+    bn_affine,
+    padding_of,
+)
 from .ops import Scale
 from .rules import (
     BIAS_MAGNITUDE,
@@ -92,28 +104,48 @@ class ReferenceResult:
     def rounding_total(self) -> np.ndarray:
         """Per sample: the most float32 rounding may move sum(R) from the formula's exact value (the
         layers' own shares, worst case; and the output innvestigate starts from)."""
-        return self.head_rounding + sum((a.rounding for a in self.layers if a.rounding is not None), np.zeros(len(self.heatmap)))
+        return self.head_rounding + sum(
+            (a.rounding for a in self.layers if a.rounding is not None), np.zeros(len(self.heatmap))
+        )
 
     def layer(self, name: str) -> LayerAccount:
         return next(account for account in self.layers if account.name == name)
 
 
-LRP_NAMES = {"lrp.z", "lrp.epsilon", "lrp.w_square", "lrp.flat", "lrp.alpha_beta",
-             "lrp.alpha_2_beta_1", "lrp.alpha_2_beta_1_IB", "lrp.alpha_1_beta_0",
-             "lrp.alpha_1_beta_0_IB", "lrp.z_plus", "lrp.z_plus_fast",
-             "lrp.sequential_preset_a", "lrp.sequential_preset_b",
-             "lrp.sequential_preset_a_flat", "lrp.sequential_preset_b_flat",
-             "lrp.sequential_preset_b_flat_until_idx"}
+LRP_NAMES = {
+    "lrp.z",
+    "lrp.epsilon",
+    "lrp.w_square",
+    "lrp.flat",
+    "lrp.alpha_beta",
+    "lrp.alpha_2_beta_1",
+    "lrp.alpha_2_beta_1_IB",
+    "lrp.alpha_1_beta_0",
+    "lrp.alpha_1_beta_0_IB",
+    "lrp.z_plus",
+    "lrp.z_plus_fast",
+    "lrp.sequential_preset_a",
+    "lrp.sequential_preset_b",
+    "lrp.sequential_preset_a_flat",
+    "lrp.sequential_preset_b_flat",
+    "lrp.sequential_preset_b_flat_until_idx",
+}
 DEEP_TAYLOR = {"deep_taylor", "deep_taylor.bounded"}
 GRADIENTS = {"gradient", "gradient.baseline", "input_t_gradient", "integrated_gradients", "input"}
 ANALYZERS = sorted(LRP_NAMES | DEEP_TAYLOR | GRADIENTS)
-NAMED_RULES = {"Z": Rule("z"), "Epsilon": Rule("epsilon"), "WSquare": Rule("w_square"),
-               "Flat": Rule("flat"), "Alpha2Beta1": Rule("alpha_beta", alpha=2, beta=1),
-               "Alpha2Beta1IgnoreBias": Rule("alpha_beta", alpha=2, beta=1, bias=False),
-               "Alpha1Beta0": Rule("alpha_beta", alpha=1, beta=0),
-               "Alpha1Beta0IgnoreBias": Rule("alpha_beta", alpha=1, beta=0, bias=False),
-               "ZPlus": Rule("alpha_beta", alpha=1, beta=0, bias=False),
-               "ZPlusFast": Rule("z_plus_fast"), "Bounded": Rule("bounded", low=-1, high=1)}
+NAMED_RULES = {
+    "Z": Rule("z"),
+    "Epsilon": Rule("epsilon"),
+    "WSquare": Rule("w_square"),
+    "Flat": Rule("flat"),
+    "Alpha2Beta1": Rule("alpha_beta", alpha=2, beta=1),
+    "Alpha2Beta1IgnoreBias": Rule("alpha_beta", alpha=2, beta=1, bias=False),
+    "Alpha1Beta0": Rule("alpha_beta", alpha=1, beta=0),
+    "Alpha1Beta0IgnoreBias": Rule("alpha_beta", alpha=1, beta=0, bias=False),
+    "ZPlus": Rule("alpha_beta", alpha=1, beta=0, bias=False),
+    "ZPlusFast": Rule("z_plus_fast"),
+    "Bounded": Rule("bounded", low=-1, high=1),
+}
 PRESET_BN = Rule("alpha_beta_x", x_weights=(2, 0, 1, 0))
 
 
@@ -139,19 +171,21 @@ class Policy:
 
     def __init__(self, model: ReferenceModel, analyzer: str, params: dict):
         self.model, self.analyzer, self.params = model, analyzer, params
-        self.family = ("lrp" if analyzer in LRP_NAMES else
-                       "deep_taylor" if analyzer in DEEP_TAYLOR else "gradient")
+        self.family = "lrp" if analyzer in LRP_NAMES else "deep_taylor" if analyzer in DEEP_TAYLOR else "gradient"
         p = params
         base = {
             "lrp.z": Rule("z"),
-            "lrp.epsilon": Rule("epsilon", epsilon=float(p.get("epsilon", KERAS_EPSILON)),
-                                bias=bool(p.get("bias", True))),
-            "lrp.w_square": Rule("w_square"), "lrp.flat": Rule("flat"),
+            "lrp.epsilon": Rule(
+                "epsilon", epsilon=float(p.get("epsilon", KERAS_EPSILON)), bias=bool(p.get("bias", True))
+            ),
+            "lrp.w_square": Rule("w_square"),
+            "lrp.flat": Rule("flat"),
             "lrp.alpha_2_beta_1": NAMED_RULES["Alpha2Beta1"],
             "lrp.alpha_2_beta_1_IB": NAMED_RULES["Alpha2Beta1IgnoreBias"],
             "lrp.alpha_1_beta_0": NAMED_RULES["Alpha1Beta0"],
             "lrp.alpha_1_beta_0_IB": NAMED_RULES["Alpha1Beta0IgnoreBias"],
-            "lrp.z_plus": NAMED_RULES["ZPlus"], "lrp.z_plus_fast": Rule("z_plus_fast"),
+            "lrp.z_plus": NAMED_RULES["ZPlus"],
+            "lrp.z_plus_fast": Rule("z_plus_fast"),
         }
         if analyzer == "lrp.alpha_beta":
             alpha, beta = _alpha_beta(p)
@@ -161,7 +195,7 @@ class Policy:
         self.preset = None
         if analyzer.startswith("lrp.sequential_preset"):
             eps = float(p.get("epsilon", 0.1))
-            conv = (NAMED_RULES["Alpha1Beta0"] if "preset_a" in analyzer else NAMED_RULES["Alpha2Beta1"])
+            conv = NAMED_RULES["Alpha1Beta0"] if "preset_a" in analyzer else NAMED_RULES["Alpha2Beta1"]
             self.preset = (Rule("epsilon", epsilon=eps), conv)
             self.bn_rule = PRESET_BN
         input_rule = p.get("input_layer_rule")
@@ -216,8 +250,19 @@ def _select(out: np.ndarray, mode: str, index, values: bool) -> tuple[np.ndarray
 
 # Keywords that change nothing the reference computes (innvestigate's plumbing).
 PLUMBING = {"disable_model_checks", "neuron_selection_mode", "allow_lambda_layers"}
-MODELLED = {"epsilon", "bias", "alpha", "beta", "low", "high", "steps", "reference_inputs",
-            "input_layer_rule", "until_layer_idx", "until_layer_rule"}
+MODELLED = {
+    "epsilon",
+    "bias",
+    "alpha",
+    "beta",
+    "low",
+    "high",
+    "steps",
+    "reference_inputs",
+    "input_layer_rule",
+    "until_layer_idx",
+    "until_layer_rule",
+}
 
 
 def _check_params(analyzer: str, params: dict) -> None:
@@ -232,10 +277,20 @@ def _check_params(analyzer: str, params: dict) -> None:
         raise UnsupportedRule(f"{analyzer} with {key}={value!r} has no reference")
 
 
-def explain(model: ReferenceModel, x, analyzer: str, params: dict | None = None,
-            neuron_selection: str = "max_activation", index=None, *,
-            keep_maps: bool = True, bn_fusion: str = "exact", dtype=np.float64,
-            observed: dict | None = None, bounds: bool = False) -> ReferenceResult:
+def explain(
+    model: ReferenceModel,
+    x,
+    analyzer: str,
+    params: dict | None = None,
+    neuron_selection: str = "max_activation",
+    index=None,
+    *,
+    keep_maps: bool = True,
+    bn_fusion: str = "exact",
+    dtype=np.float64,
+    observed: dict | None = None,
+    bounds: bool = False,
+) -> ReferenceResult:
     """``bounds``: also bound how far float32 arithmetic (innvestigate's) may move the relevance from
     this float64 result, per element at every layer and per sample in total (rules.float32_bound).
 
@@ -298,13 +353,15 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
     known: dict = {}
     start, per_chunk = 0, 1
     while start < len(sample):
-        rows, t = sample[start:start + per_chunk], position[start:start + per_chunk]
+        rows, t = sample[start : start + per_chunk], position[start : start + per_chunk]
         points = reference[rows] + t * difference[rows]
         chosen = None if index is None else index[rows]
-        gradients, point_bytes, gradient_bounds = _path_gradients(model, points, neuron_selection, chosen, known, bounds)
-        np.add.at(total, rows, weight[start:start + per_chunk] * gradients)
+        gradients, point_bytes, gradient_bounds = _path_gradients(
+            model, points, neuron_selection, chosen, known, bounds
+        )
+        np.add.at(total, rows, weight[start : start + per_chunk] * gradients)
         if bounds:
-            np.add.at(total_bound, rows, weight[start:start + per_chunk] * gradient_bounds)
+            np.add.at(total_bound, rows, weight[start : start + per_chunk] * gradient_bounds)
         start += len(rows)
         per_chunk = max(1, IG_CHUNK_BYTES // max(1, point_bytes))
     # what completeness promises: f(x) - f(reference) at the explained neuron
@@ -322,7 +379,7 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
 # The forward activations of one chunk of path points; the chunk's peak is about three times that (the
 # backward pass's temporaries): all path points of all samples at once would hold every activation of
 # samples x steps inputs.
-IG_CHUNK_BYTES = 64 * 2 ** 20
+IG_CHUNK_BYTES = 64 * 2**20
 
 
 def _path(model, reference: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +419,11 @@ def _path_gradients(model, points, neuron_selection, index, known: dict, bounds:
         for i, grad, grad_bound in zip(todo, grads, grad_bounds):
             known[keys[i]] = (grad, grad_bound)
     gradient_bounds = np.stack([known[key][1] for key in keys]) if bounds else None
-    return np.stack([known[key][0] for key in keys]), sum(a.nbytes for a in acts.values()) // len(points), gradient_bounds
+    return (
+        np.stack([known[key][0] for key in keys]),
+        sum(a.nbytes for a in acts.values()) // len(points),
+        gradient_bounds,
+    )
 
 
 def _patterns(model, acts: dict, index) -> list:
@@ -393,8 +454,16 @@ def _patterns(model, acts: dict, index) -> list:
 
 
 class _Backward:
-    def __init__(self, model: ReferenceModel, acts: dict, policy: Policy, keep_maps: bool, bn_fusion: str,
-                 observed: dict | None = None, bounds: bool = False):
+    def __init__(
+        self,
+        model: ReferenceModel,
+        acts: dict,
+        policy: Policy,
+        keep_maps: bool,
+        bn_fusion: str,
+        observed: dict | None = None,
+        bounds: bool = False,
+    ):
         self.model, self.acts, self.policy = model, acts, policy
         self.keep_maps, self.bn_fusion = keep_maps, bn_fusion
         self.observed = observed or {}
@@ -416,7 +485,11 @@ class _Backward:
             if layer.name not in relevance:
                 continue
             r = relevance.pop(layer.name) if layer.name != self.model.input_name else relevance[layer.name]
-            e = (errors.pop(layer.name) if layer.name != self.model.input_name else errors[layer.name]) if self.bounds else None
+            e = (
+                (errors.pop(layer.name) if layer.name != self.model.input_name else errors[layer.name])
+                if self.bounds
+                else None
+            )
             xs = [self.acts[p] for p in layer.inputs]
             seen = self._observed(layer.name, r)
             self._rounding = None
@@ -426,14 +499,25 @@ class _Backward:
                 rule, r_ins, mech, seen_mech = self.layer(layer, xs, r, seen, e)
             axes = tuple(range(1, r.ndim))
             r_out_total = r.sum(axis=axes)
-            r_in_total = (sum(ri.reshape(len(ri), -1).sum(axis=1) for ri in r_ins)
-                          if r_ins else r_out_total.copy())
+            r_in_total = sum(ri.reshape(len(ri), -1).sum(axis=1) for ri in r_ins) if r_ins else r_out_total.copy()
             maps = {"out": r, "in": r_ins} if self.keep_maps else None
             if self.policy.family == "gradient":
                 mech, seen_mech = {}, None
             e_ins, local = (self._bound(layer, xs, r, e) if r_ins else ([], None)) if self.bounds else ([], None)
-            accounts.append(LayerAccount(layer.name, layer.class_name, rule, r_out_total, r_in_total, mech, maps, seen_mech,
-                                         e if maps is not None else None, local))
+            accounts.append(
+                LayerAccount(
+                    layer.name,
+                    layer.class_name,
+                    rule,
+                    r_out_total,
+                    r_in_total,
+                    mech,
+                    maps,
+                    seen_mech,
+                    e if maps is not None else None,
+                    local,
+                )
+            )
             for producer, ri in zip(layer.inputs, r_ins):
                 relevance[producer] = relevance[producer] + ri if producer in relevance else ri
             for producer, ei in zip(layer.inputs, e_ins):
@@ -472,7 +556,11 @@ class _Backward:
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
             return [Scale(layer.bn[-1], x.ndim).transpose(e, np.abs(exact_k), x.shape)], np.zeros(batch)
-        if cls in ("Activation", "ReLU") and family != "lrp" and not (cls == "Activation" and layer.activation == "linear"):
+        if (
+            cls in ("Activation", "ReLU")
+            and family != "lrp"
+            and not (cls == "Activation" and layer.activation == "linear")
+        ):
             scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
             undecided = np.abs(x) < self.forward_unit * scale
             return [e * (x > 0) + np.abs(r) * undecided], np.zeros(batch)
@@ -515,11 +603,13 @@ class _Backward:
 
         def split(mechanism=None, of=None):
             """Mechanisms of r and of seen: ``of(relevance)`` is the part ``mechanism`` takes of it (linear)."""
+
             def one(relevance):
                 mech = zero_mechanisms(batch)
                 if mechanism is not None:
                     mech[mechanism] = of(relevance)
                 return mech
+
             return one(r), (one(seen) if seen is not None else None)
 
         def total(relevance):
@@ -528,14 +618,23 @@ class _Backward:
         if cls in KERNEL:
             if family == "gradient":
                 g = r * (self.acts[layer.name] > 0) if layer.activation == "relu" else r
-                return ("gradient", [layer.op.transpose(g, layer.kernel, x.shape)]) + split()
+                return ("gradient", [layer.op.transpose(g, layer.kernel, x.shape)], *split())
             rule = self.policy.kernel_rule(layer)
             if rule is None:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             assert layer.kernel is not None  # _setup gives every KERNEL layer its kernel
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
-            r_in, mech, seen_mech, self._rounding = apply_terms(layer.op, terms(rule, x, layer.kernel, layer.bias, layer.variants),
-                                                                r, x.shape, known, layer.variants, observed=seen, bound=bound, forward=self.forward_count)
+            r_in, mech, seen_mech, self._rounding = apply_terms(
+                layer.op,
+                terms(rule, x, layer.kernel, layer.bias, layer.variants),
+                r,
+                x.shape,
+                known,
+                layer.variants,
+                observed=seen,
+                bound=bound,
+                forward=self.forward_count,
+            )
             return rule.label, [r_in], mech, seen_mech
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
@@ -543,8 +642,12 @@ class _Backward:
             if family != "lrp":
                 r_in = scale.transpose(r, exact_k, x.shape)
                 if family != "deep_taylor":
-                    return ("gradient", [r_in]) + split()
-                return ("gradient", [r_in]) + split("gradient", lambda rr: total(scale.transpose(rr, exact_k, x.shape) - rr))
+                    return ("gradient", [r_in], *split())
+                return (
+                    "gradient",
+                    [r_in],
+                    *split("gradient", lambda rr: total(scale.transpose(rr, exact_k, x.shape) - rr)),
+                )
             k, b = bn_affine(layer, self.bn_fusion)
             rule = self.policy.bn_rule
             if rule is None:
@@ -552,48 +655,63 @@ class _Backward:
             # the fused bias is beta - mean k, computed in float32: it may cancel, and carries the rounding of its terms
             beta, mean = layer.bn[1], layer.bn[2]
             made_of = {BIAS_MAGNITUDE: scale._b(np.abs(beta) + np.abs(mean * k) + np.abs(b))}
-            r_in, mech, seen_mech, self._rounding = apply_terms(scale, terms(rule, x, k, scale._b(b)), r, x.shape,
-                                                                cache=made_of, observed=seen, bound=bound, forward=self.forward_count)
+            r_in, mech, seen_mech, self._rounding = apply_terms(
+                scale,
+                terms(rule, x, k, scale._b(b)),
+                r,
+                x.shape,
+                cache=made_of,
+                observed=seen,
+                bound=bound,
+                forward=self.forward_count,
+            )
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
             if family == "lrp":
                 return self._z_sum(xs, r, split)
             if family != "deep_taylor":
-                return ("gradient", [r.copy() for _ in xs]) + split()
-            return ("gradient", [r.copy() for _ in xs]) + split("gradient", lambda rr: (len(xs) - 1) * total(rr))
+                return ("gradient", [r.copy() for _ in xs], *split())
+            return ("gradient", [r.copy() for _ in xs], *split("gradient", lambda rr: (len(xs) - 1) * total(rr)))
         if cls in AVG_POOL or cls in GLOBAL_AVG:
             op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
             if family == "lrp":
-                r_in, mech, seen_mech, self._rounding = apply_terms(op, [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))],
-                                                                    r, x.shape, observed=seen, bound=bound, forward=self.forward_count)
+                r_in, mech, seen_mech, self._rounding = apply_terms(
+                    op,
+                    [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))],
+                    r,
+                    x.shape,
+                    observed=seen,
+                    bound=bound,
+                    forward=self.forward_count,
+                )
                 return "z", [r_in], mech, seen_mech
-            return ("gradient", [op.transpose(r, None, x.shape)]) + split()
+            return ("gradient", [op.transpose(r, None, x.shape)], *split())
         if cls in MAX_POOL:
-            return ("gradient", [layer.op.transpose(r, self.acts[layer.name + ":argmax"], x.shape)]) + split()
+            return ("gradient", [layer.op.transpose(r, self.acts[layer.name + ":argmax"], x.shape)], *split())
         if cls in GLOBAL_MAX:
             axes = tuple(range(1, x.ndim - 1))
             best = x.max(axis=axes, keepdims=True)
             ties = x == best
             share = ties / ties.sum(axis=axes, keepdims=True)
-            return ("gradient", [share * r.reshape(best.shape)]) + split()
+            return ("gradient", [share * r.reshape(best.shape)], *split())
         if cls in IDENTITY:
-            return ("gradient", [r]) + split()
+            return ("gradient", [r], *split())
         if cls in ("Flatten", "Reshape"):
-            return ("gradient", [r.reshape(x.shape)]) + split()
+            return ("gradient", [r.reshape(x.shape)], *split())
         if cls in PADDING:
             pads = padding_of(layer, x.ndim - 2)
-            index = (slice(None),) + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1]))
-            return ("gradient", [r[index]]) + split("dropped", lambda rr: total(rr[index]) - total(rr))
+            index = (slice(None), *tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1])))
+            return ("gradient", [r[index]], *split("dropped", lambda rr: total(rr[index]) - total(rr)))
         if cls == "Concatenate":
             axis = layer.config.get("axis", -1) % r.ndim
             cuts = np.cumsum([xi.shape[axis] for xi in xs])[:-1]
-            return ("gradient", list(np.split(r, cuts, axis=axis))) + split()
+            return ("gradient", list(np.split(r, cuts, axis=axis)), *split())
         if cls == "Activation" and family == "lrp":
-            return ("pass", [r]) + split()
+            return ("pass", [r], *split())
         if cls in ("Activation", "ReLU"):
             if cls == "Activation" and layer.activation == "linear":
-                return ("gradient", [r]) + split()
-            return ("gradient", [r * (x > 0)]) + split("dropped", lambda rr: -total(rr * (x <= 0)))
+                return ("gradient", [r], *split())
+            return ("gradient", [r * (x > 0)], *split("dropped", lambda rr: -total(rr * (x <= 0))))
         layer.refuse()
 
     def _z_sum(self, xs, r, split):
@@ -603,7 +721,7 @@ class _Backward:
         s = r / ds
         r_ins = [xi * s for xi in xs]
         axes = tuple(range(1, r.ndim))
-        return ("z", r_ins) + split("dropped", lambda rr: -np.where(z == 0, rr, 0).sum(axis=axes))
+        return ("z", r_ins, *split("dropped", lambda rr: -np.where(z == 0, rr, 0).sum(axis=axes)))
 
 
 def _fan_in(layer: Layer) -> int:
@@ -627,4 +745,4 @@ class _GlobalAverage:
         return np.broadcast_to(g / n, x_shape).copy()
 
 
-__all__ = ["LayerAccount", "ReferenceResult", "explain", "ANALYZERS", "MECHANISMS", "Policy"]
+__all__ = ["ANALYZERS", "MECHANISMS", "LayerAccount", "Policy", "ReferenceResult", "explain"]

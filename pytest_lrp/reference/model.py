@@ -30,8 +30,16 @@ MAX_POOL = {"MaxPooling1D", "MaxPooling2D"}
 AVG_POOL = {"AveragePooling1D", "AveragePooling2D"}
 GLOBAL_MAX = {"GlobalMaxPooling1D", "GlobalMaxPooling2D"}
 GLOBAL_AVG = {"GlobalAveragePooling1D", "GlobalAveragePooling2D"}
-IDENTITY = {"InputLayer", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
-            "GaussianDropout", "AlphaDropout", "ActivityRegularization"}
+IDENTITY = {
+    "InputLayer",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+}
 RESHAPE = {"Flatten", "Reshape"}
 PADDING = {"ZeroPadding1D", "ZeroPadding2D"}
 OTHER = {"BatchNormalization", "Add", "Concatenate", "Activation", "ReLU"}
@@ -116,8 +124,12 @@ def _setup(layer: Layer) -> None:
             n = 1 if cls == "Conv1D" else 2
             if cfg.get("groups", 1) != 1:
                 layer.refuse("grouped convolution")
-            windows = Windows(_tuple(cfg["kernel_size"], n), _tuple(cfg.get("strides", 1), n),
-                              cfg.get("padding", "valid"), _tuple(cfg.get("dilation_rate", 1), n))
+            windows = Windows(
+                _tuple(cfg["kernel_size"], n),
+                _tuple(cfg.get("strides", 1), n),
+                cfg.get("padding", "valid"),
+                _tuple(cfg.get("dilation_rate", 1), n),
+            )
             layer.op = Conv(windows, depthwise=cls == "DepthwiseConv2D")
             layer.spatial = n
     elif cls in MAX_POOL | AVG_POOL:
@@ -139,9 +151,14 @@ def _setup(layer: Layer) -> None:
         gamma = weights.pop(0) if cfg.get("scale", True) else None
         beta = weights.pop(0) if cfg.get("center", True) else None
         mean, variance = weights
-        layer.bn = (gamma if gamma is not None else np.ones_like(mean),
-                    beta if beta is not None else np.zeros_like(mean),
-                    mean, variance, float(cfg.get("epsilon", 1e-3)), int(axis))
+        layer.bn = (
+            gamma if gamma is not None else np.ones_like(mean),
+            beta if beta is not None else np.zeros_like(mean),
+            mean,
+            variance,
+            float(cfg.get("epsilon", 1e-3)),
+            int(axis),
+        )
     elif cls not in KNOWN:
         layer.refuse()
 
@@ -155,7 +172,7 @@ def bn_affine(layer: Layer, fusion: str = "exact") -> tuple[np.ndarray, np.ndarr
     """
     gamma, beta, mean, variance, eps, _ = layer.bn
     if fusion == "innvestigate":
-        root = np.sqrt(variance ** 2 + eps)
+        root = np.sqrt(variance**2 + eps)
         return gamma / root, beta - mean / root
     k = gamma / np.sqrt(variance + eps)
     return k, beta - mean * k
@@ -176,7 +193,7 @@ class ReferenceModel:
         self._last_forward: tuple | None = None
 
     @classmethod
-    def from_keras(cls, config: dict, weights: dict) -> "ReferenceModel":
+    def from_keras(cls, config: dict, weights: dict) -> ReferenceModel:
         if "config" in config and "class_name" in config and "layers" not in config:
             config = config["config"]
         entries = config["layers"]
@@ -189,8 +206,7 @@ class ReferenceModel:
             class_name = entry["class_name"]
             if class_name in ("Functional", "Sequential", "Model"):
                 raise UnsupportedLayer(name, class_name, "nested models are not covered")
-            layer = Layer(name, class_name, cfg,
-                          [np.asarray(w, dtype=np.float64) for w in weights.get(name, [])])
+            layer = Layer(name, class_name, cfg, [np.asarray(w, dtype=np.float64) for w in weights.get(name, [])])
             if sequential:
                 if previous is None and class_name != "InputLayer":
                     layers.append(Layer("input", "InputLayer", {}, []))
@@ -208,8 +224,9 @@ class ReferenceModel:
             input_name, output_name = layers[0].name, layers[-1].name
         else:
             if len(config["input_layers"]) != 1 or len(config["output_layers"]) != 1:
-                raise UnsupportedLayer(config.get("name", "model"), "Functional",
-                                       "only one input and one output are covered")
+                raise UnsupportedLayer(
+                    config.get("name", "model"), "Functional", "only one input and one output are covered"
+                )
             input_name = _producers(config["input_layers"])[0]
             output_name = _producers(config["output_layers"])[0]
         model = cls(layers, input_name, output_name, sequential)
@@ -238,13 +255,21 @@ class ReferenceModel:
                 return False
         return True
 
-    def astype(self, dtype) -> "ReferenceModel":
+    def astype(self, dtype) -> ReferenceModel:
         """A copy computing in another precision: float32 shows how much of a difference to
         innvestigate (float32) is rounding alone."""
         layers = []
         for layer in self.layers:
-            copy = Layer(layer.name, layer.class_name, layer.config, [w.astype(dtype) for w in layer.weights],
-                         list(layer.inputs), layer.activation, layer.op, spatial=layer.spatial)
+            copy = Layer(
+                layer.name,
+                layer.class_name,
+                layer.config,
+                [w.astype(dtype) for w in layer.weights],
+                list(layer.inputs),
+                layer.activation,
+                layer.op,
+                spatial=layer.spatial,
+            )
             copy.kernel = None if layer.kernel is None else layer.kernel.astype(dtype)
             copy.bias = None if layer.bias is None else layer.bias.astype(dtype)
             if hasattr(layer, "bn"):
@@ -315,9 +340,9 @@ class ReferenceModel:
         if cls == "Flatten":
             return x.reshape(len(x), -1)
         if cls == "Reshape":
-            return x.reshape((len(x),) + tuple(cfg["target_shape"]))
+            return x.reshape((len(x), *tuple(cfg["target_shape"])))
         if cls in PADDING:
-            return np.pad(x, [(0, 0)] + padding_of(layer, x.ndim - 2) + [(0, 0)])
+            return np.pad(x, [(0, 0), *padding_of(layer, x.ndim - 2), (0, 0)])
         if cls == "Activation":
             return activate(x, layer.activation)
         if cls == "ReLU":

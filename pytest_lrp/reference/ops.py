@@ -37,8 +37,7 @@ class Windows:
             return [(0, 0)] * len(spatial)
         if self.padding == "causal":
             return [((self.kernel[0] - 1) * self.dilation[0], 0)]
-        return [same_padding(n, k, s, d)
-                for n, k, s, d in zip(spatial, self.kernel, self.strides, self.dilation)]
+        return [same_padding(n, k, s, d) for n, k, s, d in zip(spatial, self.kernel, self.strides, self.dilation)]
 
     def out_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         pads = self.pads(spatial)
@@ -48,7 +47,7 @@ class Windows:
         )
 
     def pad(self, x: np.ndarray, value: float = 0.0) -> np.ndarray:
-        pads = [(0, 0)] + self.pads(x.shape[1:-1]) + [(0, 0)]
+        pads = [(0, 0), *self.pads(x.shape[1:-1]), (0, 0)]
         if not any(lo or hi for lo, hi in pads):
             return x
         return np.pad(x, pads, constant_values=value)
@@ -59,34 +58,36 @@ class Windows:
         effective = tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))
         # numpy's stubs type axis as one index; it takes a tuple, one per window dimension
         win = sliding_window_view(padded, effective, axis=tuple(range(1, n + 1)))  # type: ignore[call-overload]
-        index = ((slice(None),)
-                 + tuple(slice(None, o * s, s) for o, s in zip(out, self.strides))
-                 + (slice(None),)
-                 + tuple(slice(None, None, d) for d in self.dilation))
+        index = (
+            slice(None),
+            *tuple(slice(None, o * s, s) for o, s in zip(out, self.strides)),
+            slice(None),
+            *tuple(slice(None, None, d) for d in self.dilation),
+        )
         return win[index]
 
     def offsets(self):
         """Each kernel offset with the strided slice of the padded input it touches."""
-        for offset in itertools.product(*(range(k) for k in self.kernel)):
-            yield offset
+        yield from itertools.product(*(range(k) for k in self.kernel))
 
     def slices(self, offset, out):
-        return ((slice(None),)
-                + tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
-                        for o, d, n, s in zip(offset, self.dilation, out, self.strides))
-                + (slice(None),))
+        return (
+            slice(None),
+            *tuple(
+                slice(o * d, o * d + (n - 1) * s + 1, s) for o, d, n, s in zip(offset, self.dilation, out, self.strides)
+            ),
+            slice(None),
+        )
 
     def padded_zeros(self, batch: int, x_shape, dtype) -> np.ndarray:
         """Zeros shaped like the padded input, for a transpose to scatter into."""
         spatial = tuple(x_shape[1:-1])
         sizes = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, self.pads(spatial)))
-        return np.zeros((batch,) + sizes + (x_shape[-1],), dtype=dtype)
+        return np.zeros((batch, *sizes, x_shape[-1]), dtype=dtype)
 
     def crop(self, padded: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
         pads = self.pads(spatial)
-        index = ((slice(None),)
-                 + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, spatial))
-                 + (slice(None),))
+        index = (slice(None), *tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, spatial)), slice(None))
         return padded[index]
 
 
@@ -108,7 +109,7 @@ class Dense:
     def transpose(self, g, kernel, x_shape):
         if not hasattr(kernel, "slices"):
             return np.tensordot(g, kernel, axes=([-1], [1]))
-        out = np.empty(tuple(g.shape[:-1]) + (kernel.shape[0],), dtype=np.result_type(g, kernel.dtype))
+        out = np.empty((*tuple(g.shape[:-1]), kernel.shape[0]), dtype=np.result_type(g, kernel.dtype))
         for start, stop, rows in kernel.slices():
             out[..., start:stop] = np.tensordot(g, rows, axes=([-1], [1]))
         return out
@@ -129,7 +130,7 @@ class Conv:
         out = self.w.out_shape(x.shape[1:-1])
         padded = self.w.pad(x)
         channels = kernel.shape[-2] * kernel.shape[-1] if self.depthwise else kernel.shape[-1]
-        shape = (x.shape[0],) + out + (channels,)
+        shape = (x.shape[0], *out, channels)
         z = None
         for offset in self.w.offsets():
             window = padded[self.w.slices(offset, out)]
@@ -184,7 +185,7 @@ class AveragePool:
         self.w = windows
 
     def _counts(self, x_shape):
-        ones = np.ones((1,) + tuple(x_shape[1:-1]) + (1,))
+        ones = np.ones((1, *tuple(x_shape[1:-1]), 1))
         out = self.w.out_shape(ones.shape[1:-1])
         view = self.w.view(self.w.pad(ones), out)
         n = len(out)
@@ -221,7 +222,7 @@ class MaxPool:
     def forward(self, x):
         out = self.w.out_shape(x.shape[1:-1])
         view = self.w.view(self.w.pad(x, -np.inf), out)
-        flat = view.reshape(view.shape[: len(out) + 2] + (-1,))
+        flat = view.reshape((*view.shape[: len(out) + 2], -1))
         return flat.max(axis=-1), flat.argmax(axis=-1)
 
     def transpose(self, g, argmax, x_shape):

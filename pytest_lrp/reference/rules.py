@@ -133,10 +133,16 @@ class KernelPart:
 
 
 PARTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "pos": lambda w: np.maximum(w, 0), "neg": lambda w: np.minimum(w, 0), "square": np.square, "ones": np.ones_like,
+    "pos": lambda w: np.maximum(w, 0),
+    "neg": lambda w: np.minimum(w, 0),
+    "square": np.square,
+    "ones": np.ones_like,
     # the squares of each, for the rounding bound's variances (float32_bound)
-    "pos_square": lambda w: np.square(np.maximum(w, 0)), "neg_square": lambda w: np.square(np.minimum(w, 0)),
-    "square_square": lambda w: np.square(np.square(w)), "ones_square": np.ones_like}
+    "pos_square": lambda w: np.square(np.maximum(w, 0)),
+    "neg_square": lambda w: np.square(np.minimum(w, 0)),
+    "square_square": lambda w: np.square(np.square(w)),
+    "ones_square": np.ones_like,
+}
 # Dense kernels above this many entries get KernelParts; smaller ones keep their parts in the layer's cache.
 PART_ENTRIES = 1 << 22
 
@@ -188,7 +194,7 @@ def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | Non
     if rule.kind == "alpha_beta_x":
         # innvestigate's AlphaBetaXRule: four single-layer terms, each with its copy's bias
         # part (b+ with the positive weights, b- with the negative ones)
-        a0, a1, b0, b1 = rule.x_weights
+        a0, _a1, b0, b1 = rule.x_weights
         bp = _pos(b) if b is not None else None
         bn = _neg(b) if b is not None else None
         candidates = [(a0, xp, wp, bp), (b1, xn, wn, bn), (-b0, xp, wn, bn), (-b1, xn, wp, bp)]
@@ -203,8 +209,17 @@ def stabilize(d: np.ndarray, stabilizer) -> np.ndarray:
     return d + np.where(d >= 0, eps, -eps)
 
 
-def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache=None,
-                observed=None, bound=None, forward: float = 0.0) -> tuple[np.ndarray, dict, dict | None, Rounding | None]:
+def apply_terms(
+    op,
+    term_list,
+    relevance: np.ndarray,
+    x_shape,
+    known=None,
+    cache=None,
+    observed=None,
+    bound=None,
+    forward: float = 0.0,
+) -> tuple[np.ndarray, dict, dict | None, Rounding | None]:
     """Relevance at the input of a linear layer, the per-sample mechanisms, and the same mechanisms
     for ``observed`` (another relevance at the layer's output, e.g. innvestigate's) or None.
 
@@ -282,7 +297,7 @@ def apply_terms(op, term_list, relevance: np.ndarray, x_shape, known=None, cache
 # A layer whose bias is itself computed in float32 (BatchNormalization's fused beta - mean k) puts the
 # magnitude of what it is made of under this key of apply_terms' cache: its rounding scales with that.
 BIAS_MAGNITUDE = "bias magnitude"
-FLOAT32_UNIT = 2.0 ** -24
+FLOAT32_UNIT = 2.0**-24
 # How many standard deviations of independent roundings an element's bound allows: Higham and Mary's
 # probabilistic bound lambda sqrt(n) u holds with probability 1 - 2 exp(-lambda^2 / 2), 1 - 3e-8 here.
 ROUNDING_SIGMAS = 6.0
@@ -345,23 +360,40 @@ def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         condition = np.where(absolute_ds > 0, scale / absolute_ds, 0.0)
         r2 = np.square(relevance)
-        own = kappa ** 2 * r2 * (fan_in * np.square(condition) + fan_out) / np.square(absolute_ds)
+        own = kappa**2 * r2 * (fan_in * np.square(condition) + fan_out) / np.square(absolute_ds)
         carried = abs(kappa) * inherited / absolute_ds
-        local = abs(kappa) * np.abs(relevance) * FLOAT32_UNIT * np.where(
-            absolute_ds > 0, (fan_in * condition * np.abs(contributions) + fan_out * absolute) / absolute_ds, 0.0)
+        local = (
+            abs(kappa)
+            * np.abs(relevance)
+            * FLOAT32_UNIT
+            * np.where(
+                absolute_ds > 0, (fan_in * condition * np.abs(contributions) + fan_out * absolute) / absolute_ds, 0.0
+            )
+        )
     clean = lambda a: np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=0.0)  # noqa: E731  (ds = 0: no message)
     return clean(own), clean(carried), clean(local)
 
 
-def _bound_term(op, kappa, pairs, c, b, ds, relevance, inherited, x_shape, cache, rounding: Rounding, forward: float = 0.0) -> None:
+def _bound_term(
+    op, kappa, pairs, c, b, ds, relevance, inherited, x_shape, cache, rounding: Rounding, forward: float = 0.0
+) -> None:
     pieces = [(xv, _absolute_pieces(wv, cache)) for xv, wv, _ in pairs]
     if all(len(p) == 1 for _, p in pieces) and all(isinstance(xv, _Ones) or _single_signed(xv) for xv, _ in pieces):
         absolute = np.abs(c)  # no contribution cancels another: sum |x w| = |sum x w|
     else:
         absolute = sum(_absolute_forward(op, xv, p, x_shape, cache) for xv, p in pieces)
     magnitude = (cache or {}).get(BIAS_MAGNITUDE, b)
-    own, carried, local = float32_bound(kappa, c, absolute, np.broadcast_to(magnitude, c.shape) if b is not None else None, ds,
-                                        relevance, inherited, fan(op, pairs[0][1] if pairs else None), forward)
+    own, carried, local = float32_bound(
+        kappa,
+        c,
+        absolute,
+        np.broadcast_to(magnitude, c.shape) if b is not None else None,
+        ds,
+        relevance,
+        inherited,
+        fan(op, pairs[0][1] if pairs else None),
+        forward,
+    )
     axes = tuple(range(1, relevance.ndim))
     rounding.local += local.sum(axis=axes)
     for (xv, wv, _), (_, p) in zip(pairs, pieces):
@@ -425,7 +457,9 @@ def _absolute_pieces(wv, cache) -> list:
 def _absolute_forward(op, xv, pieces, x_shape, cache) -> np.ndarray:
     """sum_i |x_i| |w_ij| per neuron."""
     if isinstance(xv, _Ones):
-        return sum(sign * _forward_of_ones(op, w, xv.rule, x_shape, {} if cache is None else cache) for w, sign in pieces)
+        return sum(
+            sign * _forward_of_ones(op, w, xv.rule, x_shape, {} if cache is None else cache) for w, sign in pieces
+        )
     ax = np.abs(xv)
     return sum(sign * (op.forward(ax, w) if w is not None else op.forward(ax)) for w, sign in pieces)
 
@@ -433,7 +467,7 @@ def _absolute_forward(op, xv, pieces, x_shape, cache) -> np.ndarray:
 def _forward_of_ones(op, kernel, rule: str, x_shape, cache: dict) -> np.ndarray:
     key = ("ones", rule, tuple(x_shape[1:]))
     if key not in cache:
-        cache[key] = op.forward(np.ones((1,) + tuple(x_shape[1:]), dtype=kernel.dtype), kernel)
+        cache[key] = op.forward(np.ones((1, *tuple(x_shape[1:])), dtype=kernel.dtype), kernel)
     return cache[key]
 
 

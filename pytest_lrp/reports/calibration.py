@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -46,11 +45,13 @@ def register(config: pytest.Config, item_class: type) -> None:
     config.pluginmanager.register(Calibration(config, target, item_class), "lrp-calibration")
 
 
-def target_problem(target: Path) -> Optional[str]:
+def target_problem(target: Path) -> str | None:
     if target.suffix not in (".yaml", ".yml"):
         return f"{shown(target)}: {FLAG} writes a rule file; name it *.yaml or *.yml"
     if target.exists():
-        return f"{shown(target)}: already exists; {FLAG} does not overwrite a rule file (remove it or name another path)"
+        return (
+            f"{shown(target)}: already exists; {FLAG} does not overwrite a rule file (remove it or name another path)"
+        )
     return None
 
 
@@ -59,7 +60,7 @@ class Calibration:
         self.config, self.target, self.item_class = config, target, item_class
         self.entries: list = []
         self.written_baselines: set = set()
-        self.outcome: Optional[str] = None  # the line for the end of the run
+        self.outcome: str | None = None  # the line for the end of the run
 
     # --- in the process that runs the test ------------------------------------------------
 
@@ -88,7 +89,9 @@ class Calibration:
             "result": _result(report, call),
             "message": _message(call.excinfo),
             # pytest-lrp's own verdict: the gap is the formula's (checks/conservation.py), a divergence would fail
-            "formula_leak": _message(call.excinfo).startswith(FORMULA_LEAK) if _result(report, call) == "xfailed" else False,
+            "formula_leak": _message(call.excinfo).startswith(FORMULA_LEAK)
+            if _result(report, call) == "xfailed"
+            else False,
             "spec": rule_spec(item.rule, [r.id for r in rule_file.rules].index(item.rule.id) if rule_file else 0),
             "rules_path": str(workbench.rules_path),
             "packaged": workbench.packaged_suite,
@@ -102,7 +105,7 @@ class Calibration:
             entry["baseline"] = self._write_baseline(item, report, analysis)
         return entry
 
-    def _write_baseline(self, item, report, analysis) -> Optional[str]:
+    def _write_baseline(self, item, report, analysis) -> str | None:
         """The golden heatmaps of (model, rule) where the new rule file's run will look for them."""
         from ..checks.baseline import WRITTEN, baseline_path, record, write_baseline
 
@@ -214,10 +217,12 @@ def measure(analysis) -> dict:
     worst = analysis.worst
     failing = analysis.failing
     measured = {
-        "samples": int(len(analysis.errors)),
+        "samples": len(analysis.errors),
         "finite": analysis.finite,
         "max_relative_error": float(np.max(relative)) if analysis.finite else None,
-        "max_relative_sample": int(np.argmax(np.where(np.isfinite(relative), relative, np.inf))) if len(relative) else 0,
+        "max_relative_sample": int(np.argmax(np.where(np.isfinite(relative), relative, np.inf)))
+        if len(relative)
+        else 0,
         "worst_sample": worst,
         "failing": int(failing.sum()),
         "split": split_text(analysis),
@@ -247,7 +252,12 @@ def measure(analysis) -> dict:
         totals = analysis.leaks.totals(worst)
         measured["found"] = [max(MECHANISMS, key=lambda name: abs(totals[name]))]
     problem = _conservation_problem(analysis, tuple(measured["found"]), measured["ceiling"])
-    return {**measured, "mode": "leaks" if problem is None else "fails", "problem": problem, "appeared": problem is None}
+    return {
+        **measured,
+        "mode": "leaks" if problem is None else "fails",
+        "problem": problem,
+        "appeared": problem is None,
+    }
 
 
 def ceiling(peak: float, rtol: float) -> float:
@@ -265,7 +275,7 @@ def beyond_tolerance(analysis) -> dict:
     bounds = analysis.bounds
     rest_bounds = unexplained_bounds(analysis)
     found = {}
-    for name in MECHANISMS + (UNEXPLAINED,):
+    for name in (*MECHANISMS, UNEXPLAINED):
         total = analysis.leaks.total(name)
         limit = rest_bounds if name == UNEXPLAINED else bounds
         over = ~(np.abs(total) <= limit)
@@ -276,11 +286,16 @@ def beyond_tolerance(analysis) -> dict:
         with np.errstate(divide="ignore", invalid="ignore"):
             excess = np.where(over, np.abs(total) / np.where(limit > 0, limit, np.inf), -1.0)
         sample = int(np.argmax(excess))
-        found[name] = {"samples": int(over.sum()), "sample": sample, "value": float(total[sample]), "bound": float(limit[sample])}
+        found[name] = {
+            "samples": int(over.sum()),
+            "sample": sample,
+            "value": float(total[sample]),
+            "bound": float(limit[sample]),
+        }
     return found
 
 
-def _conservation_problem(analysis, leaks: tuple, max_error) -> Optional[str]:
+def _conservation_problem(analysis, leaks: tuple, max_error) -> str | None:
     """None when the conservation test passes (or is the declared expected failure) with these expectations."""
     rule = dataclasses.replace(analysis.rule, leaks=leaks, max_error=max_error, xfail=None)
     candidate = dataclasses.replace(analysis, rule=rule)

@@ -21,7 +21,7 @@ def image_size(samples: int) -> tuple:
     """(width, height) in pixels of the image for that many samples."""
     columns = 2 * min(samples, PAIRS_PER_ROW)
     rows = -(-samples // PAIRS_PER_ROW)
-    return int(round(columns * CELL_INCHES * DPI)), int(round(rows * CELL_INCHES * DPI))
+    return round(columns * CELL_INCHES * DPI), round(rows * CELL_INCHES * DPI)
 
 
 def write_heatmap_image(folder: Path, nodeid: str, analysis) -> Path:

@@ -58,7 +58,9 @@ class HtmlReport:
             terminalreporter.write_line(f"lrp: HTML report {self.path}")
 
 
-def render_page(records: list, pictures: dict, comparisons: dict, rules_path: Path, exitstatus: int = 0, now=None) -> str:
+def render_page(
+    records: list, pictures: dict, comparisons: dict, rules_path: Path, exitstatus: int = 0, now=None
+) -> str:
     records = sorted(records, key=_table_order)
     groups = {}
     for record in sorted(records, key=_section_order):
@@ -70,7 +72,9 @@ def render_page(records: list, pictures: dict, comparisons: dict, rules_path: Pa
         "<h2>Rules</h2>",
         *(_section(key, group, pictures.get(key), comparisons) for key, group in groups.items()),
     ]
-    return PAGE.format(style=STYLE, script=SCRIPT, title=escape(f"pytest-lrp report: {rules_path.name}"), body="\n".join(body))
+    return PAGE.format(
+        style=STYLE, script=SCRIPT, title=escape(f"pytest-lrp report: {rules_path.name}"), body="\n".join(body)
+    )
 
 
 def section_id(model, rule: str) -> str:
@@ -87,21 +91,26 @@ def _header(records, counts, rules_path, exitstatus, now) -> str:
     count_items = "".join(
         f'<li class="o-{escape(o)}">{escape(o)} <b>{counts[o]}</b></li>' for o in OUTCOME_ORDER if counts.get(o)
     )
-    interrupted = '<p class="warn">The run was interrupted: the page shows the tests that finished.</p>' if exitstatus == 2 else ""
+    interrupted = (
+        '<p class="warn">The run was interrupted: the page shows the tests that finished.</p>'
+        if exitstatus == 2
+        else ""
+    )
     return (
         f"<header><h1>pytest-lrp report</h1>{interrupted}<dl>"
         f"<dt>when</dt><dd>{escape(now.strftime('%Y-%m-%d %H:%M:%S %Z'))}</dd>"
         f"<dt>rule file</dt><dd><code>{escape(str(rules_path))}</code></dd>"
         f"<dt>models</dt><dd>{'<br>'.join(f'{escape(n)} <code>{escape(p)}</code>' for n, p in models)}</dd>"
         f"<dt>versions</dt><dd>{escape(', '.join(f'{k} {v}' for k, v in found.items() if v))}</dd>"
-        f"</dl><ul class=\"counts\">{count_items}<li>total <b>{len(records)}</b></li></ul></header>"
+        f'</dl><ul class="counts">{count_items}<li>total <b>{len(records)}</b></li></ul></header>'
     )
 
 
 def _table(records, counts) -> str:
     buttons = "".join(
         f'<label><input type="checkbox" data-outcome="{escape(o)}" checked> {escape(o)} ({counts[o]})</label>'
-        for o in OUTCOME_ORDER if counts.get(o)
+        for o in OUTCOME_ORDER
+        if counts.get(o)
     )
     rows = []
     for r in records:
@@ -121,7 +130,8 @@ def _table(records, counts) -> str:
         )
         rows.append(
             f'<tr id="{row_id(r["nodeid"])}" data-outcome="{escape(r["outcome"])}" title="{escape(r["nodeid"])}">'
-            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
         )
     return (
         '<h2>Tests</h2><form class="filter" id="filter">show: ' + buttons + "</form>"
@@ -137,24 +147,29 @@ def _section(key, group, samples, comparisons) -> str:
     conservation = next((r for r in group if r.get("check") == "conservation"), None)
     parts = [
         f'<section id="{section_id(first.get("model"), first["rule"])}">'
-        f'<h3>{escape(first["rule"])} on {escape(first.get("model") or "-")} <small>{escape(first["analyzer"])}'
-        f'{escape(_params(first.get("params")))}, target {escape(first.get("target", "output"))}</small></h3>',
-        '<ul class="tests">' + "".join(
+        f"<h3>{escape(first['rule'])} on {escape(first.get('model') or '-')} <small>{escape(first['analyzer'])}"
+        f"{escape(_params(first.get('params')))}, target {escape(first.get('target', 'output'))}</small></h3>",
+        '<ul class="tests">'
+        + "".join(
             f'<li><a href="#{row_id(r["nodeid"])}" class="badge o-{escape(r["outcome"])}">{escape(r["check"])}: {escape(r["outcome"])}</a></li>'
             for r in group
-        ) + "</ul>",
+        )
+        + "</ul>",
     ]
     for r in group:
         if r.get("message"):
-            parts.append(f'<details open><summary>{escape(r["check"])}: {escape(r["outcome"])}</summary><pre>{escape(r["message"])}</pre></details>')
+            parts.append(
+                f"<details open><summary>{escape(r['check'])}: {escape(r['outcome'])}</summary><pre>{escape(r['message'])}</pre></details>"
+            )
     parts.append('<div class="pictures">')
     if samples:
         total = first.get("samples") or len(samples)
         more = f" (the first {len(samples)} of {total})" if total > len(samples) else ""
         parts.append(
             f'<figure class="samples"><figcaption>inputs and heatmaps{more}: red positive, blue negative, '
-            "white zero, symmetric scale per sample; R = sum of the heatmap, t = target</figcaption><div class=\"grid\">"
-            + "".join(_sample(s) for s in samples) + "</div></figure>"
+            'white zero, symmetric scale per sample; R = sum of the heatmap, t = target</figcaption><div class="grid">'
+            + "".join(_sample(s) for s in samples)
+            + "</div></figure>"
         )
     chart = _chart(conservation or first)
     if chart:
@@ -189,11 +204,19 @@ def _chart(record) -> str:
     leak = shown_leak(record)
     png = record_chart(record)
     alt = "relevance per layer: " + ", ".join(f"{layer['name']} {float(layer['relevance']):.4g}" for layer in layers)
-    caption = (f"relevance total at each layer's output, sample {sample}, output (left) to input (right); "
-               f"dashed: the target {float(record['targets'][sample]):.4g}; ")
-    caption += f"red: the leaking layer {leak['name']} ({leak['class']}), change {float(leak['change']):+.4g}" if leak else "no leaking layer"
-    return (f'<figure class="chart"><img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
-            f"<figcaption>{escape(caption)}</figcaption>{_mechanisms(record)}</figure>")
+    caption = (
+        f"relevance total at each layer's output, sample {sample}, output (left) to input (right); "
+        f"dashed: the target {float(record['targets'][sample]):.4g}; "
+    )
+    caption += (
+        f"red: the leaking layer {leak['name']} ({leak['class']}), change {float(leak['change']):+.4g}"
+        if leak
+        else "no leaking layer"
+    )
+    return (
+        f'<figure class="chart"><img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
+        f"<figcaption>{escape(caption)}</figcaption>{_mechanisms(record)}</figure>"
+    )
 
 
 def _mechanisms(record) -> str:
@@ -201,7 +224,7 @@ def _mechanisms(record) -> str:
     leaks = record.get("leaks")
     if not leaks or not leaks.get("layers") or leaks["verdict"] == "conserved":  # nothing to split but float noise
         return ""
-    columns = MECHANISMS + (UNEXPLAINED,)
+    columns = (*MECHANISMS, UNEXPLAINED)
     # What stays within the rule's tolerance is float noise, not a leak worth a row.
     tolerance = record["tolerance"]
     bound = tolerance["atol"] + tolerance["rtol"] * abs(float(record["targets"][leaks["sample"]]))
@@ -211,10 +234,13 @@ def _mechanisms(record) -> str:
         return ""
     head = "".join(f"<th>{escape(c)}</th>" for c in shown)
     body = "".join(
-        f"<tr><td>{escape(entry['name'])}</td>" + "".join(f"<td>{_signed(entry.get(c))}</td>" for c in shown) + "</tr>" for entry in rows
+        f"<tr><td>{escape(entry['name'])}</td>" + "".join(f"<td>{_signed(entry.get(c))}</td>" for c in shown) + "</tr>"
+        for entry in rows
     )
-    summary = (f"leak by mechanism (numpy reference), sample {leaks['sample']}: {record.get('leak_split') or '-'}; "
-               f"declared: {', '.join(leaks['declared']) or 'none'}; verdict: {leaks['verdict']}")
+    summary = (
+        f"leak by mechanism (numpy reference), sample {leaks['sample']}: {record.get('leak_split') or '-'}; "
+        f"declared: {', '.join(leaks['declared']) or 'none'}; verdict: {leaks['verdict']}"
+    )
     return f'<table class="mechanisms"><caption>{escape(summary)}</caption><tr><th>layer</th>{head}</tr>{body}</table>'
 
 
@@ -231,12 +257,16 @@ def _signed(value) -> str:
 def _table_order(record):
     outcome = record["outcome"]
     rank = OUTCOME_ORDER.index(outcome) if outcome in OUTCOME_ORDER else len(OUTCOME_ORDER)
-    return (rank,) + _section_order(record)
+    return (rank, *_section_order(record))
 
 
 def _section_order(record):
     check = record.get("check", "conservation")
-    return (record.get("model") or "", record["rule"], CHECK_NAMES.index(check) if check in CHECK_NAMES else len(CHECK_NAMES))
+    return (
+        record.get("model") or "",
+        record["rule"],
+        CHECK_NAMES.index(check) if check in CHECK_NAMES else len(CHECK_NAMES),
+    )
 
 
 def _number(value) -> str:

@@ -60,7 +60,9 @@ def attach_pictures(item, report, settings, rules_path) -> None:
         drawn[key] = (weakref.ref(analysis), sample_pictures(analysis), {})
     _, samples, charts = drawn[key]
     outcome = outcome_of(report)
-    comparison = _comparison(item, analysis, settings, rules_path) if outcome == "failed" and item.check in COMPARED else None
+    comparison = (
+        _comparison(item, analysis, settings, rules_path) if outcome == "failed" and item.check in COMPARED else None
+    )
     setattr(report, IMAGES_ATTRIBUTE, {"analysis": key, "samples": samples, "comparison": comparison})
     if getattr(item.config.option, "htmlpath", None):
         from pytest_html import extras
@@ -72,8 +74,10 @@ def attach_pictures(item, report, settings, rules_path) -> None:
         chart_key = ("chart", leak and leak["name"])
         if chart_key not in charts and len(record.get("layers") or []) > 1:
             charts[chart_key] = record_chart(record)
-        report.extras = list(getattr(report, "extras", [])) + [extras.png(charts["mosaic"], "inputs and heatmaps")] + (
-            [extras.png(charts[chart_key], "relevance per layer")] if chart_key in charts else []
+        report.extras = (
+            list(getattr(report, "extras", []))
+            + [extras.png(charts["mosaic"], "inputs and heatmaps")]
+            + ([extras.png(charts[chart_key], "relevance per layer")] if chart_key in charts else [])
         )
         if comparison:
             report.extras.append(extras.png(comparison["png"], " / ".join(comparison["names"] + ["difference"])))
@@ -118,13 +122,15 @@ def sample_pictures(analysis, limit: int = SAMPLES_SHOWN) -> list:
     pictures = []
     for i in range(min(limit, len(analysis.heatmaps))):
         shown_input, shown_map = _sample_rgba(analysis, i)
-        pictures.append({
-            "sample": i,
-            "input": png_text(shown_input),
-            "heatmap": png_text(shown_map),
-            "sum": float(analysis.sums[i]),
-            "target": float(analysis.targets[i]),
-        })
+        pictures.append(
+            {
+                "sample": i,
+                "input": png_text(shown_input),
+                "heatmap": png_text(shown_map),
+                "sum": float(analysis.sums[i]),
+                "target": float(analysis.targets[i]),
+            }
+        )
     return pictures
 
 
@@ -138,7 +144,7 @@ def mosaic_text(analysis, limit: int = SAMPLES_SHOWN) -> str:
     height, width = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
     tiles = [_pad(t, height, width) for t in tiles]
     tiles += [np.ones_like(tiles[0])] * (-len(tiles) % PAIRS_PER_ROW if len(tiles) > PAIRS_PER_ROW else 0)
-    rows = [_joined(tiles[start:start + PAIRS_PER_ROW], axis=1) for start in range(0, len(tiles), PAIRS_PER_ROW)]
+    rows = [_joined(tiles[start : start + PAIRS_PER_ROW], axis=1) for start in range(0, len(tiles), PAIRS_PER_ROW)]
     return png_text(_joined(rows, axis=0))
 
 
@@ -160,8 +166,15 @@ def layer_chart(layers: list, leak, target: float) -> str:
         # The step from the leaking layer's output to what it hands its input below.
         index = names.index(leak["name"])
         below = min(index + 1, len(values) - 1)
-        axes.plot([index, below], [values[index], values[below]], color="#d62728", linewidth=2.2, drawstyle="steps-mid",
-                  marker="o", markersize=4)
+        axes.plot(
+            [index, below],
+            [values[index], values[below]],
+            color="#d62728",
+            linewidth=2.2,
+            drawstyle="steps-mid",
+            marker="o",
+            markersize=4,
+        )
     axes.set_xticks(positions)
     axes.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
     for label in axes.get_xticklabels():
@@ -216,16 +229,18 @@ def _sample_rgba(analysis, i: int):
         low, high = np.nanmin(picture), np.nanmax(picture)
         picture = _colormap("gray")((picture - low) / (high - low) if high > low else np.zeros_like(picture))
     else:
-        picture = np.concatenate([picture, np.ones(picture.shape[:2] + (1,))], axis=-1)
+        picture = np.concatenate([picture, np.ones((*picture.shape[:2], 1))], axis=-1)
     # Relevance adds up: a thumbnail pixel holds the sum of the pixels it covers.
     heatmap = _shrink(as_plane(analysis.heatmaps[i]), mean=False)
     finite = np.abs(heatmap[np.isfinite(heatmap)])
     scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    shown_map = _colormap("bwr")((np.clip(np.nan_to_num(heatmap, posinf=scale, neginf=-scale), -scale, scale) / scale + 1) / 2)
+    shown_map = _colormap("bwr")(
+        (np.clip(np.nan_to_num(heatmap, posinf=scale, neginf=-scale), -scale, scale) / scale + 1) / 2
+    )
     return picture, shown_map
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _colormap(name: str):
     """matplotlib hands out a copy of a colormap on each lookup, which builds its table again:
     a third of the thumbnails' time before this cache."""

@@ -32,7 +32,9 @@ class KerasLineRelay:
         self.config = config
         self.shown = set()
 
-    @pytest.hookimpl(tryfirst=True)  # on a worker, before xdist serializes the report; on the controller, before its progress mark
+    @pytest.hookimpl(
+        tryfirst=True
+    )  # on a worker, before xdist serializes the report; on the controller, before its progress mark
     def pytest_runtest_logreport(self, report) -> None:
         line = self.config.stash.get(_pending_key, None)
         if line is not None:

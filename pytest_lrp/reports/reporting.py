@@ -29,13 +29,15 @@ def before_report(item) -> None:
         return
     leak = largest_change(analysis.layers, analysis.worst) if analysis.layers else None
     tolerance = item.rule.tolerance
-    item.user_properties.extend([
-        ("lrp_max_error", f"{float(analysis.errors.max()):.6g}"),
-        ("lrp_max_relative_error", f"{float(analysis.relative_errors.max()):.6g}"),
-        ("lrp_tolerance", f"rtol={tolerance.rtol:g} atol={tolerance.atol:g}"),
-        ("lrp_leak_layer", f"{leak.name} ({leak.cls})" if leak else ""),
-        *junit_properties(item, analysis),
-    ])
+    item.user_properties.extend(
+        [
+            ("lrp_max_error", f"{float(analysis.errors.max()):.6g}"),
+            ("lrp_max_relative_error", f"{float(analysis.relative_errors.max()):.6g}"),
+            ("lrp_tolerance", f"rtol={tolerance.rtol:g} atol={tolerance.atol:g}"),
+            ("lrp_leak_layer", f"{leak.name} ({leak.cls})" if leak else ""),
+            *junit_properties(item, analysis),
+        ]
+    )
 
 
 def is_result(report) -> bool:
@@ -120,6 +122,3 @@ def write_notes(terminalreporter, records: list) -> None:
         unique = list(dict.fromkeys(rule_ids))
         shown_rules = ", ".join(unique[:6]) + (f" and {len(unique) - 6} more" if len(unique) > 6 else "")
         terminalreporter.write_line(f"lrp: {model}: {note} (rules {shown_rules})")
-
-
-

@@ -6,8 +6,6 @@ config.stash) travel from pytest-xdist workers to the controller.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..base.lazy import np
 from ..checks.layers import largest_change
 from .accounting import leak_record, reference_record, split_text
@@ -62,8 +60,15 @@ def result_record(item, report) -> dict:
         failing_samples=int(np.sum(analysis.failing)),
         worst_sample=worst,
         softmax_stripped=analysis.softmax_stripped,
-        layers=[{"name": layer.name, "class": layer.cls, "relevance": _number(layer.at_output[worst]),
-                 **({"members": list(layer.members)} if layer.members else {})} for layer in analysis.layers],
+        layers=[
+            {
+                "name": layer.name,
+                "class": layer.cls,
+                "relevance": _number(layer.at_output[worst]),
+                **({"members": list(layer.members)} if layer.members else {}),
+            }
+            for layer in analysis.layers
+        ],
         leak_layer=_leak(leak, worst),
         # per sample: how far float32 rounding of the rule's terms may move sum(R) (the reference's bound)
         float32_rounding=None if analysis.rounding is None else [_number(r) for r in analysis.rounding],
@@ -79,7 +84,7 @@ def result_record(item, report) -> dict:
     return record
 
 
-def _leak(layer, sample: int) -> Optional[dict]:
+def _leak(layer, sample: int) -> dict | None:
     if layer is None:
         return None
     return {

@@ -22,14 +22,34 @@ LEAKING = ("failed", "xfailed")
 FAILURES = ("failed", "xpassed-strict", "error")
 ATTENTION = (*FAILURES, "xpassed", "xfailed")
 STRICT_XPASS = "[XPASS(strict)]"
-WORDS = {"failed": "FAILED", "xpassed-strict": "XPASS(strict)", "error": "ERROR", "xpassed": "XPASS",
-         "xfailed": "XFAIL"}
+WORDS = {
+    "failed": "FAILED",
+    "xpassed-strict": "XPASS(strict)",
+    "error": "ERROR",
+    "xpassed": "XPASS",
+    "xfailed": "XFAIL",
+}
 # The final line's counts, in pytest's order and words; a strict XPASS counts as failed, as pytest counts it.
-COUNTED = (("failed", ("failed", "xpassed-strict")), ("passed", ("passed",)), ("skipped", ("skipped",)),
-           ("xfailed", ("xfailed",)), ("xpassed", ("xpassed",)), ("error", ("error",)))
+COUNTED = (
+    ("failed", ("failed", "xpassed-strict")),
+    ("passed", ("passed",)),
+    ("skipped", ("skipped",)),
+    ("xfailed", ("xfailed",)),
+    ("xpassed", ("xpassed",)),
+    ("error", ("error",)),
+)
 # The -v table: every column that fits, dropped from the first of these as the width demands.
-TABLE = ("rule", "check", "outcome", "analyzer", "max |error|", "rel. error", "rtol, atol", "leaking layer",
-         "leak by mechanism, reason")
+TABLE = (
+    "rule",
+    "check",
+    "outcome",
+    "analyzer",
+    "max |error|",
+    "rel. error",
+    "rtol, atol",
+    "leaking layer",
+    "leak by mechanism, reason",
+)
 DROPPED_FIRST = ("analyzer", "max |error|", "leaking layer", "rtol, atol")
 NARROWEST_LAST_COLUMN = 24  # below it the next column of DROPPED_FIRST goes; at 80 columns the last has 21
 NARROWEST_BELOW = 16  # narrower still, the last column is printed below each row
@@ -92,9 +112,11 @@ def model_line(model: str, records: list) -> str:
     parts = []
     if conserving:
         closest = max(conserving, key=_share_of_tolerance)
-        parts.append(f"{_plural(len(conserving), 'rule')} {'conserves' if len(conserving) == 1 else 'conserve'} "
-                     f"(worst: {closest['rule']}, rel. error {_format(closest['max_relative_error'], '{:.2g}')}, "
-                     f"rtol {closest['tolerance']['rtol']:g})")
+        parts.append(
+            f"{_plural(len(conserving), 'rule')} {'conserves' if len(conserving) == 1 else 'conserve'} "
+            f"(worst: {closest['rule']}, rel. error {_format(closest['max_relative_error'], '{:.2g}')}, "
+            f"rtol {closest['tolerance']['rtol']:g})"
+        )
     if explained:
         parts.append(f"{len(explained)} {'leaks' if len(explained) == 1 else 'leak'} only as declared")
     return line + ("; " + ", ".join(parts) if parts else "")
@@ -120,7 +142,7 @@ def table_lines(records: list, width: int, layout_of=None) -> list:
         wrapped = wrap_to_width(cells[-1], last, indent=0).splitlines() or [""]
         if fixed == 4:
             lines.append(abbreviate(head.rstrip(), width))
-            wrapped = [""] + wrapped if wrapped != [""] else []
+            wrapped = ["", *wrapped] if wrapped != [""] else []
         else:
             lines.append(abbreviate((head + "  " + wrapped[0]).rstrip(), width))
         lines.extend(abbreviate(" " * fixed + more, width) for more in wrapped[1:])
@@ -133,7 +155,7 @@ def _layout(rows: list, width: int) -> tuple:
     columns = list(TABLE)
     while True:
         shown = [TABLE.index(c) for c in columns]
-        widths = [max(len(str(row[i])) for row in rows + [TABLE]) for i in shown]
+        widths = [max(len(str(row[i])) for row in [*rows, TABLE]) for i in shown]
         fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
         droppable = [c for c in DROPPED_FIRST if c in columns]
         if width - fixed >= min(NARROWEST_LAST_COLUMN, widths[-1]) or not droppable:

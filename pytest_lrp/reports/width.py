@@ -39,8 +39,17 @@ def wrap_to_width(text: str, width: int, indent: int = CONTINUATION) -> str:
         own = len(line) - len(line.lstrip(" "))
         lead = " " * min(own, width // 2)
         follow = " " * min(own + indent, width // 2)
-        lines.extend(textwrap.wrap(line.strip(" "), width, initial_indent=lead, subsequent_indent=follow,
-                                   break_on_hyphens=False, drop_whitespace=True) or [""])
+        lines.extend(
+            textwrap.wrap(
+                line.strip(" "),
+                width,
+                initial_indent=lead,
+                subsequent_indent=follow,
+                break_on_hyphens=False,
+                drop_whitespace=True,
+            )
+            or [""]
+        )
     return "\n".join(lines)
 
 

@@ -27,10 +27,21 @@ class Chromium:
             os.dup2(answers, 4)
 
         self.process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-             f"--user-data-dir={self._profile}", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=as_fds_3_and_4,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                executable,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                f"--user-data-dir={self._profile}",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=as_fds_3_and_4,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(commands)
         os.close(answers)
@@ -63,7 +74,9 @@ class Chromium:
             self.events.extend(self._read(deadline))
 
     def evaluate(self, expression: str):
-        answer = self.send("Runtime.evaluate", session=self.session, expression=expression, returnByValue=True, awaitPromise=True)
+        answer = self.send(
+            "Runtime.evaluate", session=self.session, expression=expression, returnByValue=True, awaitPromise=True
+        )
         assert "exceptionDetails" not in answer, answer
         return answer["result"].get("value")
 
@@ -74,7 +87,9 @@ class Chromium:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning", "assert"):
                 found.append(params)
-            elif method == "Runtime.exceptionThrown" or (method == "Log.entryAdded" and params["entry"]["level"] == "error"):
+            elif method == "Runtime.exceptionThrown" or (
+                method == "Log.entryAdded" and params["entry"]["level"] == "error"
+            ):
                 found.append(params)
         return found
 

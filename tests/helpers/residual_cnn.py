@@ -33,8 +33,13 @@ def residual_cnn(tf, blocks: int, named: bool, size: int = 8, seed: int = 0, dro
         outputs = layers.Dense(4, activation="softmax", **name("logits"))(x)
         model = tf.keras.Model(inputs, outputs)
         # Trained-looking BatchNormalization statistics and biases: the defaults (mean 0, var 1, bias 0) hide a lot.
-        model.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) if "variance" not in v.name
-                           else rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
-                           for w, v in zip(model.get_weights(), model.weights)])
+        model.set_weights(
+            [
+                rng.normal(0, 0.4, w.shape).astype(np.float32)
+                if "variance" not in v.name
+                else rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+                for w, v in zip(model.get_weights(), model.weights)
+            ]
+        )
         names = [layer.name for layer in model.layers]
     return model, names, graph

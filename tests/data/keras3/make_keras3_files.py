@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+from keras import layers
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = 4
@@ -119,7 +119,7 @@ def main():
         model = build()
         randomize(model, rng)
         name = model.name
-        x = rng.uniform(0, 1, (SAMPLES,) + tuple(model.input_shape[1:])).astype(np.float32)
+        x = rng.uniform(0, 1, (SAMPLES, *tuple(model.input_shape[1:]))).astype(np.float32)
         y = model.predict(x, verbose=0)
         np.savez(HERE / f"{name}_inputs.npz", x=x, y=y)
         np.savez(
