@@ -67,6 +67,7 @@ from .rules import (
     Rule,
     UnsupportedRule,
     _absolute_pieces,
+    _squared,
     apply_terms,
     float32_bound,
     terms,
@@ -475,12 +476,17 @@ class _Backward:
         # on in one precision and off in the other
         self.forward_count = float(sum(_fan_in(layer) for layer in model.layers))
         self.forward_unit = FLOAT32_UNIT * self.forward_count
+        # the same as a probable bound (independent roundings, ROUNDING_SIGMAS standard deviations): how near a
+        # tie a max-pooling window or a ReLU must be for float32 to decide it otherwise
+        self.forward_reach = ROUNDING_SIGMAS * FLOAT32_UNIT * float(np.sqrt(self.forward_count))
 
     def run(self, head: np.ndarray, accounts: list) -> np.ndarray:
         relevance = {self.model.output_name: head}
         # innvestigate starts from its float32 output, which the forward pass has rounded
-        # per element, how far float32 may have moved the relevance (rules.float32_bound)
-        errors = {self.model.output_name: np.abs(head) * self.forward_unit} if self.bounds else {}
+        # per element, the variance of how far float32 roundings may have moved the relevance: its square root is
+        # the bound (rules.float32_bound). innvestigate starts from its own float32 output, off by up to
+        # forward_unit of it: one relative error for all of the relevance, added as such (_coherent), not as noise
+        errors = {self.model.output_name: np.zeros_like(head)} if self.bounds else {}
         for layer in reversed(self.model.layers):
             if layer.name not in relevance:
                 continue
@@ -514,7 +520,7 @@ class _Backward:
                     mech,
                     maps,
                     seen_mech,
-                    e if maps is not None else None,
+                    self._coherent(e, r) if maps is not None and e is not None else None,
                     local,
                 )
             )
@@ -523,23 +529,26 @@ class _Backward:
             for producer, ei in zip(layer.inputs, e_ins):
                 errors[producer] = errors[producer] + ei if producer in errors else ei
         if self.bounds:
-            self.heatmap_bound = errors[self.model.input_name]
+            self.heatmap_bound = self._coherent(errors[self.model.input_name], relevance[self.model.input_name])
         return relevance[self.model.input_name]
 
+    def _coherent(self, variance: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+        """An element's bound: its roundings' (the square root of their variance) and the output's share."""
+        return np.sqrt(variance) + self.forward_unit * np.abs(relevance)
+
     def _bound(self, layer: Layer, xs: list, r: np.ndarray, e: Any) -> tuple[list, Any]:
-        """The rounding bound at each input of ``layer`` (float32_bound), and the layer's own most on the total."""
+        """The rounding variance at each input of ``layer`` (float32_bound), and the layer's own most on the total."""
         batch = len(r)
         if self._rounding is not None:  # a rule's terms (apply_terms)
-            return [self._rounding.elements], self._rounding.local
+            return [self._rounding.variance], self._rounding.local
         cls, family = layer.class_name, self.policy.family
         x: Any = xs[0] if xs else None
         if cls == "Add" and family == "lrp":
             z = sum(xs[1:], xs[0].copy())
             ds = z + KERAS_EPSILON * (z == 0)
             absolute = sum(np.abs(xi) for xi in xs)
-            own, carried, local = float32_bound(1.0, z, absolute, None, ds, r, e, (len(xs), 1), self.forward_count)
-            sigma = ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(own)
-            return [np.abs(xi) * (carried + sigma) for xi in xs], local.reshape(batch, -1).sum(axis=1)
+            carried, local = float32_bound(1.0, z, absolute, None, ds, r, e, (len(xs), 1), self.forward_count)
+            return [np.square(xi) * carried for xi in xs], local.reshape(batch, -1).sum(axis=1)
         if cls in KERNEL and family == "gradient":
             g_bound = e
             if layer.activation == "relu":
@@ -549,24 +558,22 @@ class _Backward:
                 if layer.bias is not None:
                     absolute = absolute + np.abs(layer.bias)
                 # a ReLU within float32's reach of 0 may be on in one precision and off in the other
-                undecided = np.abs(z) < self.forward_unit * absolute
-                g_bound = e * (z > 0) + np.abs(r) * undecided
-            pieces = _absolute_pieces(layer.kernel, layer.variants)
-            return [sum(sign * layer.op.transpose(g_bound, w, x.shape) for w, sign in pieces)], np.zeros(batch)
+                undecided = np.abs(z) < self.forward_reach * absolute
+                g_bound = e * (z > 0) + np.square(r) * undecided
+            return [layer.op.transpose(g_bound, _squared(layer.kernel, layer.variants), x.shape)], np.zeros(batch)
         if cls == "BatchNormalization":
             exact_k, _ = bn_affine(layer)
-            return [Scale(layer.bn[-1], x.ndim).transpose(e, np.abs(exact_k), x.shape)], np.zeros(batch)
-        if (
-            cls in ("Activation", "ReLU")
-            and family != "lrp"
-            and not (cls == "Activation" and layer.activation == "linear")
-        ):
+            return [Scale(layer.bn[-1], x.ndim).transpose(e, np.square(exact_k), x.shape)], np.zeros(batch)
+        if cls == "ReLU" or (cls == "Activation" and family != "lrp" and layer.activation != "linear"):
+            # a ReLU layer masks relevance by the sign of its input (LRP too): an input within float32's reach of
+            # 0 (after an Add whose inputs nearly cancel) may be on in one precision and off in the other
             scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
-            undecided = np.abs(x) < self.forward_unit * scale
-            return [e * (x > 0) + np.abs(r) * undecided], np.zeros(batch)
+            undecided = (np.abs(x) < self.forward_reach * scale) & (x != 0)
+            return [e * (x > 0) + np.square(r) * undecided], np.zeros(batch)
         if cls in MAX_POOL:
             return [self._max_pool_bound(layer, x, r, e)], np.zeros(batch)
-        # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing)
+        # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing), or with
+        # positive weights (average pooling's 1/n, applied to variances as they are: an overestimate)
         return self.layer(layer, xs, e, None)[1], np.zeros(batch)
 
     def _max_pool_bound(self, layer: Layer, x: np.ndarray, r: np.ndarray, e: np.ndarray) -> np.ndarray:
@@ -576,13 +583,16 @@ class _Backward:
         routed = op.transpose(e, self.acts[layer.name + ":argmax"], x.shape)
         out = r.shape[1:-1]
         best = self.acts[layer.name]
-        reach = self.forward_unit * np.abs(best)
+        reach = self.forward_reach * np.abs(best)
         padded_x = op.w.pad(x, -np.inf)
-        near = [padded_x[op.w.slices(offset, out)] >= best - reach for offset in op.w.offsets()]
-        tied = sum(n.astype(int) for n in near) > 1
+        cells = [padded_x[op.w.slices(offset, out)] for offset in op.w.offsets()]
+        near = [cell >= best - reach for cell in cells]
+        # Cells equal to the maximum are equal in float32 too (the same inputs, the same arithmetic: ReLU zeros, a
+        # uniform patch), and both pick the first: only another value within reach makes the routing uncertain.
+        tied = sum(((cell >= best - reach) & (cell != best)).astype(int) for cell in cells) > 0
         if not tied.any():
             return routed
-        share = np.where(tied, np.abs(r), 0.0)
+        share = np.where(tied, np.square(r), 0.0)
         padded = op.w.padded_zeros(r.shape[0], x.shape, r.dtype)
         for offset, n in zip(op.w.offsets(), near):
             padded[op.w.slices(offset, out)] += np.where(n, share, 0.0)

@@ -243,7 +243,7 @@ def apply_terms(
     any_present = np.zeros_like(relevance, dtype=bool)
     targets = [relevance] if observed is None else [relevance, observed]
     mechs = [{name: np.zeros(batch) for name in MECHANISMS} for _ in targets]
-    rounding = None if bound is None else Rounding(np.zeros(x_shape), np.zeros(x_shape), np.zeros(batch))
+    rounding = None if bound is None else Rounding(np.zeros(x_shape), np.zeros(batch))
 
     def charge(name, where, factor):
         for r, mech in zip(targets, mechs):
@@ -306,17 +306,11 @@ ROUNDING_SIGMAS = 6.0
 @dataclass
 class Rounding:
     """How far float32 arithmetic may move relevance (see float32_bound), at a layer's input(s): per element
-    ``inherited``, what the layers above may have moved carried down (absolute), and ``variance``, this
-    layer's own roundings as a variance (its square root times ROUNDING_SIGMAS u is their bound); ``local``,
-    per sample, the most this layer's own arithmetic can move the total."""
+    ``variance``, whose square root is the element's bound (ROUNDING_SIGMAS standard deviations), and, per
+    sample, ``local``, the most this layer's own arithmetic can move the total."""
 
-    inherited: np.ndarray
     variance: np.ndarray
     local: np.ndarray
-
-    @property
-    def elements(self) -> np.ndarray:
-        return self.inherited + ROUNDING_SIGMAS * FLOAT32_UNIT * np.sqrt(self.variance)
 
 
 def fan(op, kernel) -> tuple[int, int]:
@@ -335,9 +329,8 @@ def fan(op, kernel) -> tuple[int, int]:
 
 
 def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited, fans, forward: float = 0.0):
-    """One term's float32 rounding, per neuron: (the variance of its own roundings its messages carry, to be
-    spread by x^2 w^2; the bound inherited from above its messages carry, to be spread by |x w|; the most it
-    moves the total).
+    """One term's float32 rounding, per neuron: (the variance its messages carry, to be spread by x^2 w^2, with
+    ``inherited`` the variance the relevance arriving there carries; the most it moves the total).
 
     A message is m_ij = x_i w_ij R_j / ds_j. In float32 the denominator ds_j = sum_i x_i w_ij + b_j is off
     by at most n u A_j, A_j = sum_i |x_i w_ij| + |b_j| (Higham: a sum of n terms, u = 2^-24), a relative
@@ -348,11 +341,10 @@ def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited
     n + forward roundings. Each input's sum over the m neurons it feeds adds m u of its terms' magnitude.
     - The total: neuron j's messages sum to R_j c_j / ds_j, so it moves the total by at most
       |R_j| u (n k_j |c_j / ds_j| + m (A_j - |b_j|) / |ds_j|): a worst-case bound, linear in k_j.
-    - Each element: a layer's own roundings are independent in practice, so they add as variances (Higham
-      and Mary's probabilistic analysis: sqrt(n) u instead of n u): its messages carry R_j^2 (n k_j^2 + m)
-      / ds_j^2. What the relevance arriving at j already carries, E_j, is one error flowing on through
-      every path, so it is carried whole, E_j |x_i w_ij| / |ds_j|: where the layers' paths recombine it
-      does not cancel."""
+    - Each element: roundings are independent in practice, so they add as variances (Higham and Mary's
+      probabilistic analysis: sqrt(n) u instead of n u; ROUNDING_SIGMAS standard deviations): with the
+      variance V_j the relevance arriving at j carries from above, its messages carry
+      kappa^2 (V_j + (6 u R_j)^2 (n k_j^2 + m)) / ds_j^2, spread to the inputs with x_i^2 w_ij^2."""
     fan_in, fan_out = fans
     fan_in = fan_in + forward
     absolute_ds = np.abs(ds)
@@ -360,8 +352,8 @@ def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         condition = np.where(absolute_ds > 0, scale / absolute_ds, 0.0)
         r2 = np.square(relevance)
-        own = kappa**2 * r2 * (fan_in * np.square(condition) + fan_out) / np.square(absolute_ds)
-        carried = abs(kappa) * inherited / absolute_ds
+        own = (ROUNDING_SIGMAS * FLOAT32_UNIT) ** 2 * r2 * (fan_in * np.square(condition) + fan_out)
+        carried = kappa**2 * (own + inherited) / np.square(absolute_ds)
         local = (
             abs(kappa)
             * np.abs(relevance)
@@ -371,7 +363,7 @@ def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited
             )
         )
     clean = lambda a: np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=0.0)  # noqa: E731  (ds = 0: no message)
-    return clean(own), clean(carried), clean(local)
+    return clean(carried), clean(local)
 
 
 def _bound_term(
@@ -383,7 +375,7 @@ def _bound_term(
     else:
         absolute = sum(_absolute_forward(op, xv, p, x_shape, cache) for xv, p in pieces)
     magnitude = (cache or {}).get(BIAS_MAGNITUDE, b)
-    own, carried, local = float32_bound(
+    carried, local = float32_bound(
         kappa,
         c,
         absolute,
@@ -396,15 +388,9 @@ def _bound_term(
     )
     axes = tuple(range(1, relevance.ndim))
     rounding.local += local.sum(axis=axes)
-    for (xv, wv, _), (_, p) in zip(pairs, pieces):
-        variance = op.transpose(own, _squared(wv, cache), x_shape)
-        spread = sum(sign * op.transpose(carried, w, x_shape) for w, sign in p)
-        if isinstance(xv, _Ones):
-            rounding.variance += variance
-            rounding.inherited += spread
-        else:
-            rounding.variance += np.square(xv) * variance
-            rounding.inherited += np.abs(xv) * spread
+    for xv, wv, _ in pairs:
+        variance = op.transpose(carried, _squared(wv, cache), x_shape)
+        rounding.variance += variance if isinstance(xv, _Ones) else np.square(xv) * variance
 
 
 def _squared(wv, cache):
