@@ -107,15 +107,22 @@ defaults:
   inputs: {lrp_project.inputs}
   checks: [positive]
 rules:
-  - id: z
-    analyzer: lrp.z
+  - id: ixg
+    analyzer: input_t_gradient
   - id: w-square
     analyzer: lrp.w_square
+  - id: z
+    analyzer: lrp.z
 """)
     # On the bias-free net every explained output is positive, so the w-square rule
-    # (squared weights only) gives positive relevance, and the z rule does not.
-    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-v")
-    result.assert_outcomes(failed=1, passed=1)
+    # (squared weights only) gives positive relevance, and input x gradient (the z rule here) does not.
+    # Without a reference check nothing says the negative values are its formula's: it fails. The z rule's
+    # reference runs (leak accounting) and shows the same negative values: an expected failure.
+    result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml", "-v", "-rx")
+    result.assert_outcomes(failed=1, passed=1, xfailed=1)
+    result.stdout.fnmatch_lines(
+        ["XFAIL *positive[[]nobias-z[]] - negative by its formula: the numpy reference's own heatmap*"]
+    )
     result.stdout.fnmatch_lines(["*positive[[]nobias-w-square[]] PASSED*"])
     x = np.load(lrp_project.inputs)["x"]
     relevance = lrp_project.nobias.lrp_z(x)
@@ -125,7 +132,7 @@ rules:
     output = result.stdout.str()
     assert (
         f"negative relevance: {int(below.sum())} values in {int(below.any(axis=1).sum())} of {len(x)} samples "
-        "below -atol = -1e-06 (lrp.z on nobias)"
+        "below -atol = -1e-06 (input_t_gradient on nobias)"
     ) in output
     minimum, index = re.search(rf"worst sample {worst}: minimum (\S+) at index \((\d+)\)", output).groups()
     np.testing.assert_allclose(float(minimum), relevance[worst].min(), rtol=1e-4)
@@ -189,7 +196,7 @@ def test_all_checks_of_a_rule_share_one_analysis_and_one_analyzer_build(lrp_proj
     """)
     lrp_project.rules(z_rule(lrp_project, "checks: [conservation, finite, positive, batch_invariance, determinism]"))
     result = pytester.runpytest(f"--lrp-model={lrp_project.nobias.path}", "rules.yaml")
-    result.assert_outcomes(passed=4, failed=1)  # positive: the z rule gives negative relevance
+    result.assert_outcomes(passed=4, xfailed=1)  # positive: the z rule's formula gives negative relevance
     assert (pytester.path / "builds.txt").read_text() == "1"
 
 

@@ -59,7 +59,7 @@ rules:
     np.testing.assert_allclose(float(error), errors[worst], rtol=5e-3)
     np.testing.assert_allclose(float(tolerance), bounds[worst], rtol=5e-3)
     # the reference's float32 rounding bound, shown beside it: tiny on this well-conditioned net
-    assert 0 < float(rounding) < 1e-4 * abs(targets[worst])
+    assert 0 < float(rounding) < 1e-3 * abs(targets[worst])
     assert (float(atol), float(rtol)) == (0.0, 1e-6)
     assert "Traceback" not in output and "pytest_lrp/" not in output
 
