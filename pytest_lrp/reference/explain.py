@@ -476,8 +476,9 @@ class _Backward:
         # on in one precision and off in the other
         self.forward_count = float(sum(_fan_in(layer) for layer in model.layers))
         self.forward_unit = FLOAT32_UNIT * self.forward_count
-        # the same as a probable bound (independent roundings, ROUNDING_SIGMAS standard deviations): how near a
-        # tie a max-pooling window or a ReLU must be for float32 to decide it otherwise
+        # how near a tie a max-pooling window must be for float32 to decide it otherwise: a probable bound
+        # (independent roundings, ROUNDING_SIGMAS standard deviations); a ReLU's sign uses the worst case,
+        # forward_unit (integrated gradients walks many points near them)
         self.forward_reach = ROUNDING_SIGMAS * FLOAT32_UNIT * float(np.sqrt(self.forward_count))
 
     def run(self, head: np.ndarray, accounts: list) -> np.ndarray:
@@ -558,7 +559,7 @@ class _Backward:
                 if layer.bias is not None:
                     absolute = absolute + np.abs(layer.bias)
                 # a ReLU within float32's reach of 0 may be on in one precision and off in the other
-                undecided = np.abs(z) < self.forward_reach * absolute
+                undecided = np.abs(z) < self.forward_unit * absolute
                 g_bound = e * (z > 0) + np.square(r) * undecided
             return [layer.op.transpose(g_bound, _squared(layer.kernel, layer.variants), x.shape)], np.zeros(batch)
         if cls == "BatchNormalization":
@@ -568,7 +569,7 @@ class _Backward:
             # a ReLU layer masks relevance by the sign of its input (LRP too): an input within float32's reach of
             # 0 (after an Add whose inputs nearly cancel) may be on in one precision and off in the other
             scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
-            undecided = (np.abs(x) < self.forward_reach * scale) & (x != 0)
+            undecided = (np.abs(x) < self.forward_unit * scale) & (x != 0)
             return [e * (x > 0) + np.square(r) * undecided], np.zeros(batch)
         if cls in MAX_POOL:
             return [self._max_pool_bound(layer, x, r, e)], np.zeros(batch)
