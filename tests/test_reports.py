@@ -202,7 +202,15 @@ def _section(result, title: str = "LRP results", until: str = "") -> list:
     start = next(i for i, line in enumerate(lines) if line.startswith("=") and f" {title} " in line)
     rest = range(start + 1, len(lines))
     if until:
-        end = next((i for i in rest if lines[i].startswith("=") and f" {until} " in lines[i]), len(lines))
+        # pytest's own warnings summary (a deprecation inside a dependency) may come in between: not ours to fit
+        end = next(
+            (
+                i
+                for i in rest
+                if lines[i].startswith("=") and (f" {until} " in lines[i] or " warnings summary " in lines[i])
+            ),
+            len(lines),
+        )
     else:
         end = next((i for i in rest if lines[i].startswith(("=", "- "))), len(lines))
     return lines[start + 1 : end]
