@@ -292,13 +292,46 @@ def explain(
     observed: dict | None = None,
     bounds: bool = False,
 ) -> ReferenceResult:
-    """``bounds``: also bound how far float32 arithmetic (innvestigate's) may move the relevance from
-    this float64 result, per element at every layer and per sample in total (rules.float32_bound).
+    """The rule's relevance for ``x``, computed from its formula in numpy, layer by layer.
 
-    ``observed``: {layer name: relevance at that layer's output} of another implementation
-    (innvestigate's kept tensors); each such layer's account also gets observed_mechanisms, the
-    formula's mechanisms applied to that relevance (the split of what that implementation did at
-    this layer, independent of where its relevance and the reference's parted further up)."""
+    Parameters
+    ----------
+    model : ReferenceModel
+        The network, read from a Keras config and its weights (``ReferenceModel.from_keras``).
+    x : array_like
+        The inputs, a batch in the model's input shape.
+    analyzer : str
+        An innvestigate analyzer name the reference implements (``ANALYZERS``), e.g. ``"lrp.z"``.
+    params : dict, optional
+        The analyzer's keyword arguments as innvestigate takes them (``epsilon``, ``alpha``, ``low``,
+        ``steps``, ...); one the reference does not model raises UnsupportedRule.
+    neuron_selection : {"max_activation", "index", "all"}
+        Which output is explained, as innvestigate's ``neuron_selection_mode``.
+    index : int or array_like, optional
+        With ``"index"``: the explained output neuron, one for all samples or one per sample.
+    keep_maps : bool
+        Keep each layer's relevance maps (``LayerAccount.maps``), which the ``reference`` check compares.
+    bn_fusion : {"exact", "innvestigate"}
+        How BatchNormalization is fused: its own formula, or as innvestigate 2.1.2 does it (its bug;
+        engine/known_bugs.py).
+    dtype : numpy dtype
+        The precision to compute in; float32 reproduces float32 arithmetic for tests.
+    observed : dict, optional
+        {layer name: relevance at that layer's output} of another implementation (innvestigate's kept
+        tensors); each such layer's account also gets ``observed_mechanisms``, the formula's mechanisms
+        applied to that relevance (the split of what that implementation did at this layer, independent
+        of where its relevance and the reference's parted further up).
+    bounds : bool
+        Also bound how far float32 arithmetic (innvestigate's) may move the relevance from this float64
+        result: per element at every layer (``LayerAccount.bound_out``, ``ReferenceResult.heatmap_bound``)
+        and per sample in total (``ReferenceResult.rounding_total``); see rules.float32_bound.
+
+    Returns
+    -------
+    ReferenceResult
+        The heatmap, the explained outputs' relevance, the selected neurons and one LayerAccount per
+        layer, output first, with its mechanisms of leaking relevance.
+    """
     params = dict(params or {})
     if np.dtype(dtype) != np.float64:
         model = model.astype(dtype)
