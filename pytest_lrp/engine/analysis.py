@@ -14,11 +14,11 @@ from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
 from ..base.tf_runtime import innvestigate, tensorflow
 from ..checks.record import Analysis, heatmap_sums
+from ..checks.reruns import extra_runs
 from ..config.rulefile import Rule
 from ..models.modelfile import ModelFile
 from .layer_relevance import layer_maps, layer_relevance
 from .reference_run import run_reference, wanted
-from .reruns import extra_runs
 from .speedup import analyzer_build, prepare_graph, rebuild_config
 from .upstream_fixes import reserve_layer_names, without_softmax
 

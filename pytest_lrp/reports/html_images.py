@@ -38,7 +38,7 @@ COMPARED = {  # a check that compares two heatmap batches -> their names
     "batch_invariance": ("in the batch", "alone"),
     "determinism": ("first", "second"),
 }
-RERUNS = {"batch_invariance": "alone", "determinism": "repeat"}  # engine/reruns.py
+RERUNS = {"batch_invariance": "alone", "determinism": "repeat"}  # checks/reruns.py
 _drawn_key = pytest.StashKey[dict]()
 
 
