@@ -71,11 +71,17 @@ def pytest_cmdline_main(config: pytest.Config):
     from .config.packaged import write_rules
 
     try:
-        written = write_rules(Path(config.invocation_params.dir, target))
+        written = write_rules(
+            Path(config.invocation_params.dir, target), torch=_workbench_of(config).frameworks() == {"torch"}
+        )
     except LrpUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     print(f"wrote {shown(written)}: pytest-lrp's default rule suite; edit it, then run pytest --lrp-model=YOUR_MODEL")
     return 0
+
+
+def _workbench_of(config: pytest.Config) -> Workbench:
+    return config.stash.get(workbench_key, None) or Workbench(config)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -163,7 +169,15 @@ def _model_path(item):
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list) -> list:
-    return [tf_runtime.keras_line()] if any(_is_lrp_test(item) for item in items) else []
+    if not any(_is_lrp_test(item) for item in items):
+        return []
+    from .pytorch.runtime import versions_line
+
+    frameworks = config.stash[workbench_key].frameworks()
+    return [
+        *([versions_line()] if "torch" in frameworks else []),
+        *([tf_runtime.keras_line()] if frameworks != {"torch"} else []),
+    ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -20,8 +20,9 @@ ALLOWED = {
     "models": {"base", "config"},
     "reference": {"base"},
     "checks": {"base", "config", "models", "reference"},
-    "engine": {"base", "config", "models", "checks", "reference"},
-    "reports": {"base", "config", "models", "checks", "engine"},
+    "pytorch": {"base", "config", "models", "checks"},
+    "engine": {"base", "config", "models", "checks", "reference", "pytorch"},
+    "reports": {"base", "config", "models", "checks", "engine", "pytorch"},
 }
 WITHOUT_TENSORFLOW = ("config", "checks")
 

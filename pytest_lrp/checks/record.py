@@ -6,17 +6,17 @@ The engine fills it (engine/analysis.py); nothing here runs TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..base.lazy import np
 from ..config.rulefile import Rule
-from ..models.modelfile import ModelFile
 from .comparison import ReferenceComparison
 from .leaks import LeakAccount
 
 
 @dataclass
 class Analysis:
-    model: ModelFile
+    model: Any  # models.modelfile.ModelFile (Keras) or pytorch.loading.TorchModel: path, name, notes_for(rule)
     rule: Rule
     inputs: np.ndarray = field(repr=False)
     heatmaps: np.ndarray = field(repr=False)
@@ -32,6 +32,9 @@ class Analysis:
         default=None, repr=False
     )  # the numpy reference's verdict (check 'reference')
     leaks: LeakAccount | None = field(default=None, repr=False)  # the leak split by mechanism (LRP and Deep Taylor)
+    # Set by a backend where a documented limitation of the library it runs accounts for the whole conservation
+    # error (pytorch/limitations.py): the conservation check's expected-failure reason.
+    limitation: str | None = None
 
     @property
     def sums(self) -> np.ndarray:

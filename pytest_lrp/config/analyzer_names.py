@@ -45,5 +45,5 @@ def _dict_keys(tree: ast.Module, name: str) -> list[str]:
     return []
 
 
-def close_matches(name: str) -> list[str]:
-    return difflib.get_close_matches(name, analyzer_names(), n=3, cutoff=0.5)
+def close_matches(name: str, others=()) -> list[str]:
+    return difflib.get_close_matches(name, [*analyzer_names(), *others], n=3, cutoff=0.5)

@@ -16,6 +16,7 @@ from typing import Literal
 import pytest
 
 from ..base.errors import LrpUsageError
+from .model_spec import PythonModel, python_model
 
 DEFAULT_RULES = "rules.yaml"
 # The ini value types pytest.Parser.addini knows
@@ -35,13 +36,19 @@ OPTIONS = (
     Option(
         "--lrp-model",
         "lrp_model",
-        "Keras model to explain: .h5/.hdf5, .keras or a SavedModel folder (repeatable).",
+        "model to explain: a Keras .h5/.hdf5, .keras or SavedModel folder, or a PyTorch module as FILE.py:NAME or MODULE:NAME (repeatable).",
         "args",
         "append",
     ),
     Option("--lrp-rules", "lrp_rules", f"rule file (default: {DEFAULT_RULES} in the rootdir)."),
     Option("--lrp-inputs", "lrp_inputs", "inputs: .npy, or .npz (the array named 'x', or its only array)."),
     Option("--lrp-samples", "lrp_samples", "use the first N inputs."),
+    Option(
+        "--lrp-input-shape",
+        "lrp_input_shape",
+        "one sample's shape for random inputs to a PyTorch model, e.g. 3,64,64 (a module declares none).",
+    ),
+    Option("--lrp-device", "lrp_device", "where PyTorch models run: cpu (default), cuda, cuda:N."),
     Option("--lrp-seed", "lrp_seed", "seed for random inputs in the model's input shape when no inputs are given."),
     Option(
         "--lrp-baselines",
@@ -161,8 +168,10 @@ class Settings:
     def models(self, rule_file=None) -> list:
         value, _, base = self._raw(self._option("lrp_model"))
         if value is not None:
-            return [_as_written(base / v) for v in value]
-        return [_as_written(Path(m)) for m in (rule_file.models if rule_file else [])]
+            return [python_model(v, base) or _as_written(base / v) for v in value]
+        return [
+            m if isinstance(m, PythonModel) else _as_written(Path(m)) for m in (rule_file.models if rule_file else [])
+        ]
 
     @property
     def rules_configured(self) -> bool:
@@ -177,6 +186,22 @@ class Settings:
         if value is not None:
             return (base / value).resolve()
         return Path(rule_file.inputs).resolve() if rule_file and rule_file.inputs else None
+
+    def input_shape(self, rule_file=None) -> tuple | None:
+        value, source, _ = self._raw(self._option("lrp_input_shape"))
+        if value is None:
+            return rule_file.input_shape if rule_file else None
+        from .rulefile import input_shape
+
+        return input_shape(value, lambda message: LrpUsageError(f"{source}: {message}"))
+
+    def device(self, rule_file=None) -> str:
+        value, source, _ = self._raw(self._option("lrp_device"))
+        if value is None:
+            return (rule_file.device if rule_file else None) or "cpu"
+        if not (value in ("cpu", "mps") or str(value).split(":")[0] == "cuda"):
+            raise LrpUsageError(f"{source}: expected cpu, cuda, cuda:N or mps, got {value!r}")
+        return str(value)
 
     def samples(self, rule_file=None) -> int | None:
         return self._number("lrp_samples", rule_file.samples if rule_file else None, minimum=1)

@@ -15,6 +15,8 @@ from ..base.atomic import write_atomically
 from ..base.errors import LrpUsageError, shown
 
 PACKAGED_RULES = Path(__file__).with_name("default_rules.yaml")
+# For PyTorch models (zennit and captum), used where every model given is one.
+PACKAGED_TORCH_RULES = Path(__file__).with_name("default_rules_torch.yaml")
 WRITE_FLAG = "--lrp-write-rules"
 # Keys under `defaults:` that belong to the example (examples/cnn.hdf5 and its digits): a
 # user's model needs its own inputs, and a sample count would refuse a smaller input file.
@@ -27,12 +29,13 @@ def without_example(text: str) -> str:
     return _EXAMPLE_LINE.sub("", text)
 
 
-def write_rules(path: Path) -> Path:
-    """Write an editable copy of the packaged suite; an existing file is never overwritten."""
+def write_rules(path: Path, torch: bool = False) -> Path:
+    """Write an editable copy of the packaged suite (the PyTorch one with ``torch``); an existing file is never
+    overwritten."""
     path = Path(path)
     if path.exists():
         raise LrpUsageError(
             f"{shown(path)}: already exists; {WRITE_FLAG} does not overwrite a rule file (remove it or name another path)"
         )
-    text = PACKAGED_RULES.read_bytes()
+    text = (PACKAGED_TORCH_RULES if torch else PACKAGED_RULES).read_bytes()
     return write_atomically(path, lambda f: f.write(text))

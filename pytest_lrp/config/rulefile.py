@@ -18,6 +18,8 @@ from ..base.lazy import yaml
 from . import yaml_loader
 from .analyzer_names import analyzer_names, close_matches
 from .analyzer_params import unknown_param_message
+from .model_spec import python_model
+from .torch_analyzers import TORCH_ANALYZERS, WITH_REFERENCE, torch_param_message
 
 TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)
@@ -27,6 +29,8 @@ DEFAULT_KEYS = (
     "inputs",
     "samples",
     "seed",
+    "input_shape",
+    "device",
     "tolerance",
     "neuron_selection",
     "target",
@@ -126,6 +130,8 @@ class RuleFile:
     inputs: Path | None = None
     samples: int | None = None
     seed: int | None = None
+    input_shape: tuple | None = None  # for random inputs to a PyTorch module, which declares none
+    device: str | None = None  # where PyTorch models run ("cpu", "cuda", "cuda:1")
 
 
 def load_rule_file(path) -> RuleFile:
@@ -160,12 +166,17 @@ def load_rule_file(path) -> RuleFile:
     return RuleFile(
         path=path,
         rules=rules,
-        models=[base / m for m in _list_of_paths(defaults.get("models"), where.key("defaults").key("models"))],
+        models=[
+            python_model(m, base) or base / m
+            for m in _list_of_paths(defaults.get("models"), where.key("defaults").key("models"))
+        ],
         inputs=base / _path(defaults["inputs"], where.key("defaults").key("inputs"))
         if defaults.get("inputs") is not None
         else None,
         samples=_positive_int(defaults.get("samples"), where.key("defaults").key("samples")),
         seed=_int(defaults.get("seed"), where.key("defaults").key("seed")),
+        input_shape=input_shape(defaults.get("input_shape"), where.key("defaults").key("input_shape").error),
+        device=_device(defaults.get("device"), where.key("defaults").key("device")),
     )
 
 
@@ -254,8 +265,8 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
         raise here.key("analyzer").error(
             "missing; name an analyzer innvestigate.create_analyzer knows, e.g. 'lrp.epsilon'"
         )
-    if analyzer not in analyzer_names():
-        matches = close_matches(analyzer)
+    if analyzer not in analyzer_names() and analyzer not in TORCH_ANALYZERS:
+        matches = close_matches(analyzer, TORCH_ANALYZERS)
         hint = f" (close matches: {', '.join(matches)})" if matches else f" (known: {', '.join(analyzer_names())})"
         raise here.key("analyzer").error(f"unknown analyzer '{analyzer}'{hint}")
 
@@ -265,7 +276,10 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
     for name in params:
         if name in RESERVED_PARAMS:
             raise here.key("params").error(f"'{name}' cannot be set here: {RESERVED_PARAMS[name]}")
-    unknown = unknown_param_message(analyzer, params, RESERVED_PARAMS)
+    if analyzer in TORCH_ANALYZERS:
+        unknown = torch_param_message(analyzer, params)
+    else:
+        unknown = unknown_param_message(analyzer, params, RESERVED_PARAMS)
     if unknown:
         raise here.key("params").error(unknown)
 
@@ -275,7 +289,7 @@ def _parse_rule(raw, index: int, inherited: dict, where: _Where) -> Rule:
     values.update(_check_settings(raw, inherited, here))
     if (
         values.get("target") == "output_minus_reference"
-        and analyzer != "integrated_gradients"
+        and analyzer not in ("integrated_gradients", *WITH_REFERENCE)
         and "reference_inputs" not in params
     ):
         raise here.key("target").error("'output_minus_reference' needs params.reference_inputs")
@@ -426,6 +440,30 @@ def _list_of_paths(value, where: _Where) -> list:
 def _path(value, where: _Where) -> str:
     if not isinstance(value, str) or not value:
         raise where.error(f"expected a path, got {value!r}")
+    return value
+
+
+def input_shape(value, error) -> tuple | None:
+    """One sample's shape as positive whole numbers (``[3, 64, 64]`` or ``"3,64,64"``); ``error(message)`` makes the
+    exception naming where it was written."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.replace("x", ",").split(",") if v.strip()]
+    try:
+        shape = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else None
+    except (TypeError, ValueError):
+        shape = None
+    if not shape or any(isinstance(v, bool) or v < 1 for v in shape):
+        raise error(f"expected one sample's shape as positive whole numbers, e.g. [3, 64, 64], got {value!r}")
+    return shape
+
+
+def _device(value, where: _Where) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not (value == "cpu" or value == "mps" or value.split(":")[0] == "cuda"):
+        raise where.error(f"expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
     return value
 
 

@@ -15,10 +15,11 @@ import pytest
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
+from ..checks.reruns import reruns_needed
+from ..config.model_spec import PythonModel
 from ..config.options import Settings
-from ..config.packaged import PACKAGED_RULES
+from ..config.packaged import PACKAGED_RULES, PACKAGED_TORCH_RULES
 from ..config.rulefile import Rule, RuleFile, load_rule_file
-from .reruns import reruns_needed
 
 NO_MODEL = "no model to explain: pass --lrp-model=PATH, set lrp_model in the ini file, or list defaults.models in the rule file"
 
@@ -49,14 +50,15 @@ class Workbench:
 
     @property
     def packaged_suite(self) -> bool:
-        return self.rules_path == PACKAGED_RULES
+        return self.rules_path in (PACKAGED_RULES, PACKAGED_TORCH_RULES)
 
     def use_packaged_suite(self, items: list) -> bool:
         """A model to explain, no rule file configured or present, and no LRP test of the user's own
         among ``items``: the run is the default suite shipped in the package (plugin.py collects it)."""
         wanted = self.settings.models_given and not self.settings.rules_configured and not self.rules_path.exists()
         if wanted and not items:
-            self.rules_path, self._rule_file = PACKAGED_RULES, None
+            torch_only = self.frameworks() == {"torch"}  # PyTorch models get the suite of zennit's and captum's rules
+            self.rules_path, self._rule_file = (PACKAGED_TORCH_RULES if torch_only else PACKAGED_RULES), None
         return self.packaged_suite
 
     def require_configured_rule_file(self) -> None:
@@ -73,9 +75,11 @@ class Workbench:
         Raises LrpUsageError with one line (an argument) per problem, saying whose problem it is and what to do: otherwise every generated
         test of the model (106 for the packaged suite) would error with the same line. The model and inputs stay
         cached for the tests."""
-        _environment_runs_innvestigate()
+        paths = list(dict.fromkeys(p if isinstance(p, PythonModel) else Path(p) for p in model_paths))
+        if any(not isinstance(p, PythonModel) for p in paths):
+            _environment_runs_innvestigate()
         problems = []  # every model's own line (several broken models: all named in one run)
-        for path in dict.fromkeys(Path(p) for p in model_paths):
+        for path in paths:
             try:
                 model = self.model(path)
             except LrpUsageError as exc:
@@ -101,13 +105,27 @@ class Workbench:
         stems = [p.stem for p in paths]
         return {p: (p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}.{p.stem}") for p in paths}
 
-    def model(self, path: Path):
-        from ..models.modelfile import load_model_file
+    def frameworks(self) -> set:
+        """ "keras" and/or "torch": which backends the configured models need (empty when none is configured)."""
+        try:
+            return {"torch" if isinstance(p, PythonModel) else "keras" for p in self.model_paths()}
+        except LrpUsageError:
+            return set()
 
-        path = Path(path)
+    def model(self, path):
+        """The loaded model: a Keras file (models/modelfile.py) or a PyTorch module named by code (pytorch/)."""
+        path = path if isinstance(path, PythonModel) else Path(path)
 
         def load():
             name = self.model_names().get(path, path.stem)
+            if isinstance(path, PythonModel):
+                from ..pytorch.loading import load_python_model
+
+                rule_file = self.rule_file
+                device, shape = self.settings.device(rule_file), self.settings.input_shape(rule_file)
+                return load_python_model(path, name, device, shape)
+            from ..models.modelfile import load_model_file
+
             return load_model_file(path, name, trusted=self.settings.flag("lrp_trust_model"))
 
         # Every test of a broken model reports the same line; the file is read once.
@@ -118,7 +136,8 @@ class Workbench:
         from ..models.fidelity import header_lines
 
         try:
-            return header_lines(self.model_paths(), self.settings.inputs(self.rule_file))
+            files = [p for p in self.model_paths() if not isinstance(p, PythonModel)]
+            return header_lines(files, self.settings.inputs(self.rule_file))
         except LrpUsageError:
             return []  # a broken rule file is reported at collection, in one line
 
@@ -129,22 +148,34 @@ class Workbench:
         def load():
             rule_file = self.rule_file
             path = self.settings.inputs(rule_file)
-            x = load_inputs(path, model.input_shape, self.settings.samples(rule_file), self.settings.seed(rule_file))
+            # A PyTorch module declares no input shape: inputs from a file give it; random ones need it given.
+            declared = isinstance(model.path, PythonModel) and model.sample_shape is None and path is not None
+            shape = None if declared else model.input_shape
+            x = load_inputs(path, shape, self.settings.samples(rule_file), self.settings.seed(rule_file))
             # Outputs recorded beside the inputs (y) that the model does not reproduce: every test of it errors.
             check_outputs(model, x, path)
             return x
 
         return _remembered(self._inputs, model.path, load, LrpUsageError)
 
-    def analysis(self, model_path: Path, rule: Rule, x: np.ndarray | None = None):
-        from .analysis import analyze
-
+    def analysis(self, model_path, rule: Rule, x: np.ndarray | None = None):
         model = self.model(model_path)
         x = self.inputs(model) if x is None else np.asarray(x, dtype=np.float32)
         key = (model.path, _rule_key(rule), _digest(x))
+        if isinstance(model.path, PythonModel):
+            from ..pytorch.analysis import analyze as analyze_torch
+
+            def compute():
+                return analyze_torch(model, rule, x)
+        else:
+            from .analysis import analyze
+
+            def compute():
+                return analyze(model, rule, x, self._reference_outputs(model, x))
+
         # The other checks of a rule that crashed report the same crash without running
         # (and perhaps running out of memory) again.
-        found = _remembered(self._analyses, key, lambda: analyze(model, rule, x, self._reference_outputs(model, x)))
+        found = _remembered(self._analyses, key, compute)
         # The key leaves out what does not change the heatmaps (id, tolerance, xfail), so a
         # cached analysis may come from another rule; it must be judged by the one asking.
         return found if found.rule == rule else dataclasses.replace(found, rule=rule)

@@ -14,8 +14,9 @@ from ..base.lazy import np
 DEFAULT_RANDOM_SAMPLES = 8
 
 
-def load_inputs(path: Path | None, input_shape: tuple, samples: int | None, seed: int) -> np.ndarray:
+def load_inputs(path: Path | None, input_shape: tuple | None, samples: int | None, seed: int) -> np.ndarray:
     if path is None:
+        assert input_shape is not None, "random inputs need the model's input shape"
         return random_inputs(input_shape, samples or DEFAULT_RANDOM_SAMPLES, seed)
     x = _read_array(Path(path))
     if x.ndim == 0 or x.shape[0] == 0:
@@ -24,7 +25,7 @@ def load_inputs(path: Path | None, input_shape: tuple, samples: int | None, seed
         if samples > x.shape[0]:
             raise LrpUsageError(f"{shown(path)}: {samples} samples asked for, but the file holds {x.shape[0]}")
         x = x[:samples]
-    if not _fits(x.shape, input_shape):
+    if input_shape is not None and not _fits(x.shape, input_shape):
         raise LrpUsageError(
             f"{shown(path)}: inputs of shape {x.shape} do not fit the model's input shape {_shape(input_shape)}"
         )

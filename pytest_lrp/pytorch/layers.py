@@ -1,0 +1,160 @@
+"""Relevance per module, read off the backward pass: what enters each module's output and what it hands to
+its inputs, also across functional operations (``out + identity`` in a residual block) that no module owns.
+
+zennit's rules return a module's relevance as the gradient of its input, so the gradient at a tensor is the
+relevance there. Each module call gets a private view of its inputs (registered before zennit's hooks, so
+zennit's rule sits between the view and the module): the view's gradient is what this call alone hands down,
+even where a tensor feeds several modules. A container module's change beyond the sum of its children's is
+its own functional operations' (an addition, a multiplication), reported as an entry of its own.
+captum's LRP keeps each layer's relevance on its rule objects instead (captum_layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..base.lazy import np
+from ..checks.layers import LayerRelevance
+from .runtime import torch
+
+
+@dataclass
+class _Call:
+    name: str
+    cls: str
+    leaf: bool
+    inputs: list = field(default_factory=list)  # views of the tensor inputs
+    output: object = None
+    children: list = field(default_factory=list)  # indices of calls made inside this one
+    grads_in: list = field(default_factory=list)
+    grad_out: object = None
+
+
+class ModuleTracker:
+    """Hooks on every submodule of ``module``; use as a context manager around the forward and backward pass."""
+
+    def __init__(self, module):
+        self.module = module
+        self.calls: list[_Call] = []
+        self._open: list[int] = []
+        self._handles: list = []
+        self._seen: dict = {}
+
+    def __enter__(self):
+        for name, sub in self.module.named_modules():
+            if sub is self.module:
+                continue
+            leaf = next(iter(sub.children()), None) is None
+            self._handles.append(sub.register_forward_pre_hook(self._pre(name, type(sub).__name__, leaf)))
+            self._handles.append(sub.register_forward_hook(self._post()))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _pre(self, name: str, cls: str, leaf: bool):
+        def hook(sub, args):
+            count = self._seen[name] = self._seen.get(name, 0) + 1
+            call = _Call(name if count == 1 else f"{name}#{count}", cls, leaf)
+            if self._open:
+                self.calls[self._open[-1]].children.append(len(self.calls))
+            self._open.append(len(self.calls))
+            self.calls.append(call)
+            views = []
+            for arg in args:
+                if torch().is_tensor(arg) and arg.requires_grad:
+                    arg = arg.view_as(arg)
+                    index = len(call.grads_in)
+                    call.grads_in.append(None)
+                    arg.register_hook(self._keep_in(call, index))
+                    call.inputs.append(arg)
+                views.append(arg)
+            return tuple(views)
+
+        return hook
+
+    def _post(self):
+        def hook(sub, args, output):
+            call = self.calls[self._open.pop()]
+            if torch().is_tensor(output) and output.requires_grad:
+                call.output = output
+                output.register_hook(self._keep_out(call))
+
+        return hook
+
+    @staticmethod
+    def _keep_in(call: _Call, index: int):
+        def keep(grad):
+            call.grads_in[index] = grad.detach()
+
+        return keep
+
+    @staticmethod
+    def _keep_out(call: _Call):
+        def keep(grad):
+            call.grad_out = grad.detach()
+
+        return keep
+
+    def layers(self, samples: int, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
+        """LayerRelevance entries from the output to the input; the last is the input itself."""
+        totals = []
+        for call in self.calls:
+            at_output = _sums(call.grad_out, samples)
+            at_inputs = np.sum([_sums(g, samples) for g in call.grads_in], axis=0) if call.grads_in else None
+            totals.append((at_output, at_inputs))
+        entries = []
+        scale = max(float(np.max(np.abs(output_relevance), initial=0.0)), 1e-30)
+        for index, call in enumerate(self.calls):
+            at_output, at_inputs = totals[index]
+            if at_inputs is None or call.output is None:
+                continue
+            if call.leaf:
+                entries.append(LayerRelevance(call.name, call.cls, at_output, at_inputs))
+                continue
+            children = [
+                totals[c] for c in call.children if totals[c][1] is not None and self.calls[c].output is not None
+            ]
+            own = (at_inputs - at_output) - np.sum([inp - out for out, inp in children], axis=0)
+            if np.max(np.abs(own), initial=0.0) > 1e-6 * scale:
+                entries.append(
+                    LayerRelevance(f"{call.name} (own operations)", f"{call.cls} ops", at_output, at_output + own)
+                )
+        entries.reverse()
+        entries.append(LayerRelevance("input", "InputLayer", heatmap_sums, heatmap_sums))
+        return entries
+
+
+def captum_layers(rules: list, outputs: np.ndarray, heatmap_sums: np.ndarray) -> list:
+    """captum's LRP: relevance per layer from its rules, ``(name, rule, class name)`` in forward order
+    (captum normalises the explained output to 1; scaled back by the output)."""
+    entries = []
+    for name, rule, cls in rules:
+        at_output = _first_device(getattr(rule, "relevance_output", {}))
+        at_inputs = _first_device(getattr(rule, "relevance_input", {}))
+        if at_output is None or at_inputs is None:
+            continue
+        inputs = at_inputs if isinstance(at_inputs, list) else [at_inputs]
+        entries.append(
+            LayerRelevance(
+                name,
+                cls,
+                _sums(at_output, len(outputs)) * outputs,
+                np.sum([_sums(r, len(outputs)) for r in inputs], axis=0) * outputs,
+            )
+        )
+    entries.reverse()
+    entries.append(LayerRelevance("input", "InputLayer", heatmap_sums, heatmap_sums))
+    return entries
+
+
+def _first_device(stored: dict):
+    return next(iter(stored.values()), None) if stored else None
+
+
+def _sums(grad, samples: int) -> np.ndarray:
+    if grad is None:
+        return np.zeros(samples)
+    return grad.detach().double().reshape(samples, -1).sum(dim=1).cpu().numpy()
