@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from .base.errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError
+from .base.errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError, shown
 from .checks.baseline import check_baseline
 from .checks.conservation import check_conservation
 from .checks.properties import check_batch_invariance, check_determinism, check_finite, check_positive
 from .checks.reference import check_reference
+from .config.model_spec import PythonModel
+from .config.torch_analyzers import is_torch_analyzer
 from .engine.crashes import crash_line, model_label, shortened
 from .engine.workbench import NO_MODEL, workbench_key
 
@@ -33,6 +35,18 @@ class RulesFile(pytest.File):
             names = workbench.model_names()
         except LrpUsageError as exc:
             raise self.CollectError(str(exc)) from None
+        for path in names:
+            torch_model = isinstance(path, PythonModel)
+            if not any(is_torch_analyzer(rule.analyzer) == torch_model for rule in rule_file.rules):
+                kind = (
+                    "PyTorch models (zennit.* or captum.* analyzers)"
+                    if torch_model
+                    else "Keras models (innvestigate's analyzers)"
+                )
+                raise self.CollectError(
+                    f"{shown(rule_file.path)}: no rule for {kind}, so {path} would get no test; add one, or write "
+                    f"pytest-lrp's suite for it with pytest --lrp-model={path} --lrp-write-rules=PATH and pass --lrp-rules=PATH"
+                )
         for check in CHECKS:
             rules = [rule for rule in rule_file.rules if check in rule.checks]
             if not names:
@@ -44,6 +58,8 @@ class RulesFile(pytest.File):
                     yield item
             for path, model_name in names.items():
                 for rule in rules:
+                    if is_torch_analyzer(rule.analyzer) != isinstance(path, PythonModel):
+                        continue  # a rule of the other framework's (one rule file for Keras and PyTorch models)
                     yield LrpItem.from_parent(
                         self,
                         name=f"{check}[{model_name}-{rule.id}]",

@@ -152,26 +152,31 @@ def test_a_residual_add_without_a_canonizer_is_zennits_limitation_and_localised(
     assert "FAILED rules.yaml::conservation[residual-eps-leaking-too]" in result.stdout.str()
 
 
+def _mlp_rules(pytester, checks: list, rules: str) -> None:
+    """rules.yaml for the bias-free MLP with random inputs: ``rules`` is the YAML list of rules."""
+    listed = textwrap.indent(textwrap.dedent(rules).strip(), "  ")
+    pytester.makefile(
+        ".yaml",
+        rules=f"defaults:\n  models: [nets.py:mlp_without_bias]\n  input_shape: [16]\n  checks: {checks}\nrules:\n{listed}\n",
+    )
+
+
 def test_an_injected_fault_fails_where_the_right_rule_passes(nets):
     # The same bias-free network: epsilon conserves in zennit and captum; a changed rule parameter (epsilon 1
     # where 1e-12 was meant) absorbs relevance in the stabiliser, beyond the tolerance.
-    nets.makefile(
-        ".yaml",
-        rules="""
-        defaults:
-          models: [nets.py:mlp_without_bias]
-          input_shape: [16]
-          checks: [conservation]
-        rules:
-          - id: right
-            analyzer: zennit.rule.epsilon
-            params: {epsilon: 1.0e-12}
-          - id: captum-right
-            analyzer: captum.lrp
-            params: {rule: epsilon}
-          - id: fault
-            analyzer: zennit.rule.epsilon
-            params: {epsilon: 1.0}
+    _mlp_rules(
+        nets,
+        ["conservation"],
+        """
+        - id: right
+          analyzer: zennit.rule.epsilon
+          params: {epsilon: 1.0e-12}
+        - id: captum-right
+          analyzer: captum.lrp
+          params: {rule: epsilon}
+        - id: fault
+          analyzer: zennit.rule.epsilon
+          params: {epsilon: 1.0}
         """,
     )
     result = nets.runpytest("-p", "no:randomly", "--lrp-report=report.json")
@@ -234,3 +239,106 @@ def test_write_rules_writes_the_pytorch_suite_for_a_pytorch_model(nets):
 def test_source_of_the_injected_network(nets):
     # The test networks above are what they say: the residual one really adds its input.
     assert "self.conv(x) + x" in textwrap.dedent(NETS)
+
+
+def test_a_crash_half_way_leaves_the_model_as_loaded(nets, monkeypatch):
+    # A canonizer merges BatchNorm into the convolution in place; should the analysis crash after that,
+    # the next rule must still explain the model as loaded.
+    import numpy as np
+    import torch
+
+    from pytest_lrp.config.model_spec import PythonModel
+    from pytest_lrp.config.rulefile import Rule
+    from pytest_lrp.pytorch import analysis
+    from pytest_lrp.pytorch.loading import load_python_model
+
+    model = load_python_model(PythonModel(str(nets.path / "nets.py"), "cnn"), "cnn", "cpu", (1, 8, 8))
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+
+    def crashing_runner(rule, module, device):
+        def run(batch, select, keep_layers):
+            with torch.no_grad():
+                module[0].weight.mul_(3.0)  # what a canonizer does, then the crash
+            raise RuntimeError("crash half-way")
+
+        return run
+
+    monkeypatch.setattr(analysis, "runner", crashing_runner)
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="crash half-way"):
+        analysis.analyze(model, Rule(id="r", analyzer="zennit.epsilon_plus"), x)
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_golden_heatmaps_and_the_html_report(nets):
+    # Baselines written once, then held; a changed model fails its baseline test. The HTML page is written.
+    _mlp_rules(nets, ["conservation", "baseline"], "- id: flat\n  analyzer: zennit.epsilon_plus_flat\n")
+    nets.runpytest("--lrp-update-baselines", "-p", "no:randomly").assert_outcomes(passed=2)
+    result = nets.runpytest("-p", "no:randomly", "--lrp-html=report.html")
+    result.assert_outcomes(passed=2)
+    page = (nets.path / "report.html").read_text()
+    assert "mlp_without_bias" in page and "zennit.epsilon_plus_flat" in page
+    # Another model under the same name: its heatmaps differ from the golden ones.
+    (nets.path / "nets.py").write_text(NETS.replace("torch.manual_seed(1)", "torch.manual_seed(7)"))
+    changed = nets.runpytest("-p", "no:randomly")
+    changed.assert_outcomes(passed=1, failed=1)
+    assert "FAILED rules.yaml::baseline[mlp_without_bias-flat]" in "\n".join(changed.outlines)
+
+
+@pytest.mark.xdist
+def test_under_xdist_workers(nets):
+    result = nets.runpytest_subprocess(
+        "--lrp-model=nets.py:cnn", "--lrp-input-shape=1,8,8", "-n", "2", "-p", "no:randomly"
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] >= 25
+
+
+def test_cuda_asked_for_where_there_is_none_is_one_line(nets):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    result = nets.runpytest("--lrp-model=nets.py:cnn", "--lrp-input-shape=1,8,8", "--lrp-device=cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "device 'cuda' asked for, but torch sees no CUDA device here" in errors[0]
+
+
+def test_on_cuda_the_heatmaps_are_the_cpus(nets):
+    # --lrp-device=cuda: the analysis runs there; zennit run directly on the CPU gives the same heatmaps.
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device (the GPU check runs this where there is one)")
+    nets.makepyfile(
+        test_cuda="""
+        import numpy as np
+        import pytest
+        import torch
+        from zennit.composites import EpsilonPlusFlat
+
+        import nets
+
+
+        @pytest.mark.lrp_rule("zennit.epsilon_plus_flat", zero_params=["bias"])
+        def test_same(lrp_analysis, lrp_model):
+            assert next(lrp_model.module.parameters()).device.type == "cuda"
+            net = nets.cnn().eval()[:-1]
+            x = torch.tensor(lrp_analysis.inputs, requires_grad=True)
+            with EpsilonPlusFlat(zero_params=["bias"]).context(net) as modified:
+                out = modified(x)
+                k = torch.as_tensor(lrp_analysis.neurons)
+                start = torch.zeros_like(out)
+                start[torch.arange(len(x)), k] = out[torch.arange(len(x)), k].detach()
+                (cpu,) = torch.autograd.grad(out, x, start)
+            np.testing.assert_allclose(lrp_analysis.heatmaps, cpu.numpy(), rtol=1e-3, atol=1e-5)
+            lrp_analysis.assert_conserved()
+        """
+    )
+    result = nets.runpytest(
+        "--lrp-model=nets.py:cnn", "--lrp-input-shape=1,8,8", "--lrp-device=cuda", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=1)

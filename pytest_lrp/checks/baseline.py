@@ -2,7 +2,8 @@
 
 A baseline is `<folder>/<model name>/<rule id>.npz` holding the array `heatmaps` and
 `metadata`, a JSON string: the hashes of the model file and of the inputs, the rule
-and the versions of tensorflow, keras and innvestigate. Nothing is written unless
+and the versions of tensorflow, keras and innvestigate (torch, zennit and captum for a PyTorch
+model, whose hash is that of its parameters). Nothing is written unless
 --lrp-update-baselines is given; every write goes through a temporary file and a
 rename, so a killed run never leaves a truncated baseline.
 """
@@ -28,6 +29,7 @@ FORMAT = 1
 # pytest-xdist controller, which prints the terminal summary.
 WRITTEN = "lrp_baseline_written"
 VERSIONED = ("tensorflow", "keras", "innvestigate")
+VERSIONED_TORCH = ("torch", "zennit", "captum")  # for a PyTorch model
 RULE_FIELDS = ("analyzer", "params", "target", "neuron_selection")
 
 
@@ -63,7 +65,10 @@ def record(analysis) -> dict:
     return {
         "format": FORMAT,
         "model": analysis.model.name,
-        "model_sha256": file_digest(Path(analysis.model.path)),
+        # A PyTorch module is code, not a file: its digest is its parameters' and buffers' (pytorch/loading.py).
+        "model_sha256": analysis.model.digest()
+        if hasattr(analysis.model, "digest")
+        else file_digest(Path(analysis.model.path)),
         "inputs_sha256": hashlib.sha256(np.ascontiguousarray(analysis.inputs).tobytes()).hexdigest(),
         "inputs_shape": list(analysis.inputs.shape),
         "rule": rule.id,
@@ -72,7 +77,8 @@ def record(analysis) -> dict:
         "target": rule.target,
         "neuron_selection": rule.neuron_selection,
         "versions": {
-            name: tensorflow_release() if name == "tensorflow" else distribution_version(name) for name in VERSIONED
+            name: tensorflow_release() if name == "tensorflow" else distribution_version(name)
+            for name in (VERSIONED_TORCH if hasattr(analysis.model, "digest") else VERSIONED)
         },
     }
 
@@ -177,7 +183,7 @@ def _version_change(meta: dict, current: dict) -> str | None:
     before, now = meta.get("versions", {}), current["versions"]
     if before == now:
         return None
-    describe = lambda versions: ", ".join(f"{name} {versions.get(name)}" for name in VERSIONED)  # noqa: E731
+    describe = lambda versions: ", ".join(f"{name} {versions.get(name)}" for name in now)  # noqa: E731
     return f"the baseline was recorded with {describe(before)}; now {describe(now)}"
 
 

@@ -13,6 +13,7 @@ import warnings
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
 from ..base.tf_runtime import innvestigate, tensorflow
+from ..checks.explained import explained_neurons, targets
 from ..checks.record import Analysis, heatmap_sums
 from ..checks.reruns import extra_runs
 from ..config.rulefile import Rule
@@ -67,7 +68,7 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         model.check_same_outputs(keras_model.predict(x, verbose=0), reference_outputs)
         explained, stripped = without_softmax(inn, keras_model)
         outputs = np.asarray(explained.predict(x, verbose=0), dtype=np.float64).reshape(len(x), -1)
-        neurons = _neurons(rule, outputs, model)
+        neurons = explained_neurons(rule, outputs, shown(model.path))
         analyzer = _create_analyzer(inn, rule, explained)
         heatmaps = np.asarray(_run(analyzer, rule, x))
         selected = outputs[np.arange(len(x)), neurons]
@@ -85,7 +86,7 @@ def _analyze(model: ModelFile, rule: Rule, x: np.ndarray, reference_outputs: np.
         heatmaps=heatmaps,
         outputs=outputs,
         neurons=neurons,
-        targets=_targets(rule, selected, reference, neurons),
+        targets=targets(rule, selected, None if reference is None else reference[np.arange(len(neurons)), neurons]),
         softmax_stripped=stripped,
         layers=layers,
         reruns=reruns,
@@ -97,18 +98,6 @@ def _run(analyzer, rule: Rule, x: np.ndarray):
     if rule.neuron_selection == "max_activation":
         return analyzer.analyze(x)
     return analyzer.analyze(x, neuron_selection=int(rule.neuron_selection))
-
-
-def _neurons(rule: Rule, outputs: np.ndarray, model: ModelFile) -> np.ndarray:
-    if rule.neuron_selection == "max_activation":
-        return np.argmax(outputs, axis=1)
-    index = int(rule.neuron_selection)
-    if index >= outputs.shape[1]:
-        raise LrpUsageError(
-            f"{rule.where('neuron_selection')}: output index {index} is out of range; "
-            f"{shown(model.path)} has {outputs.shape[1]} outputs"
-        )
-    return np.full(len(outputs), index)
 
 
 def keeps_layer_relevance(analyzer_name: str) -> bool:
@@ -138,11 +127,3 @@ def _reference_outputs(rule: Rule, keras_model, x: np.ndarray) -> np.ndarray:
     return np.asarray(keras_model.predict(np.ascontiguousarray(reference), verbose=0), dtype=np.float64).reshape(
         len(x), -1
     )
-
-
-def _targets(rule: Rule, selected: np.ndarray, reference: np.ndarray | None, neurons: np.ndarray) -> np.ndarray:
-    if rule.target == "positive_output":
-        return np.maximum(selected, 0.0)
-    if rule.target == "output_minus_reference":
-        return selected - reference[np.arange(len(neurons)), neurons]
-    return selected

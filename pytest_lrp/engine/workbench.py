@@ -92,7 +92,8 @@ class Workbench:
                 continue
             # Now, while every model is fresh: building a model in a graph (each analysis does) invalidates the
             # eagerly loaded ones ("Your Layer or Model is in an invalid state"), so nothing may predict with them later.
-            self._reference_outputs(model, x)
+            if not isinstance(path, PythonModel):
+                self._reference_outputs(model, x)
         if problems:
             raise LrpUsageError(*problems)
 

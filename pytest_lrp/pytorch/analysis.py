@@ -8,12 +8,14 @@ The numpy reference reads Keras models only, so ``reference`` is None and the re
 
 from __future__ import annotations
 
-from ..base.errors import LrpUsageError
+import contextlib
+
 from ..base.lazy import np
+from ..checks.explained import explained_neurons, targets
 from ..checks.record import Analysis
 from ..checks.reruns import extra_runs
 from ..config.torch_analyzers import GRADIENTS, WITH_REFERENCE
-from .analyzers import functional_operation, runner
+from .analyzers import forward, functional_operation, runner
 from .limitations import functional_limitation
 from .loading import TorchModel
 from .runtime import torch
@@ -23,27 +25,43 @@ SOFTMAX = ("Softmax", "LogSoftmax")
 
 def analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
     try:
-        return _analyze(model, rule, x)
-    except BaseException:
+        with _full_float32():
+            return _analyze(model, rule, x)
+    except Exception:  # a crash, not a refusal (pytest's skip is no Exception)
         model.restore()
         raise
 
 
+@contextlib.contextmanager
+def _full_float32():
+    """On a GPU, torch may compute convolutions (and, if the user asked, matrix products) in TF32, with a
+    10-bit mantissa: rounding a thousand times float32's, which conservation would judge as a leak. The
+    analyses run in float32 proper; the user's settings are restored after."""
+    backends = torch().backends
+    saved = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+
+
 def _analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
     module, stripped = _without_softmax(model.module)
-    outputs = _outputs(module, x, model.device)
-    neurons = _neurons(rule, outputs, model)
     run = runner(rule, module, model.device)
     keep_layers = rule.analyzer not in GRADIENTS and rule.analyzer not in WITH_REFERENCE
-    first = run(x, neurons, keep_layers)
+
+    def select(outputs: np.ndarray) -> np.ndarray:
+        return explained_neurons(rule, outputs, str(model.path))
+
+    first = run(x, select, keep_layers)
+    outputs, neurons = first.outputs, first.neurons
     selected = outputs[np.arange(len(x)), neurons]
-    reruns = extra_runs(
-        rule, lambda batch: run(batch, _neurons(rule, _outputs(module, batch, model.device), model), False).heatmaps, x
-    )
+    reruns = extra_runs(rule, lambda batch: run(batch, select, False).heatmaps, x)
     reference = None
     if rule.target == "output_minus_reference":
         base = np.full_like(x, float(rule.params.get("reference_inputs", 0.0)))
-        reference = _outputs(module, base, model.device)[np.arange(len(x)), neurons]
+        reference = forward(module, base, model.device)[np.arange(len(x)), neurons]
     analysis = Analysis(
         model=model,
         rule=rule,
@@ -51,12 +69,12 @@ def _analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
         heatmaps=first.heatmaps,
         outputs=outputs,
         neurons=neurons,
-        targets=_targets(rule.target, selected, reference),
+        targets=targets(rule, selected, reference),
         softmax_stripped=stripped,
         layers=first.layers,
         reruns=reruns,
     )
-    if first.layers:
+    if first.layers and analysis.failing.any():  # tracing the module with torch.fx costs; only a failure needs it
         analysis.limitation = functional_limitation(analysis, functional_operation(module))
     return analysis
 
@@ -66,30 +84,3 @@ def _without_softmax(module):
     if isinstance(module, t.nn.Sequential) and len(module) > 1 and type(module[-1]).__name__ in SOFTMAX:
         return module[:-1], True
     return module, False
-
-
-def _outputs(module, x: np.ndarray, device: str) -> np.ndarray:
-    t = torch()
-    with t.no_grad():
-        out = module(t.as_tensor(np.ascontiguousarray(x), dtype=t.float32, device=device))
-    return out.detach().double().cpu().numpy().reshape(len(x), -1)
-
-
-def _neurons(rule, outputs: np.ndarray, model: TorchModel) -> np.ndarray:
-    if rule.neuron_selection == "max_activation":
-        return np.argmax(outputs, axis=1)
-    index = int(rule.neuron_selection)
-    if index >= outputs.shape[1]:
-        raise LrpUsageError(
-            f"{rule.where('neuron_selection')}: output index {index} is out of range; {model.path} has {outputs.shape[1]} outputs"
-        )
-    return np.full(len(outputs), index)
-
-
-def _targets(target: str, selected: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
-    if target == "positive_output":
-        return np.maximum(selected, 0.0)
-    if target == "output_minus_reference":
-        assert reference is not None
-        return selected - reference
-    return selected

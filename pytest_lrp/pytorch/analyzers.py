@@ -1,4 +1,4 @@
-"""A rule's analyzer from zennit or captum, as a function from a batch and its explained neurons to heatmaps.
+"""A rule's analyzer from zennit or captum, as a function from a batch to its outputs and heatmaps.
 
 Each library is used as its documentation shows; what pytest-lrp adds is kept here, named and scoped:
 - zennit: the relevance put on the output is the explained output itself (zennit's default is 1), so that
@@ -34,10 +34,14 @@ PLACEHOLDER = "_lrp_captum_placeholder"
 class Run:
     heatmaps: np.ndarray
     layers: list
+    outputs: np.ndarray  # the explained model's outputs (float64), from the attribution's own forward pass
+    neurons: np.ndarray  # the explained output per sample, as the selector chose it from ``outputs``
 
 
 def runner(rule, module, device: str):
-    """``run(batch, neurons, keep_layers) -> Run`` for ``rule``; refusals raise before anything runs."""
+    """``run(batch, select, keep_layers) -> Run`` for ``rule``: ``select(outputs) -> neurons`` picks the explained
+    output of each sample from the forward pass the attribution makes anyway (zennit's), or from one of its own;
+    refusals raise before anything runs."""
     family, _, name = rule.analyzer.partition(".")
     params = dict(rule.params)
     reference = float(params.pop("reference_inputs", 0.0))
@@ -51,6 +55,14 @@ def runner(rule, module, device: str):
     if name == "lrp":
         return _captum_lrp(rule, module, device, params)
     return _captum_attribution(name, module, device, params, reference)
+
+
+def forward(module, batch: np.ndarray, device: str) -> np.ndarray:
+    """The module's outputs for ``batch``, one row per sample (float64)."""
+    t = torch()
+    with t.no_grad():
+        out = module(t.as_tensor(np.ascontiguousarray(batch), dtype=t.float32, device=device))
+    return out.detach().double().cpu().numpy().reshape(len(batch), -1)
 
 
 def _tensor(batch: np.ndarray, device: str):
@@ -112,13 +124,15 @@ def _composite(rule, name: str, canonizers: list, params: dict, x):
 
 
 def _zennit_lrp(rule, name: str, module, device: str, canonizers: list, params: dict):
-    def run(batch: np.ndarray, neurons: np.ndarray, keep_layers: bool) -> Run:
+    def run(batch: np.ndarray, select, keep_layers: bool) -> Run:
         t = torch()
         x = _tensor(batch, device)
         composite = _composite(rule, name, canonizers, dict(params), x)
         tracker = ModuleTracker(module)
         with tracker if keep_layers else contextlib.nullcontext(), composite.context(module) as modified:
             out = modified(x).reshape(len(batch), -1)
+            outputs = out.detach().double().cpu().numpy()
+            neurons = select(outputs)
             rows = t.arange(len(batch), device=out.device)
             index = t.as_tensor(neurons, device=out.device)
             selected = out[rows, index]
@@ -132,7 +146,7 @@ def _zennit_lrp(rule, name: str, module, device: str, canonizers: list, params: 
         if keep_layers:
             sums = heatmaps.reshape(len(batch), -1).sum(axis=1, dtype=np.float64)
             layers = tracker.layers(len(batch), sums, selected.detach().double().cpu().numpy())
-        return Run(heatmaps, layers)
+        return Run(heatmaps, layers, outputs, neurons)
 
     return run
 
@@ -146,15 +160,17 @@ def _zennit_attributor(module, device: str, name: str, canonizers: list, params:
     if name == "IntegratedGradients":
         kwargs["baseline_fn"] = lambda x: torch().full_like(x, reference)
 
-    def run(batch: np.ndarray, neurons: np.ndarray, keep_layers: bool) -> Run:
+    def run(batch: np.ndarray, select, keep_layers: bool) -> Run:
         t = torch()
         x = _tensor(batch, device)
+        outputs = forward(module, batch, device)
+        neurons = select(outputs)
         with getattr(attribution, name)(module, composite=composite, **kwargs) as attributor:
             out = module(x.detach()).reshape(len(batch), -1)
             one_hot = t.zeros_like(out)
             one_hot[t.arange(len(batch)), t.as_tensor(neurons, device=out.device)] = 1.0
             _, heat = attributor(x, one_hot)
-        return Run(heat.detach().cpu().numpy(), [])
+        return Run(heat.detach().cpu().numpy(), [], outputs, neurons)
 
     return run
 
@@ -196,8 +212,10 @@ def _captum_lrp(rule, module, device: str, params: dict):
             f"(its Addition_Module) ({rule.analyzer} refuses this model)"
         )
 
-    def run(batch: np.ndarray, neurons: np.ndarray, keep_layers: bool) -> Run:
+    def run(batch: np.ndarray, select, keep_layers: bool) -> Run:
         t = torch()
+        outputs = forward(module, batch, device)
+        neurons = select(outputs)
         attached = []  # (name, rule): captum removes the rules from the layers when it is done
         for name, leaf, chosen in plan:
             leaf.rule = _captum_rule(rules_module, chosen, params)
@@ -206,14 +224,12 @@ def _captum_lrp(rule, module, device: str, params: dict):
             leaf.add_module(PLACEHOLDER, t.nn.Dropout())
         try:
             x = _tensor(batch, device)
-            with t.no_grad():
-                outputs = module(x).reshape(len(batch), -1)[t.arange(len(batch)), t.as_tensor(neurons)].double()
             heat = lrp_module.LRP(module).attribute(x, target=t.as_tensor(neurons, device=device))
             heatmaps = heat.detach().cpu().numpy()
             layers = []
             if keep_layers:
                 sums = heatmaps.reshape(len(batch), -1).sum(axis=1, dtype=np.float64)
-                layers = captum_layers(attached, outputs.cpu().numpy(), sums)
+                layers = captum_layers(attached, outputs[np.arange(len(batch)), neurons], sums)
         finally:
             for leaf in passed:
                 delattr(leaf, PLACEHOLDER)
@@ -221,28 +237,59 @@ def _captum_lrp(rule, module, device: str, params: dict):
                 for attribute in ("rule", "activations"):
                     if attribute in leaf.__dict__:
                         delattr(leaf, attribute)
-        return Run(heatmaps, layers)
+        return Run(heatmaps, layers, outputs, neurons)
 
     return run
 
 
-def functional_operation(module) -> str | None:
-    """The first addition, multiplication or concatenation outside any module (``out + identity``, a
-    squeeze-excitation's ``scale * x``), as torch.fx sees it, or None
-    (also where fx cannot trace the module: captum then runs, and conservation judges)."""
-    import operator
+# Operations that only move values (reshape, select, concatenate, split): relevance passes them unchanged.
+MOVING = {
+    "flatten",
+    "reshape",
+    "view",
+    "view_as",
+    "permute",
+    "transpose",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "getitem",
+    "getattr",
+    "size",
+    "dim",
+    "cat",
+    "concat",
+    "stack",
+    "chunk",
+    "split",
+    "dropout",
+    "identity",
+    "clone",
+    "to",
+    "float",
+    "type_as",
+    "expand",
+    "expand_as",
+}
 
-    t = torch()
+
+def functional_operation(module) -> str | None:
+    """The first operation outside any module that does more than move values (``out + identity``, a
+    squeeze-excitation's ``scale * x``, a ``F.relu`` in a forward), as torch.fx sees it, or None (also where fx
+    cannot trace the module: then captum runs, and conservation judges)."""
     try:
         graph = library("torch.fx").symbolic_trace(module).graph
     except Exception:
         return None
-    combining = {operator.add, operator.iadd, operator.mul, operator.imul, t.add, t.mul, t.cat, t.stack}
     for node in graph.nodes:
-        if node.op == "call_function" and node.target in combining:
-            where = node.meta.get("nn_module_stack") or {}
-            owner = f"module '{list(where)[-1]}'" if where else "the model's forward"
-            return f"the functional operation {getattr(node.target, '__name__', node.target)} in {owner}"
+        if node.op not in ("call_function", "call_method"):
+            continue
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        if name.strip("_").removeprefix("i") in MOVING or name.strip("_") in MOVING:
+            continue
+        where = node.meta.get("nn_module_stack") or {}
+        owner = f"module '{list(where)[-1]}'" if where else "the model's forward"
+        return f"the functional operation {name.strip('_')} in {owner}"
     return None
 
 
@@ -254,13 +301,15 @@ def _captum_attribution(name: str, module, device: str, params: dict, reference:
         "deep_lift": "DeepLift",
     }[name]
 
-    def run(batch: np.ndarray, neurons: np.ndarray, keep_layers: bool) -> Run:
+    def run(batch: np.ndarray, select, keep_layers: bool) -> Run:
         t = torch()
         x = _tensor(batch, device)
+        outputs = forward(module, batch, device)
+        neurons = select(outputs)
         kwargs = dict(params)
         if name != "input_x_gradient":
             kwargs["baselines"] = reference
         heat = getattr(attr, method)(module).attribute(x, target=t.as_tensor(neurons, device=device), **kwargs)
-        return Run(heat.detach().cpu().numpy(), [])
+        return Run(heat.detach().cpu().numpy(), [], outputs, neurons)
 
     return run

@@ -1,9 +1,9 @@
 """What zennit 1.0 (and 0.5) cannot do by design, recognised so that it is an expected failure naming the
 limitation, not a fresh red test.
 
-zennit attaches rules to modules. An operation outside any module (``out + identity`` written in a residual
-block's forward) gets no rule: autograd passes the relevance to both of its operands whole, so it is counted
-twice. zennit's answer is a canonizer that puts a module there (ResNetCanonizer for torchvision's ResNets);
+zennit attaches rules to modules. An operation outside any module gets no rule: relevance passes it as a
+plain gradient. ``out + identity`` written in a residual block's forward hands the relevance to both operands
+whole, so it is counted twice; a functional ReLU after pooling drops what reaches its dead inputs. zennit's answer is a canonizer that puts a module there (ResNetCanonizer for torchvision's ResNets);
 for a block of the user's own there is none. Recognised only where the operations outside modules account
 for the whole conservation error, within the rule's tolerance (and float32 rounding): any other leak on top still fails. A rule
 expected to leak by its formula (xfail) compounds its leak with the copies; there the copies must only be
@@ -43,7 +43,7 @@ def functional_limitation(analysis, functional: str | None) -> str | None:
     target = float(analysis.targets[sample])
     share = f"{float(added[sample]) / abs(target):+.1%} of the target" if target else f"{float(added[sample]):+.3g}"
     return (
-        f"zennit limitation: {functional} is outside any module, so zennit applies no rule to it and passes "
-        f"relevance to all its operands ({share} on sample {sample}); a canonizer that makes it a module "
-        "(zennit's ResNetCanonizer for torchvision ResNets) removes it"
+        f"zennit limitation: {functional} is outside any module, so zennit applies no rule to it and relevance "
+        f"passes it as a plain gradient ({share} on sample {sample}, at operations outside modules); a canonizer "
+        "that makes it a module (zennit's ResNetCanonizer for torchvision ResNets) removes it"
     )

@@ -34,8 +34,17 @@ class TorchModel:
     # may leave them changed, and the next rule must explain the model as it was loaded (restore()).
     pristine: dict = field(default_factory=dict, repr=False)
 
+    def digest(self) -> str:
+        """sha256 of the parameters and buffers as loaded, with their names: the model's identity for baselines."""
+        found = hashlib.sha256()
+        for key in sorted(self.pristine):
+            found.update(key.encode() + b"\0")
+            found.update(np.ascontiguousarray(self.pristine[key].detach().cpu().numpy()).tobytes())
+        return found.hexdigest()
+
     def restore(self) -> None:
-        self.module.load_state_dict(self.pristine)
+        # Not strict: a canonizer's own submodules (zennit's ResNetCanonizer adds a sum module) stay registered.
+        self.module.load_state_dict(self.pristine, strict=False)
 
     def notes_for(self, rule) -> list:
         return []
