@@ -100,3 +100,18 @@ def test_each_model_gets_the_rules_of_its_framework(pytester):
     ids = [line.split("::")[-1] for line in result.outlines if "::" in line]
     assert "conservation[net-zennit]" in ids and "conservation[model-z]" in ids
     assert "conservation[net-z]" not in ids and "conservation[model-zennit]" not in ids
+
+
+def test_a_pytorch_model_without_torch_installed_is_one_line(pytester, monkeypatch):
+    # Where torch, zennit or captum is missing (the py311 environment has none of them; elsewhere the finder
+    # is made to miss zennit), the run stops with one line per missing library, before any test.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "zennit" else real(name, *a))
+    pytester.makepyfile(nets="def net():\n    raise AssertionError('never called')\n")
+    result = pytester.runpytest_inprocess("--lrp-model=nets.py:net", "--lrp-input-shape=4")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.startswith("ERROR:")]
+    assert any("PyTorch models need zennit, which this Python environment does not have" in e for e in errors), errors
+    assert "Traceback" not in "\n".join(result.errlines + result.outlines)

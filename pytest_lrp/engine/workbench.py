@@ -79,6 +79,10 @@ class Workbench:
         if any(not isinstance(p, PythonModel) for p in paths):
             _environment_runs_innvestigate()
         problems = []  # every model's own line (several broken models: all named in one run)
+        if any(isinstance(p, PythonModel) for p in paths):
+            problems += self._missing_torch_libraries()
+            if problems:
+                raise LrpUsageError(*problems)
         for path in paths:
             try:
                 model = self.model(path)
@@ -96,6 +100,21 @@ class Workbench:
                 self._reference_outputs(model, x)
         if problems:
             raise LrpUsageError(*problems)
+
+    def _missing_torch_libraries(self) -> list:
+        """One line per library the rule file's PyTorch rules need that this environment lacks (not imported)."""
+        import importlib.util
+
+        from ..config.torch_analyzers import is_torch_analyzer
+
+        rules = self.rule_file.rules if self.rule_file is not None else []
+        needed = ["torch", *sorted({r.analyzer.split(".")[0] for r in rules if is_torch_analyzer(r.analyzer)})]
+        return [
+            f"PyTorch models need {name}, which this Python environment does not have; "
+            "pip install 'pytest-lrp[torch]' (torch, zennit and captum); no LRP test ran"
+            for name in needed
+            if importlib.util.find_spec(name) is None
+        ]
 
     def model_paths(self) -> list:
         return self.settings.models(self.rule_file)
