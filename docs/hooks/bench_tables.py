@@ -364,7 +364,87 @@ def faults() -> str:
     )
 
 
+def _counts(counts: dict) -> str:
+    order = ("passed", "xfailed", "skipped", "failed", "error")
+    return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
+
+
+def torch_false_alarms() -> str:
+    recorded = _load("last_run_torch_false_alarms.json")["zoo"]
+    rows = [
+        [kind, _num(entry["accuracy"], 2), len(entry["red"]), _counts(entry["counts"])]
+        for kind, entry in recorded["zoo"].items()
+    ]
+    machine = recorded["machine"]
+    return (
+        _table(["model", "held-out accuracy", "red tests", "outcomes"], rows)
+        + f"\n\n{recorded['samples']} inputs per model; Python {machine['python']}, torch {machine['torch']}, {MACHINE_KIND}."
+    )
+
+
+def torch_torchvision() -> str:
+    recorded = _load("last_run_torch_false_alarms.json")["torchvision"]
+    rows = [
+        [
+            name,
+            _counts(entry["counts"]),
+            ", ".join(n.split("[")[1].rstrip("]").split("-", 1)[1] for n in entry["red"]) or "-",
+        ]
+        for name, entry in recorded["torchvision"].items()
+    ]
+    machine = recorded["machine"]
+    return (
+        _table(["network (weights=None)", "outcomes", "red (rule)"], rows)
+        + f"\n\n{recorded['samples']} random inputs of 3x64x64 per network; Python {machine['python']}, torch {machine['torch']}, {MACHINE_KIND}."
+    )
+
+
+def torch_speed() -> str:
+    recorded = _load("last_run_torch_speed.json")
+    rows = [
+        [
+            name,
+            _num(entry["median_seconds"]["direct"]),
+            _num(entry["median_seconds"]["pytest-lrp"]),
+            f"{entry['ratio']:.2f} x",
+            "yes" if entry["same_heatmaps"] else "no",
+        ]
+        for name, entry in recorded["networks"].items()
+    ]
+    return (
+        _table(["network", "zennit directly (s)", "pytest-lrp's analysis (s)", "ratio", "same heatmaps"], rows)
+        + f"\n\n{recorded['samples']} samples of 3x{recorded['size']}x{recorded['size']}, median of {recorded['rounds']} alternating rounds, CPU; torch {recorded['machine']['torch']}, {MACHINE_KIND}."
+    )
+
+
+def xdist_sizes() -> str:
+    recorded = _load("last_run_xdist.json")
+    labels = {
+        "example": "example suite (small digits CNN, 16 inputs)",
+        "larger": "packaged suite, 64x64x3 CNN (32-64-128 filters), 16 inputs",
+    }
+    rows = [
+        [
+            labels.get(name, name),
+            entry["tests"],
+            _num(entry["serial_seconds"]),
+            _num(entry["n2_seconds"]),
+            f"{entry['speedup']:.2f} x",
+            "yes" if entry["same_outcomes"] else "no",
+        ]
+        for name, entry in recorded["suites"].items()
+    ]
+    return (
+        _table(["suite", "tests", "serial (s)", "-n 2 (s)", "speed-up", "same outcomes"], rows)
+        + f"\n\nFastest of 2 alternating runs each; Python {recorded['machine']['python']}, {MACHINE_KIND}."
+    )
+
+
 TABLES = {
+    "xdist_sizes": xdist_sizes,
+    "torch_false_alarms": torch_false_alarms,
+    "torch_torchvision": torch_torchvision,
+    "torch_speed": torch_speed,
     "false_alarms": false_alarms,
     "faults": faults,
     "machine": machine,
