@@ -63,6 +63,7 @@ rules:
         ("captum.lrp", "{rule: alpha2_beta1}", "[3, 8, 8]", "captum's LRP rule 'alpha2_beta1' is not one of"),
         ("zennit.epsilon_plus", "{canonizers: SequentialMergeBatchNorm}", "[3, 8, 8]", "'canonizers' is a list"),
         ("zennit.epsilon_plus", "{}", "[3, 0, 8]", "key 'input_shape': expected one sample's shape"),
+        ("zennit.rule.zbox", "{low: 0.0}", "[3, 8, 8]", "needs the input's bounds as numbers: high"),
     ],
 )
 def test_a_wrong_torch_rule_is_one_line_at_collection(pytester, analyzer, params, shape, message):

@@ -63,6 +63,10 @@ def torch_param_message(analyzer: str, params: dict) -> str | None:
         isinstance(canonizers, list) and all(isinstance(c, str) and c for c in canonizers)
     ):
         return f"'canonizers' is a list of zennit canonizer class names, e.g. [SequentialMergeBatchNorm], or auto, got {canonizers!r}"
+    if analyzer in ("zennit.rule.zbox", "zennit.epsilon_gamma_box"):
+        missing = [bound for bound in ("low", "high") if not isinstance(params.get(bound), (int, float))]
+        if missing:
+            return f"analyzer '{analyzer}' needs the input's bounds as numbers: {', '.join(missing)} (e.g. low: 0.0, high: 1.0)"
     if analyzer == "captum.lrp":
         rules = [params["rule"]] if "rule" in params else []
         layer_rules = params.get("rules", {})

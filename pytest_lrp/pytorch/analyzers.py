@@ -1,16 +1,17 @@
 """A rule's analyzer from zennit or captum, as a function from a batch to its outputs and heatmaps.
 
 Each library is used as its documentation shows; what pytest-lrp adds is kept here, named and scoped:
-- zennit: the relevance put on the output is the explained output itself (zennit's default is 1), so that
-  the heatmap sums to it; ``zennit.rule.<name>`` is one rule on every convolution and linear layer with
-  zennit's own base layer map (activations pass, sums and average pooling normalised, BatchNorm passed).
-- captum (0.9): ``LRP`` raises on any module without a rule; pytest-lrp attaches the rule the user named to
+- zennit (1.0; 0.5 on Python < 3.11.11): the relevance put on the output is the explained output itself
+  (zennit's default is 1), so that the heatmap sums to it; ``zennit.rule.<name>`` is one rule on every
+  convolution and linear layer with zennit's own base layer map (activations pass, sums and average pooling
+  normalised, BatchNorm passed).
+- captum (0.9): ``LRP`` raises on any module without a rule. pytest-lrp attaches the rule the user named to
   every layer captum has rules for, and refuses, as a skipped test naming the module, anything else but the
-  value-preserving modules (Flatten, Unflatten, Identity). Those captum's rules and its activation hooks
-  cannot take (their hooks may not change a tensor's shape); between layers captum's gradient is the
-  relevance itself, which a reshape passes unchanged, so captum must only not look at them: for the run each
-  gets a placeholder child that is never called (captum collects leaf modules only), removed after. The rules are removed again after each run, so that
-  no rule of one test stays on the module for the next.
+  value-preserving modules (Flatten, Unflatten, Identity). Those take neither captum's rules nor its
+  activation hooks (both may not change a tensor's shape); between layers captum's gradient is the relevance
+  itself, which a reshape passes unchanged, so captum must only not look at them: for the run each gets a
+  placeholder child that is never called (captum collects leaf modules only), removed after, as are the
+  rules, so that no rule of one test stays on the module for the next (tests/test_pytorch.py checks both).
 """
 
 from __future__ import annotations
