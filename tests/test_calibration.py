@@ -196,6 +196,7 @@ def test_an_existing_file_is_never_overwritten(project):
     assert not (target.parent / "lrp_baselines").exists(), "nothing may run"
 
 
+@pytest.mark.xdist
 def test_under_xdist_the_workers_measure_and_the_controller_writes(project):
     result = project.runpytest("rules.yaml", f"--lrp-calibrate={TARGET}", "-n", "2")
     result.assert_outcomes(passed=10, failed=1, xfailed=3, errors=2)
@@ -208,6 +209,7 @@ def test_under_xdist_the_workers_measure_and_the_controller_writes(project):
     project.runpytest(TARGET).assert_outcomes(passed=14, xfailed=4)
 
 
+@pytest.mark.slow
 def test_the_packaged_suite_calibrated_on_ones_own_model(pytester, conv_nets, inputs_8x8):
     """The headline: `pytest --lrp-model=m.h5 --lrp-calibrate=rules.yaml` where there is no rule file,
     then `pytest rules.yaml` alone reproduces and passes."""

@@ -59,6 +59,7 @@ def test_deselected_lrp_tests_load_nothing(pytester):
     result.assert_outcomes(passed=1, deselected=1)
 
 
+@pytest.mark.xdist
 def test_under_xdist_the_lrp_tests_are_one_error_with_the_line(pytester):
     # A worker cannot stop the run (a usage error there is an INTERNALERROR of the controller): its LRP tests
     # become one test erroring with the line; other tests still run.
@@ -134,6 +135,7 @@ def test_models_loaded_before_the_first_analysis_still_predict_afterwards(lrp_pr
         np.testing.assert_allclose(np.load(pytester.path / f"after{suffix}.npy"), expected, rtol=1e-5, err_msg=suffix)
 
 
+@pytest.mark.xdist
 def test_under_xdist_a_worker_that_cannot_import_innvestigate_keeps_the_collection(lrp_project, pytester):
     # The environment is a property of each worker (a worker's conftest may import Keras 3): the workers must collect
     # the same tests, so such a worker's LRP tests stay and error one by one, as before; the others run.

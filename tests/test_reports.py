@@ -378,6 +378,7 @@ def test_heatmap_images_for_failing_and_xfailing_tests(pytester):
     assert len(list((pytester.path / "all").glob("*.png"))) == 3
 
 
+@pytest.mark.xdist
 def test_same_results_under_xdist(lrp_project, pytester):
     lrp_project.rules(
         f"defaults:\n  inputs: {lrp_project.inputs}\nrules:\n"

@@ -143,6 +143,7 @@ def test_a_final_softmax_layer_is_stripped_like_an_activation(cnns, pytester, te
         )
 
 
+@pytest.mark.slow
 def test_a_warning_type_model_check_about_relu_layers_is_overridden_and_said(
     relu_layer_models, pytester, tensorflow_imported_once
 ):
