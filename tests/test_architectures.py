@@ -68,6 +68,7 @@ def test_a_model_check_about_relu_layers_is_overridden_and_the_run_says_so(defau
     assert "NotImplementedError" not in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_default_layer_names_do_not_collide_with_the_layers_innvestigate_adds(default_named, pytester):
     # Before: 'The name "add" is used 2 times in the model' for every rule, input_t_gradient included.
     path, inputs, _ = default_named

@@ -89,6 +89,7 @@ def written(pytester, name: str = TARGET) -> tuple:
     return text, yaml.safe_load(text)
 
 
+@pytest.mark.slow
 def test_calibrated_file_passes_then_catches_changed_weights_and_an_injected_fault(project, inputs_8x8):
     pytester = project
     run = pytester.runpytest("rules.yaml", f"--lrp-calibrate={TARGET}", "--lrp-report=report.json")
