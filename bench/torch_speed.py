@@ -30,8 +30,10 @@ def direct(module, x, canonizer: str):
 
     cls = getattr(torchvision, canonizer, None) or getattr(canonizers, canonizer)
     composite = composites.EpsilonPlusFlat(zero_params=["bias"], canonizers=[cls()])
+    from pytest_lrp.pytorch.upstream_fixes import batch_norm_merge_with_positive_eps
+
     inputs = x.clone().requires_grad_(True)
-    with composite.context(module) as modified:
+    with batch_norm_merge_with_positive_eps(), composite.context(module) as modified:
         out = modified(inputs)
         index = out.argmax(1)
         start = torch.zeros_like(out)

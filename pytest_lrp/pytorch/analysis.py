@@ -9,6 +9,7 @@ The numpy reference reads Keras models only, so ``reference`` is None and the re
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 from ..base.lazy import np
 from ..checks.explained import explained_neurons, targets
@@ -25,7 +26,7 @@ SOFTMAX = ("Softmax", "LogSoftmax")
 
 def analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
     try:
-        with _full_float32():
+        with _reproducible_float32():
             return _analyze(model, rule, x)
     except Exception:  # a crash, not a refusal (pytest's skip is no Exception)
         model.restore()
@@ -33,17 +34,34 @@ def analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
 
 
 @contextlib.contextmanager
-def _full_float32():
+def _reproducible_float32():
     """On a GPU, torch may compute convolutions (and, if the user asked, matrix products) in TF32, with a
-    10-bit mantissa: rounding a thousand times float32's, which conservation would judge as a leak. The
-    analyses run in float32 proper; the user's settings are restored after."""
-    backends = torch().backends
-    saved = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+    10-bit mantissa: rounding a thousand times float32's, which conservation would judge as a leak; and cuDNN
+    may pick backward algorithms that add with atomics in any order, so that the same analysis twice differs
+    in the last bits, which the determinism check would judge as innvestigate#118. The analyses run in
+    float32 proper with torch's deterministic algorithms (a warning, not an error, where an operation has
+    none); the user's settings are restored after."""
+    t = torch()
+    backends = t.backends
+    saved = (
+        backends.cudnn.allow_tf32,
+        backends.cuda.matmul.allow_tf32,
+        backends.cudnn.deterministic,
+        backends.cudnn.benchmark,
+        t.are_deterministic_algorithms_enabled(),
+        t.is_deterministic_algorithms_warn_only_enabled(),
+    )
     backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+    backends.cudnn.deterministic, backends.cudnn.benchmark = True, False
+    t.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*deterministic.*")
+            yield
     finally:
-        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved[0], saved[1]
+        backends.cudnn.deterministic, backends.cudnn.benchmark = saved[2], saved[3]
+        t.use_deterministic_algorithms(saved[4], warn_only=saved[5])
 
 
 def _analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:

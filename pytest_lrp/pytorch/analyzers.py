@@ -26,6 +26,7 @@ from ..base.lazy import np
 from ..config.torch_analyzers import ZENNIT_COMPOSITES, ZENNIT_RULES
 from .layers import ModuleTracker, captum_layers
 from .runtime import library, torch
+from .upstream_fixes import batch_norm_merge_with_positive_eps
 
 VALUE_PRESERVING = ("Flatten", "Unflatten", "Identity")
 PLACEHOLDER = "_lrp_captum_placeholder"
@@ -130,7 +131,11 @@ def _zennit_lrp(rule, name: str, module, device: str, canonizers: list, params: 
         x = _tensor(batch, device)
         composite = _composite(rule, name, canonizers, dict(params), x)
         tracker = ModuleTracker(module)
-        with tracker if keep_layers else contextlib.nullcontext(), composite.context(module) as modified:
+        with (
+            batch_norm_merge_with_positive_eps(),
+            tracker if keep_layers else contextlib.nullcontext(),
+            composite.context(module) as modified,
+        ):
             out = modified(x).reshape(len(batch), -1)
             outputs = out.detach().double().cpu().numpy()
             neurons = select(outputs)
@@ -166,7 +171,10 @@ def _zennit_attributor(module, device: str, name: str, canonizers: list, params:
         x = _tensor(batch, device)
         outputs = forward(module, batch, device)
         neurons = select(outputs)
-        with getattr(attribution, name)(module, composite=composite, **kwargs) as attributor:
+        with (
+            batch_norm_merge_with_positive_eps(),
+            getattr(attribution, name)(module, composite=composite, **kwargs) as attributor,
+        ):
             out = module(x.detach()).reshape(len(batch), -1)
             one_hot = t.zeros_like(out)
             one_hot[t.arange(len(batch)), t.as_tensor(neurons, device=out.device)] = 1.0
