@@ -20,7 +20,7 @@ ALLOWED = {
     "models": {"base", "config"},
     "reference": {"base"},
     "checks": {"base", "config", "models", "reference"},
-    "pytorch": {"base", "config", "models", "checks"},
+    "pytorch": {"base", "config", "models", "checks", "reference"},
     "engine": {"base", "config", "models", "checks", "reference", "pytorch"},
     "reports": {"base", "config", "models", "checks", "engine", "pytorch"},
 }

@@ -1,5 +1,5 @@
 """innvestigate's relevance against the numpy reference's, as plain data: what the `reference` check and
-the leak accounting read (the engine fills it, engine/reference_run.py).
+the leak accounting read (filled during the analysis, checks/reference_run.py).
 
 Values are compared per sample and layer relative to the largest |relevance| of that
 sample at that layer: |innvestigate - reference| <= atol + rtol * max|reference| + rounding,
@@ -37,6 +37,7 @@ class Difference:
     correlation: str
     sample_outside: int
     sample_total: int
+    implementation: str = "innvestigate"  # whose relevance is compared with the reference's
 
     @property
     def within(self) -> bool:
@@ -45,9 +46,9 @@ class Difference:
     def describe(self) -> str:
         return (
             f"max abs difference {self.max_abs:.3g}; {self.outside} of {self.total} values ({self.outside / self.total:.2%}) "
-            f"outside the tolerance; correlation reference vs innvestigate {self.correlation}\n"
+            f"outside the tolerance; correlation reference vs {self.implementation} {self.correlation}\n"
             f"worst sample {self.worst_sample}: max abs difference {abs(self.innvestigate_value - self.reference_value):.3g} at "
-            f"{index_text(self.worst_index)} ({self.reference_value:.6g} reference, {self.innvestigate_value:.6g} innvestigate; "
+            f"{index_text(self.worst_index)} ({self.reference_value:.6g} reference, {self.innvestigate_value:.6g} {self.implementation}; "
             f"largest |relevance| there {self.scale:.3g}); {self.sample_outside} of {self.sample_total} values outside the tolerance"
         )
 
@@ -82,7 +83,14 @@ class ReferenceComparison:
         return None
 
 
-def compare(where: str, reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance, rounding=None) -> Difference:
+def compare(
+    where: str,
+    reference: np.ndarray,
+    actual: np.ndarray,
+    tolerance: Tolerance,
+    rounding=None,
+    implementation: str = "innvestigate",
+) -> Difference:
     """Element-wise, per sample relative to that sample's largest |reference| value, plus ``rounding``: how far
     float32 arithmetic may move each element from the float64 reference (reference.rules.float32_bound)."""
     expected = np.asarray(reference, dtype=np.float64)
@@ -111,6 +119,7 @@ def compare(where: str, reference: np.ndarray, actual: np.ndarray, tolerance: To
         correlation=correlation(flat_expected, flat_actual),
         sample_outside=int(outside[worst_sample].sum()),
         sample_total=int(outside.shape[1]),
+        implementation=implementation,
     )
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from ..base.errors import LrpBeyondExpectation, LrpCheckFailed
 from ..base.lazy import np
+from ..config.torch_analyzers import implementation_of
 from .layers import describe_change, largest_change, layer_table
 from .leaks import judge, layer_lines, split_line
 from .record import Analysis
@@ -34,7 +35,8 @@ def check_conservation(analysis: Analysis) -> None:
             raise LrpCheckFailed(
                 f"[XPASS(strict)] the declared leak [{', '.join(analysis.rule.leaks)}] did not appear: every sample is "
                 f"conserved within the tolerance ({analysis.rule.analyzer} on {analysis.model.name}); if the rule or "
-                f"innvestigate changed on purpose, drop strict: true or the leaks: list\n" + worst_sample_line(analysis)
+                f"{implementation_of(analysis.rule.analyzer)} changed on purpose, drop strict: true or the leaks: list\n"
+                + worst_sample_line(analysis)
             )
         return
     declared = declared_leaks_line(analysis)
@@ -184,7 +186,8 @@ def _whose(analysis: Analysis, above: np.ndarray) -> str:
     largest = max(totals, key=lambda name: abs(totals[name]))
     if largest == "unexplained":
         return (
-            "\nwhose: innvestigate's, not the formula's (the numpy reference does not explode alike): "
+            f"\nwhose: {implementation_of(analysis.rule.analyzer)}'s, not the formula's (the numpy reference does not "
+            "explode alike): "
             "report it upstream with this model and input"
         )
     return (

@@ -5,7 +5,7 @@ The mechanisms come from the numpy reference (pytest_lrp.reference), the change 
 innvestigate's per-layer relevance; what innvestigate changed that the formula does not
 is `unexplained`. Sign convention as in the reference: a loss is negative.
 
-Pure numpy: the engine fills a LeakAccount during the analysis (engine/reference_run.py).
+Pure numpy: the engine fills a LeakAccount during the analysis (checks/reference_run.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class LeakAccount:
     errors: np.ndarray = field(repr=False)
     # per sample: how far float32 rounding may move sum(R) from what the formula gives (the reference's bound)
     rounding: np.ndarray | None = field(default=None, repr=False)
+    implementation: str = "innvestigate"  # whose changes per layer these are
 
     def total(self, mechanism: str) -> np.ndarray:
         """Per sample: the mechanism summed over layers; for 'unexplained', the whole error minus every mechanism."""
@@ -119,7 +120,9 @@ def layer_lines(account: LeakAccount, sample: int) -> str:
         lines.append(f"  {layer.name} ({layer.cls}, {layer.rule}): {change}" + ", ".join(shown))
     if not lines:
         return ""
-    return "\n".join([f"leak per layer, sample {sample} (innvestigate's change = mechanisms + unexplained):", *lines])
+    return "\n".join(
+        [f"leak per layer, sample {sample} ({account.implementation}'s change = mechanisms + unexplained):", *lines]
+    )
 
 
 def short_split(account: LeakAccount, sample: int, target: float) -> str:

@@ -1,4 +1,4 @@
-"""The `reference` check: innvestigate's relevance equals the numpy reference's, layer by layer.
+"""The `reference` check: the implementation's relevance equals the numpy reference's, layer by layer.
 
 A bug that sends relevance to the wrong place (a transposed kernel, a wrong alpha, the
 wrong rule on one layer) can conserve perfectly; comparing with an independent
@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from ..base.errors import LrpCheckFailed
+from ..config.torch_analyzers import implementation_of
 from .record import Analysis
 
 
@@ -32,7 +33,7 @@ def check_reference(analysis: Analysis) -> None:
         return
     raise LrpCheckFailed(
         (f"beyond {comparison.known_bug}:\n" if comparison.known_bug else "")
-        + f"innvestigate differs from the numpy reference ({label}; reference_tolerance {comparison.tolerance}, "
+        + f"{implementation_of(analysis.rule.analyzer)} differs from the numpy reference ({label}; reference_tolerance {comparison.tolerance}, "
         f"relative to the largest |relevance| of each sample at each layer)\n"
         f"first divergence from the output: {divergence.where}\n" + divergence.describe()
     )

@@ -29,10 +29,10 @@ from ..base.errors import LrpUsageError, shown
 from ..base.lazy import yaml
 from .rulefile import (
     BASELINE_TOLERANCE,
-    LEAK_ANALYZER_FAMILIES,
     LEAK_MECHANISMS,
     REFERENCE_TOLERANCE,
     Tolerance,
+    accounts_leaks,
     load_rule_file,
 )
 
@@ -241,7 +241,7 @@ def _conservation(spec: dict, measured: dict, runs: dict, models: dict, margin: 
     keys: dict[str, Any] = {}
     ceilings = [m["ceiling"] for m in measured.values()]
     peak = max((m["max_relative_error"] for m in measured.values()), default=0.0)
-    has_mechanisms = spec["analyzer"].split(".")[0] in LEAK_ANALYZER_FAMILIES
+    has_mechanisms = accounts_leaks(spec["analyzer"])
     found = [name for m in measured.values() for name in m["found"]]
     leaks = list(dict.fromkeys(found))
     recognised = [

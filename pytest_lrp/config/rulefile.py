@@ -63,6 +63,17 @@ CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determ
 LEAK_MECHANISMS = ("bias", "stabilizer", "dropped", "unbalanced", "gradient")
 # The analyzers whose leaks have mechanisms: those that propagate relevance by a rule's formula.
 LEAK_ANALYZER_FAMILIES = ("lrp", "deep_taylor")
+# zennit's and captum's relevance rules (their attributors are gradients, not rules); the reference knows them
+TORCH_RULE_ANALYZERS = ("zennit.epsilon", "zennit.rule.", "captum.lrp")
+
+
+def accounts_leaks(analyzer: str) -> bool:
+    """The analyzers whose leaks have mechanisms: relevance propagation by a rule's formula."""
+    if analyzer.split(".")[0] in LEAK_ANALYZER_FAMILIES:
+        return True
+    return analyzer.startswith(TORCH_RULE_ANALYZERS)
+
+
 DEFAULT_CHECKS = ("conservation", "finite")
 TOLERANCE_KEYS = ("rtol", "atol")
 # innvestigate keywords the plugin sets itself; a rule must not fight over them.
@@ -356,9 +367,9 @@ def _leaks(value, analyzer: str, where: _Where) -> tuple:
     if value is None:
         return ()
     names = _names(value, LEAK_MECHANISMS, "mechanism", where)
-    if analyzer.split(".")[0] not in LEAK_ANALYZER_FAMILIES:
+    if not accounts_leaks(analyzer):
         raise where.error(
-            f"analyzer '{analyzer}' has no leak mechanisms (only LRP and Deep Taylor rules do); use xfail to expect its conservation to fail"
+            f"analyzer '{analyzer}' has no leak mechanisms (only LRP, Deep Taylor and zennit's and captum's LRP rules do); use xfail to expect its conservation to fail"
         )
     return tuple(m for m in LEAK_MECHANISMS if m in names)
 

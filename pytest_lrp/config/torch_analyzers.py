@@ -44,6 +44,12 @@ WITH_REFERENCE = ("zennit.integrated_gradients", "captum.integrated_gradients", 
 GRADIENTS = ("zennit.gradient",)
 
 
+def implementation_of(analyzer: str) -> str:
+    """The library whose analysis a rule tests, as messages name it."""
+    family = analyzer.split(".")[0]
+    return family if family in ("zennit", "captum") else "innvestigate"
+
+
 def is_torch_analyzer(name: str) -> bool:
     return name.split(".")[0] in ("zennit", "captum")
 

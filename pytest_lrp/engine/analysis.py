@@ -15,11 +15,12 @@ from ..base.lazy import np
 from ..base.tf_runtime import innvestigate, tensorflow
 from ..checks.explained import explained_neurons, targets
 from ..checks.record import Analysis, heatmap_sums
+from ..checks.reference_run import wanted
 from ..checks.reruns import extra_runs
 from ..config.rulefile import Rule
 from ..models.modelfile import ModelFile
 from .layer_relevance import layer_maps, layer_relevance
-from .reference_run import run_reference, wanted
+from .reference_run import run_reference
 from .speedup import analyzer_build, prepare_graph, rebuild_config
 from .upstream_fixes import reserve_layer_names, without_softmax
 

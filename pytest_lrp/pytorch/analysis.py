@@ -3,7 +3,7 @@
 The heatmaps, the explained outputs and neurons, relevance per module (for the relevance rules) and the
 reruns the determinism and batch_invariance checks compare with. A final Softmax of an ``nn.Sequential`` is
 left out, as the Keras backend strips a final softmax: the explained output is the pre-softmax score.
-The numpy reference reads Keras models only, so ``reference`` is None and the reference check skips.
+The numpy reference reads the module too (reference.py): the reference check and the leak accounting.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import warnings
 from ..base.lazy import np
 from ..checks.explained import explained_neurons, targets
 from ..checks.record import Analysis
+from ..checks.reference_run import wanted
 from ..checks.reruns import extra_runs
 from ..config.torch_analyzers import GRADIENTS, WITH_REFERENCE
-from .analyzers import forward, functional_operation, runner
+from .analyzers import canonizer_names, forward, functional_operation, runner
 from .limitations import functional_limitation
 from .loading import TorchModel
+from .reference import judged
 from .runtime import torch
 
 SOFTMAX = ("Softmax", "LogSoftmax")
@@ -92,6 +94,10 @@ def _analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
         layers=first.layers,
         reruns=reruns,
     )
+    if wanted(rule):
+        analysis.reference, analysis.leaks = judged(
+            model, module, rule, x, analysis, first.maps, canonizer_names(rule, module)
+        )
     if first.layers and analysis.failing.any():  # tracing the module with torch.fx costs; only a failure needs it
         analysis.limitation = functional_limitation(analysis, functional_operation(module))
     return analysis

@@ -17,14 +17,14 @@ Each library is used as its documentation shows; what pytest-lrp adds is kept he
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 from ..base.errors import LrpUsageError
 from ..base.lazy import np
 from ..config.torch_analyzers import ZENNIT_COMPOSITES, ZENNIT_RULES
-from .layers import ModuleTracker, captum_layers
+from .layers import ModuleTracker, captum_layers, captum_maps
 from .runtime import library, torch
 from .upstream_fixes import batch_norm_merge_with_positive_eps
 
@@ -38,6 +38,7 @@ class Run:
     layers: list
     outputs: np.ndarray  # the explained model's outputs (float64), from the attribution's own forward pass
     neurons: np.ndarray  # the explained output per sample, as the selector chose it from ``outputs``
+    maps: dict = field(default_factory=dict)  # {module name: relevance at its output}, where layers are kept
 
 
 def runner(rule, module, device: str):
@@ -83,6 +84,12 @@ def _auto_canonizers(module) -> list:
     return []
 
 
+def canonizer_names(rule, module) -> list:
+    """The zennit canonizers a rule uses, by class name (``auto`` resolved for this module)."""
+    names = rule.params.get("canonizers", []) if rule.analyzer.startswith("zennit.") else []
+    return _auto_canonizers(module) if names == "auto" else list(names)
+
+
 def _canonizers(rule, names, module) -> list:
     if names == "auto":
         names = _auto_canonizers(module)
@@ -105,8 +112,8 @@ def _canonizers(rule, names, module) -> list:
 def _composite(rule, name: str, canonizers: list, params: dict, x):
     composites, rules = library("zennit.composites"), library("zennit.rules")
     for bound in ("low", "high"):
-        if bound in params:  # a number in the rule file; zennit wants a tensor of the input's shape
-            params[bound] = torch().full_like(x, float(params[bound]))
+        if bound in params:  # a number in the rule file: zennit expands it to each layer's input (a tensor of
+            params[bound] = float(params[bound])  # the model input's shape would fit the first layer only)
     if name.startswith("rule."):
         rule_class = getattr(rules, ZENNIT_RULES[name[len("rule.") :]][0])
         stabilizer = params.get("stabilizer", 1e-6)
@@ -148,11 +155,12 @@ def _zennit_lrp(rule, name: str, module, device: str, canonizers: list, params: 
             start[rows, index] = top
             (heat,) = t.autograd.grad(out, x, start)
         heatmaps = heat.detach().cpu().numpy()
-        layers = []
+        layers, maps = [], {}
         if keep_layers:
             sums = heatmaps.reshape(len(batch), -1).sum(axis=1, dtype=np.float64)
             layers = tracker.layers(len(batch), sums, selected.detach().double().cpu().numpy())
-        return Run(heatmaps, layers, outputs, neurons)
+            maps = tracker.maps()
+        return Run(heatmaps, layers, outputs, neurons, maps)
 
     return run
 
@@ -235,10 +243,12 @@ def _captum_lrp(rule, module, device: str, params: dict):
             x = _tensor(batch, device)
             heat = lrp_module.LRP(module).attribute(x, target=t.as_tensor(neurons, device=device))
             heatmaps = heat.detach().cpu().numpy()
-            layers = []
+            layers, maps = [], {}
             if keep_layers:
                 sums = heatmaps.reshape(len(batch), -1).sum(axis=1, dtype=np.float64)
-                layers = captum_layers(attached, outputs[np.arange(len(batch)), neurons], sums)
+                explained = outputs[np.arange(len(batch)), neurons]
+                layers = captum_layers(attached, explained, sums)
+                maps = captum_maps(attached, explained)
         finally:
             for leaf in passed:
                 delattr(leaf, PLACEHOLDER)
@@ -246,7 +256,7 @@ def _captum_lrp(rule, module, device: str, params: dict):
                 for attribute in ("rule", "activations"):
                     if attribute in leaf.__dict__:
                         delattr(leaf, attribute)
-        return Run(heatmaps, layers, outputs, neurons)
+        return Run(heatmaps, layers, outputs, neurons, maps)
 
     return run
 

@@ -102,6 +102,14 @@ class ModuleTracker:
 
         return keep
 
+    def maps(self) -> dict:
+        """{module name: the relevance at its output, per element}, for each leaf module's call."""
+        return {
+            call.name: call.grad_out.detach().cpu().numpy()
+            for call in self.calls
+            if call.leaf and call.grad_out is not None and call.grads_in
+        }
+
     def layers(self, samples: int, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
         """LayerRelevance entries from the output to the input; the last is the input itself."""
         totals = []
@@ -152,6 +160,17 @@ def captum_layers(rules: list, outputs: np.ndarray, heatmap_sums: np.ndarray) ->
     entries.reverse()
     entries.append(LayerRelevance("input", "InputLayer", heatmap_sums, heatmap_sums))
     return entries
+
+
+def captum_maps(rules: list, outputs: np.ndarray) -> dict:
+    """captum's LRP: {module name: the relevance at its output, per element}, scaled back by the output."""
+    maps = {}
+    for name, rule, _ in rules:
+        at_output = _first_device(getattr(rule, "relevance_output", {}))
+        if at_output is not None:
+            array = at_output.detach().cpu().numpy()
+            maps[name] = array * outputs.reshape((-1,) + (1,) * (array.ndim - 1))
+    return maps
 
 
 def _first_device(stored: dict):

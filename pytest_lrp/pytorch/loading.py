@@ -33,6 +33,8 @@ class TorchModel:
     # The parameters and buffers as loaded: an analyzer that crashes half-way (a canonizer merging layers)
     # may leave them changed, and the next rule must explain the model as it was loaded (restore()).
     pristine: dict = field(default_factory=dict, repr=False)
+    # The numpy reference's copies (or why there is none), by canonizers and input shape (pytorch/reference.py).
+    reference_models: dict = field(default_factory=dict, repr=False)
 
     def digest(self) -> str:
         """sha256 of the parameters and buffers as loaded, with their names: the model's identity for baselines."""

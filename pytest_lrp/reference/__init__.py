@@ -5,9 +5,10 @@ maps of windowed layers and their transposes (ops.py), the LRP/Deep Taylor rules
 with the split of each layer's change in relevance into mechanisms (rules.py), and the
 rule choice per layer, the backward pass and the gradient family (explain.py).
 
-It may import numpy and pytest_lrp.base only: never TensorFlow or innvestigate, so that it
-stays an independent check of them (written from the LRP papers and from innvestigate's
-documented conventions, which explain.py and rules.py list, not from its rule code).
+It may import numpy and pytest_lrp.base only: never TensorFlow, torch or the libraries it checks, so that
+it stays an independent check of them (written from the LRP papers and the libraries' documented
+conventions, which explain.py, rules.py and libraries.py list). zennit's and captum's rules
+(libraries.py) run on a model the PyTorch backend reads into these layers (ReferenceModel.from_layers).
 
     model = ReferenceModel.from_keras(keras_model.get_config(), {l.name: l.get_weights() ...})
     result = explain(model, x, "lrp.alpha_2_beta_1", {})
@@ -18,12 +19,13 @@ Accounting identity, per layer and sample: relevance_in - relevance_out == sum(m
 """
 
 from .explain import ANALYZERS, LayerAccount, ReferenceResult, explain
-from .model import ReferenceModel, UnsupportedLayer
+from .model import Layer, ReferenceModel, UnsupportedLayer
 from .rules import MECHANISMS, UnsupportedRule
 
 __all__ = [
     "ANALYZERS",
     "MECHANISMS",
+    "Layer",
     "LayerAccount",
     "ReferenceModel",
     "ReferenceResult",

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .libraries import LIBRARY_ANALYZERS, library_policy
 from .model import (
     AVG_POOL,
     GLOBAL_AVG,
@@ -54,6 +55,7 @@ from .model import (
     Layer,
     ReferenceModel,
     bn_affine,
+    flattens_channels_first,
     padding_of,
 )
 from .ops import Scale
@@ -133,7 +135,8 @@ LRP_NAMES = {
 }
 DEEP_TAYLOR = {"deep_taylor", "deep_taylor.bounded"}
 GRADIENTS = {"gradient", "gradient.baseline", "input_t_gradient", "integrated_gradients", "input"}
-ANALYZERS = sorted(LRP_NAMES | DEEP_TAYLOR | GRADIENTS)
+ANALYZERS = sorted(LRP_NAMES | DEEP_TAYLOR | GRADIENTS | set(LIBRARY_ANALYZERS))
+LIBRARY_FAMILIES = ("zennit", "captum")
 NAMED_RULES = {
     "Z": Rule("z"),
     "Epsilon": Rule("epsilon"),
@@ -291,6 +294,7 @@ def explain(
     dtype=np.float64,
     observed: dict | None = None,
     bounds: bool = False,
+    positive_head: bool = False,
 ) -> ReferenceResult:
     """The rule's relevance for ``x``, computed from its formula in numpy, layer by layer.
 
@@ -321,6 +325,8 @@ def explain(
         tensors); each such layer's account also gets ``observed_mechanisms``, the formula's mechanisms
         applied to that relevance (the split of what that implementation did at this layer, independent
         of where its relevance and the reference's parted further up).
+    positive_head : bool
+        Start from the positive part of the explained output (a rule's ``target: positive_output``).
     bounds : bool
         Also bound how far float32 arithmetic (innvestigate's) may move the relevance from this float64
         result: per element at every layer (``LayerAccount.bound_out``, ``ReferenceResult.heatmap_bound``)
@@ -337,18 +343,21 @@ def explain(
         model = model.astype(dtype)
     if analyzer not in ANALYZERS:
         raise UnsupportedRule(f"analyzer {analyzer!r} has no reference")
-    _check_params(analyzer, params)
+    if analyzer not in LIBRARY_ANALYZERS:  # zennit's and captum's parameters are checked where they are read
+        _check_params(analyzer, params)
     x = np.asarray(x, dtype=dtype)
     if analyzer == "input":
         return ReferenceResult(x.copy(), np.zeros(len(x)), [])
     if analyzer == "integrated_gradients":
         return _integrated_gradients(model, x, params, neuron_selection, index, bounds)
-    policy = Policy(model, analyzer, params)
+    policy: Any = (
+        library_policy(model, analyzer, params) if analyzer in LIBRARY_ANALYZERS else Policy(model, analyzer, params)
+    )
     acts = model.forward(x)
     out = acts[model.output_name]
     shape = out.shape
     flat = out.reshape(len(out), -1)
-    if policy.family == "deep_taylor":
+    if policy.family == "deep_taylor" or positive_head:
         flat = np.maximum(flat, 0.0)
     head, selected = _select(flat, neuron_selection, index, values=policy.family != "gradient")
     accounts: list = []
@@ -577,7 +586,7 @@ class _Backward:
             return [self._rounding.variance], self._rounding.local
         cls, family = layer.class_name, self.policy.family
         x: Any = xs[0] if xs else None
-        if cls == "Add" and family == "lrp":
+        if cls == "Add" and (family == "lrp" or layer.config.get("canonized")):  # the z rule over the sum
             z = sum(xs[1:], xs[0].copy())
             ds = z + KERAS_EPSILON * (z == 0)
             absolute = sum(np.abs(xi) for xi in xs)
@@ -595,10 +604,11 @@ class _Backward:
                 undecided = np.abs(z) < self.forward_unit * absolute
                 g_bound = e * (z > 0) + np.square(r) * undecided
             return [layer.op.transpose(g_bound, _squared(layer.kernel, layer.variants), x.shape)], np.zeros(batch)
-        if cls == "BatchNormalization":
+        if cls == "BatchNormalization" and family not in LIBRARY_FAMILIES:
             exact_k, _ = bn_affine(layer)
             return [Scale(layer.bn[-1], x.ndim).transpose(e, np.square(exact_k), x.shape)], np.zeros(batch)
-        if cls == "ReLU" or (cls == "Activation" and family != "lrp" and layer.activation != "linear"):
+        passes = family in ("lrp", *LIBRARY_FAMILIES)  # their activation layers pass relevance unchanged
+        if cls == "ReLU" or (cls == "Activation" and not passes and layer.activation != "linear"):
             # a ReLU layer masks relevance by the sign of its input (LRP too): an input within float32's reach of
             # 0 (after an Add whose inputs nearly cancel) may be on in one precision and off in the other
             scale = np.abs(x).reshape(batch, -1).max(axis=1).reshape((batch,) + (1,) * (x.ndim - 1))
@@ -659,6 +669,10 @@ class _Backward:
         def total(relevance):
             return relevance.reshape(batch, -1).sum(axis=1)
 
+        if family in LIBRARY_FAMILIES:
+            handled = self.policy.layer(self, layer, xs, r, seen, bound, split, total)
+            if handled is not None:
+                return handled
         if cls in KERNEL:
             if family == "gradient":
                 g = r * (self.acts[layer.name] > 0) if layer.activation == "relu" else r
@@ -668,9 +682,12 @@ class _Backward:
                 raise UnsupportedRule(f"no rule of {self.policy.analyzer} applies to layer {layer.name!r}")
             assert layer.kernel is not None  # _setup gives every KERNEL layer its kernel
             known = (x, layer.kernel, self.acts[layer.name + ":xw"])
+            z = None
+            if rule.kind == "gamma":  # zennit's gamma picks its term by the sign of the layer's own output
+                z = known[2] + layer.bias if layer.bias is not None else known[2]
             r_in, mech, seen_mech, self._rounding = apply_terms(
                 layer.op,
-                terms(rule, x, layer.kernel, layer.bias, layer.variants),
+                terms(rule, x, layer.kernel, layer.bias, layer.variants, z),
                 r,
                 x.shape,
                 known,
@@ -717,18 +734,9 @@ class _Backward:
                 return ("gradient", [r.copy() for _ in xs], *split())
             return ("gradient", [r.copy() for _ in xs], *split("gradient", lambda rr: (len(xs) - 1) * total(rr)))
         if cls in AVG_POOL or cls in GLOBAL_AVG:
-            op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
             if family == "lrp":
-                r_in, mech, seen_mech, self._rounding = apply_terms(
-                    op,
-                    [(1.0, [(x, None, 1.0)], None, ("safe", KERAS_EPSILON))],
-                    r,
-                    x.shape,
-                    observed=seen,
-                    bound=bound,
-                    forward=self.forward_count,
-                )
-                return "z", [r_in], mech, seen_mech
+                return self.pooled_z(layer, x, r, seen, bound, ("safe", KERAS_EPSILON), "z")
+            op = layer.op if cls in AVG_POOL else _GlobalAverage(layer)
             return ("gradient", [op.transpose(r, None, x.shape)], *split())
         if cls in MAX_POOL:
             return ("gradient", [layer.op.transpose(r, self.acts[layer.name + ":argmax"], x.shape)], *split())
@@ -741,6 +749,9 @@ class _Backward:
         if cls in IDENTITY:
             return ("gradient", [r], *split())
         if cls in ("Flatten", "Reshape"):
+            if flattens_channels_first(layer) and x.ndim > 2:
+                moved = np.moveaxis(x, -1, 1).shape
+                return ("gradient", [np.moveaxis(r.reshape(moved), 1, -1)], *split())
             return ("gradient", [r.reshape(x.shape)], *split())
         if cls in PADDING:
             pads = padding_of(layer, x.ndim - 2)
@@ -757,6 +768,20 @@ class _Backward:
                 return ("gradient", [r], *split())
             return ("gradient", [r * (x > 0)], *split("dropped", lambda rr: -total(rr * (x <= 0))))
         layer.refuse()
+
+    def pooled_z(self, layer: Layer, x, r: np.ndarray, seen, bound, stabilizer, label: str):
+        """The z rule over an average pooling's inputs (its weights are positive: no bias, no split)."""
+        op = layer.op if layer.class_name in AVG_POOL else _GlobalAverage(layer)
+        r_in, mech, seen_mech, self._rounding = apply_terms(
+            op,
+            [(1.0, [(x, None, 1.0)], None, stabilizer)],
+            r,
+            x.shape,
+            observed=seen,
+            bound=bound,
+            forward=self.forward_count,
+        )
+        return label, [r_in], mech, seen_mech
 
     def _z_sum(self, xs, r, split):
         """innvestigate's Add rule: z over the sum of the inputs, safe division, no bias."""

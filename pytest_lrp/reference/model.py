@@ -109,7 +109,7 @@ def _producers(inbound) -> list[str]:
 def _setup(layer: Layer) -> None:
     """Check the layer's settings and prepare its linear map; refuse what is not covered."""
     cfg, cls = layer.config, layer.class_name
-    if cfg.get("data_format", "channels_last") not in ("channels_last", None):
+    if cfg.get("data_format", "channels_last") not in ("channels_last", None) and not flattens_channels_first(layer):
         layer.refuse("only channels_last is covered")
     if cls in KERNEL or cls == "Activation":
         layer.activation = _activation_name(cfg.get("activation"))
@@ -233,6 +233,14 @@ class ReferenceModel:
         model._drop_final_softmax()
         return model
 
+    @classmethod
+    def from_layers(cls, layers: list[Layer], input_name: str, output_name: str) -> ReferenceModel:
+        """A model read from another framework (pytest_lrp/pytorch/graph.py): layers in execution order, with their
+        inputs, configs and weights as from_keras would make them (channels-last)."""
+        for layer in layers:
+            _setup(layer)
+        return cls(layers, input_name, output_name, sequential=False)
+
     def _drop_final_softmax(self) -> None:
         out = self.by_name[self.output_name]
         if out.class_name == "Activation" and out.activation == "softmax":
@@ -338,7 +346,7 @@ class ReferenceModel:
         if cls in IDENTITY:
             return x
         if cls == "Flatten":
-            return x.reshape(len(x), -1)
+            return (np.moveaxis(x, -1, 1) if flattens_channels_first(layer) else x).reshape(len(x), -1)
         if cls == "Reshape":
             return x.reshape((len(x), *tuple(cfg["target_shape"])))
         if cls in PADDING:
@@ -379,6 +387,12 @@ class ReferenceModel:
             elif producer.class_name != "InputLayer":
                 return False
         return bool(layer.inputs)
+
+
+def flattens_channels_first(layer: Layer) -> bool:
+    """Flatten(data_format="channels_first"): the channels axis moves before the spatial ones first, so the
+    flat order is (channels, *spatial), as in a channels-first framework (a PyTorch model read in this layout)."""
+    return layer.class_name == "Flatten" and layer.config.get("data_format") == "channels_first"
 
 
 def activate(z: np.ndarray, name: str) -> np.ndarray:

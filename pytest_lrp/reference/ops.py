@@ -26,13 +26,15 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
 class Windows:
     """Geometry of a sliding window over the spatial axes 1..n of a channels-last tensor."""
 
-    def __init__(self, kernel, strides, padding: str, dilation=None):
+    def __init__(self, kernel, strides, padding, dilation=None):
         self.kernel = tuple(int(k) for k in kernel)
         self.strides = tuple(int(s) for s in strides)
         self.dilation = tuple(int(d) for d in (dilation or (1,) * len(self.kernel)))
         self.padding = padding
 
     def pads(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        if isinstance(self.padding, (list, tuple)):  # explicit (before, after) per spatial axis, as torch's
+            return [(int(lo), int(hi)) for lo, hi in self.padding]
         if self.padding == "valid":
             return [(0, 0)] * len(spatial)
         if self.padding == "causal":

@@ -55,7 +55,9 @@ class UnsupportedRule(Exception):
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # z, epsilon, w_square, flat, alpha_beta, alpha_beta_x, z_plus_fast, bounded
+    # z, epsilon, w_square, flat, alpha_beta, alpha_beta_x, z_plus_fast, bounded (innvestigate's, and zennit's
+    # with a stabilizer); gamma (zennit's), gamma_plain and positive_weights (captum's); see TORCH_RULES below
+    kind: str
     bias: bool = True
     epsilon: float = KERAS_EPSILON
     alpha: float = 1.0
@@ -63,6 +65,12 @@ class Rule:
     low: float = 0.0
     high: float = 1.0
     x_weights: tuple = ()  # alpha_beta_x: (alpha0, alpha1, beta0, beta1)
+    # None: innvestigate's safe division; a number: d + stabilizer * sign(d), sign(0) = +1 (zennit, captum)
+    stabilizer: float | None = None
+    # which part of the bias a term's denominator holds: "full"; "split" (alpha-beta: b+ in the activator, b- in
+    # the inhibitor, zennit); "square" (w_square: b^2 beside w^2, zennit)
+    bias_part: str = "full"
+    gamma: float = 0.25
 
     @property
     def label(self) -> str:
@@ -78,7 +86,9 @@ class Rule:
             return f"bounded({self.low:g},{self.high:g})"
         if self.kind == "z" and not self.bias:
             return "z(no bias)"
-        return self.kind
+        if self.kind in ("gamma", "gamma_plain"):
+            return f"{self.kind}({self.gamma:g}{nobias})"
+        return self.kind + nobias
 
 
 class _Ones:
@@ -147,8 +157,12 @@ PARTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 PART_ENTRIES = 1 << 22
 
 
-def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | None = None):
-    """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer) per term.
+def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | None = None, z=None):
+    """(kappa, [(x_variant, w_variant, sign)], bias_vector_or_None, stabilizer[, mask]) per term.
+
+    A pair's sign is a factor of its product (gamma's 1 + gamma, on a part of the kernel). A term with a mask
+    (zennit's gamma: one term where the layer's output ``z`` is positive, another where it is negative)
+    applies to the output neurons where the mask is true only.
 
     The kernel variant of a pair is single-signed (a part, squares, ones) or the kernel itself;
     ``_absolute_pieces`` turns either into |w| for the rounding bound (see apply_terms).
@@ -169,17 +183,24 @@ def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | Non
         return cache[name]
 
     b = bias if (rule.bias and bias is not None) else None
-    safe = ("safe", KERAS_EPSILON)
+    safe = ("safe", KERAS_EPSILON) if rule.stabilizer is None else ("epsilon", rule.stabilizer)
     if rule.kind == "z":
         return [(1.0, [(x, kernel, 1.0)], b, safe)]
     if rule.kind == "epsilon":
         return [(1.0, [(x, kernel, 1.0)], b, ("epsilon", rule.epsilon))]
     if rule.kind in ("w_square", "flat"):
         w = variant("square" if rule.kind == "w_square" else "ones", keep=False)
-        return [(1.0, [(ONES[rule.kind], w, 1.0)], None, safe)]
+        squared_bias = (
+            np.square(b) if rule.kind == "w_square" and rule.bias_part == "square" and b is not None else None
+        )
+        return [(1.0, [(ONES[rule.kind], w, 1.0)], squared_bias, safe)]
     wp, wn = variant("pos"), variant("neg")
     if rule.kind == "z_plus_fast":
         return [(1.0, [(x, wp, 1.0)], None, safe)]
+    if rule.kind == "positive_weights":
+        return [(1.0, [(x, wp, 1.0)], b, safe)]
+    if rule.kind == "gamma_plain":
+        return [(1.0, [(x, wp, 1.0 + rule.gamma), (x, wn, 1.0)], b, safe)]
     if rule.kind == "bounded":
         low, high = np.full_like(x, rule.low), np.full_like(x, rule.high)
         return [(1.0, [(x, kernel, 1.0), (low, wp, -1.0), (high, wn, -1.0)], None, safe)]
@@ -187,10 +208,22 @@ def terms(rule: Rule, x: np.ndarray, kernel: np.ndarray, bias, cache: dict | Non
     negative = bool((x < 0).any())
     xp, xn = (_pos(x), _neg(x)) if negative else (x, _NO_INPUT)
     if rule.kind == "alpha_beta":
-        out = [(rule.alpha, [(xp, wp, 1.0), (xn, wn, 1.0)], b, safe)]
+        split = rule.bias_part == "split" and b is not None
+        activator, inhibitor = (_pos(b), _neg(b)) if split else (b, b)
+        out = [(rule.alpha, [(xp, wp, 1.0), (xn, wn, 1.0)], activator, safe)]
         if rule.beta:
-            out.append((-rule.beta, [(xp, wn, 1.0), (xn, wp, 1.0)], b, safe))
+            out.append((-rule.beta, [(xp, wn, 1.0), (xn, wp, 1.0)], inhibitor, safe))
         return out
+    if rule.kind == "gamma":
+        if z is None:
+            raise UnsupportedRule("zennit's gamma rule needs the layer's output")
+        g = 1.0 + rule.gamma
+        up = None if b is None else b + rule.gamma * _pos(b)
+        down = None if b is None else b + rule.gamma * _neg(b)
+        return [
+            (1.0, [(xp, wp, g), (xp, wn, 1.0), (xn, wp, 1.0), (xn, wn, g)], up, safe, z > 0),
+            (1.0, [(xp, wp, 1.0), (xp, wn, g), (xn, wp, g), (xn, wn, 1.0)], down, safe, z < 0),
+        ]
     if rule.kind == "alpha_beta_x":
         # innvestigate's AlphaBetaXRule: four single-layer terms, each with its copy's bias
         # part (b+ with the positive weights, b- with the negative ones)
@@ -249,7 +282,8 @@ def apply_terms(
         for r, mech in zip(targets, mechs):
             mech[name] += np.where(where, factor * r, 0).sum(axis=axes)
 
-    for kappa, pairs, b, stabilizer in term_list:
+    for kappa, pairs, b, stabilizer, *masked in term_list:
+        mask = masked[0] if masked else None
         pairs = [(xv, wv, sign) for xv, wv, sign in pairs if xv.any()]
         c = np.zeros_like(relevance)
         for xv, wv, sign in pairs:
@@ -264,17 +298,17 @@ def apply_terms(
         # stabilizer's part (d - ds) is 0 everywhere (the same numbers, without the full-size temporaries)
         untouched = stabilizer[0] == "safe" and not (d == 0).any()
         ds = d if untouched else stabilize(d, stabilizer)
-        s = relevance / ds
+        s = relevance / ds if mask is None else np.where(mask, relevance / ds, 0.0)
         for xv, wv, sign in pairs:
             back = op.transpose(s, wv, x_shape)
             r_in += sign * kappa * (back if isinstance(xv, _Ones) else xv * back)
         if rounding is not None:
             _bound_term(op, kappa, pairs, c, b, ds, relevance, bound, x_shape, cache, rounding, forward)
-        present = c != 0
+        present = (c != 0) if mask is None else (c != 0) & mask
         any_present |= present
         present_kappa += kappa * present
         if b is not None:
-            kept_by_bias |= d != 0
+            kept_by_bias |= (d != 0) if mask is None else (d != 0) & mask
             bias_factor = -kappa * np.broadcast_to(b, d.shape) / ds
         if untouched:
             if b is not None:
@@ -369,11 +403,14 @@ def float32_bound(kappa, contributions, absolute, bias, ds, relevance, inherited
 def _bound_term(
     op, kappa, pairs, c, b, ds, relevance, inherited, x_shape, cache, rounding: Rounding, forward: float = 0.0
 ) -> None:
-    pieces = [(xv, _absolute_pieces(wv, cache)) for xv, wv, _ in pairs]
-    if all(len(p) == 1 for _, p in pieces) and all(isinstance(xv, _Ones) or _single_signed(xv) for xv, _ in pieces):
+    pieces = [(xv, _absolute_pieces(wv, cache), abs(sign)) for xv, wv, sign in pairs]
+    single = all(len(p) == 1 for _, p, _ in pieces) and all(
+        isinstance(xv, _Ones) or _single_signed(xv) for xv, _, _ in pieces
+    )
+    if single and len({_product_sign(xv, p[0][1]) for xv, p, _ in pieces}) == 1:
         absolute = np.abs(c)  # no contribution cancels another: sum |x w| = |sum x w|
     else:
-        absolute = sum(_absolute_forward(op, xv, p, x_shape, cache) for xv, p in pieces)
+        absolute = sum(factor * _absolute_forward(op, xv, p, x_shape, cache) for xv, p, factor in pieces)
     magnitude = (cache or {}).get(BIAS_MAGNITUDE, b)
     carried, local = float32_bound(
         kappa,
@@ -412,6 +449,12 @@ def _squared(wv, cache):
     if key is not None:
         cache[key] = squared
     return squared
+
+
+def _product_sign(xv, weight_sign: float) -> float:
+    """The sign of every product x w of a pair with a single-signed input and kernel part."""
+    negative = isinstance(xv, np.ndarray) and bool((xv < 0).any())
+    return -weight_sign if negative else weight_sign
 
 
 def _single_signed(x) -> bool:
