@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .base.errors import LrpBeyondExpectation, LrpCheckFailed, LrpUsageError, shown
+from .base.tf_runtime import expect_torch
 from .checks.baseline import check_baseline
 from .checks.conservation import check_conservation
 from .checks.properties import check_batch_invariance, check_determinism, check_finite, check_positive
@@ -35,6 +36,10 @@ class RulesFile(pytest.File):
             names = workbench.model_names()
         except LrpUsageError as exc:
             raise self.CollectError(str(exc)) from None
+        if any(isinstance(path, PythonModel) for path in names) and not all(
+            isinstance(path, PythonModel) for path in names
+        ):
+            expect_torch()  # Keras and PyTorch models in one session: the import order matters (tf_runtime.py)
         for path in names:
             torch_model = isinstance(path, PythonModel)
             if not any(is_torch_analyzer(rule.analyzer) == torch_model for rule in rule_file.rules):

@@ -407,12 +407,14 @@ def torch_speed() -> str:
             _num(entry["median_seconds"]["direct"]),
             _num(entry["median_seconds"]["pytest-lrp"]),
             f"{entry['ratio']:.2f} x",
+            _num(entry["median_seconds"].get("reference", 0.0)),
             "yes" if entry["same_heatmaps"] else "no",
         ]
         for name, entry in recorded["networks"].items()
     ]
+    header = ["network", "zennit directly (s)", "pytest-lrp's analysis (s)", "ratio", "numpy reference (s)"]
     return (
-        _table(["network", "zennit directly (s)", "pytest-lrp's analysis (s)", "ratio", "same heatmaps"], rows)
+        _table([*header, "same heatmaps"], rows)
         + f"\n\n{recorded['samples']} samples of 3x{recorded['size']}x{recorded['size']}, median of {recorded['rounds']} alternating rounds, CPU; torch {recorded['machine']['torch']}, {MACHINE_KIND}."
     )
 
@@ -440,7 +442,32 @@ def xdist_sizes() -> str:
     )
 
 
+def three_implementations() -> str:
+    recorded = _load("last_run_three_implementations.json")
+    rows = [
+        [
+            row["network"],
+            row["rule"],
+            f"{row['library']} (`{row['analyzer']}`)",
+            f"{row['vs_reference']:.1e}",
+            "-" if row["library"] == "innvestigate" else f"{row['vs_innvestigate']:.1e}",
+            f"{row['conservation']:.1e}",
+        ]
+        for row in recorded["rows"]
+    ]
+    machine = recorded["machine"]
+    header = ["network", "rule", "library", "vs its formula (reference)", "vs innvestigate", "conservation error"]
+    return (
+        _table(header, rows)
+        + f"\n\nLargest difference relative to the largest |relevance| of a sample, over {recorded['samples']} inputs; the "
+        "conservation error is |sum(R) - f(x)| / |f(x)|, the median over the inputs. innvestigate "
+        f"{machine['innvestigate']} (TensorFlow {machine['tensorflow']}), zennit {machine['zennit']}, captum "
+        f"{machine['captum']}, torch {machine['torch']}; Python {machine['python']}, {MACHINE_KIND}."
+    )
+
+
 TABLES = {
+    "three_implementations": three_implementations,
     "xdist_sizes": xdist_sizes,
     "torch_false_alarms": torch_false_alarms,
     "torch_torchvision": torch_torchvision,

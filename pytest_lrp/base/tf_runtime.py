@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
+import importlib.util
 import os
 import sys
 import warnings
@@ -22,6 +23,7 @@ from .errors import LrpUsageError
 LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
 TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tensorflow-aarch64")
 _set_by_us = []
+_torch_expected: list = []
 
 
 def choose_legacy_keras() -> None:
@@ -74,8 +76,29 @@ def keras_3_problem():
     )
 
 
+def expect_torch() -> None:
+    """The session tests PyTorch models too: torch's triton must load before TensorFlow (_triton_first)."""
+    _torch_expected.append(True)
+
+
+def _triton_first() -> None:
+    """TensorFlow (2.16 to 2.21 seen) and triton, which torch loads for torchvision and so for zennit, crash the
+    process with a segmentation fault when triton's extension loads after TensorFlow's; the other order works.
+    Where the session uses torch too (imported already, or PyTorch models collected), triton is loaded first."""
+    if "tensorflow" in sys.modules or "triton" in sys.modules:
+        return
+    if "torch" not in sys.modules and not _torch_expected:
+        return
+    if importlib.util.find_spec("triton") is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importlib.import_module("triton")
+
+
 def tensorflow():
     choose_legacy_keras()
+    _triton_first()
     # Must be set before the first import, or TensorFlow prints a screen of C++
     # warnings per analyzer build and CUDA registration errors on a CPU-only
     # machine (level 3); a user's explicit setting is kept. Real failures still

@@ -239,8 +239,6 @@ def _adaptive(node, sub, config: dict, layer_class, refuse):
     out = tuple(n if o is None else int(o) for n, o in zip(size, _pairs(sub.output_size, 2)))
     if out == (1, 1):
         return layer_class(config["name"], "GlobalAveragePooling2D", {**config, "keepdims": True}, [])
-    if out == tuple(size):
-        return layer_class(config["name"], "Dropout", config, [])
     if all(n % o == 0 for n, o in zip(size, out)):
         pool = tuple(n // o for n, o in zip(size, out))
         return layer_class(config["name"], "AveragePooling2D", {**config, "pool_size": pool, "strides": pool}, [])

@@ -7,7 +7,8 @@ whole, so it is counted twice; a functional ReLU after pooling drops what reache
 for a block of the user's own there is none. Recognised only where the operations outside modules account
 for the whole conservation error, within the rule's tolerance (and float32 rounding): any other leak on top still fails. A rule
 expected to leak by its formula (xfail) compounds its leak with the copies; there the copies must only be
-there, beyond the tolerance, for an explosion past its ceiling to be the limitation's.
+there, beyond the tolerance, for an explosion past its ceiling to be the limitation's (with the numpy reference,
+the leak accounting names the copies' mechanism, `gradient`, at the container's own operations).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def functional_limitation(analysis, functional: str | None) -> str | None:
         # own operations too, and their stabiliser moves relevance by far less.
         return None
     rest = (analysis.sums - analysis.targets) - added
-    if analysis.rule.xfail is not None:
+    if analysis.rule.xfail is not None or analysis.rule.leaks:
         # A rule expected to leak by its own formula: its leak compounds with the copies (what reaches the
         # input is copied first), so the two cannot be told apart; the copies must be there, beyond the tolerance.
         if not np.any(np.abs(added[failing]) > analysis.bounds[failing]):
