@@ -103,6 +103,9 @@ rules:
   - {id: captum-a1b0, analyzer: captum.lrp, params: {rule: alpha1_beta0}}
   - {id: captum-mixed, analyzer: captum.lrp, params: {rules: {Conv2d: gamma, Linear: epsilon, BatchNorm2d: identity}}}
   - {id: captum-ixg, analyzer: captum.input_x_gradient}
+  - {id: captum-ig, analyzer: captum.integrated_gradients, params: {n_steps: 16}, target: output_minus_reference}
+  - {id: captum-ig-trapezoid, analyzer: captum.integrated_gradients, params: {n_steps: 16, method: riemann_trapezoid}, target: output_minus_reference}
+  - {id: zennit-ig, analyzer: zennit.integrated_gradients, params: {n_iter: 16}, target: output_minus_reference}
 """
 
 
@@ -117,12 +120,12 @@ def _run(pytester, model: str, shape: str, *args):
 
 
 def test_reference_agrees_with_zennit_and_captum_on_every_rule(nets):
-    # 17 rules of both libraries on a CNN with biases, BatchNorm, max and adaptive pooling, Flatten, Dropout and a
+    # 20 rules of both libraries on a CNN with biases, BatchNorm, max and adaptive pooling, Flatten, Dropout and a
     # final Softmax: each library's heatmap and relevance at every module equal the formula's (reference_tolerance),
     # and the leak accounting explains conservation's failures by mechanism (nothing left "unexplained").
     nets.makefile(".yaml", rules=RULES)
     result = _run(nets, "cnn", "1,8,8", "-k", "reference", "-rs")
-    result.assert_outcomes(passed=17)
+    result.assert_outcomes(passed=20)
     conserved = _run(nets, "cnn", "1,8,8", "-k", "conservation and (eps or gamma or captum-eps)")
     text = conserved.stdout.str()
     assert "leak by mechanism (numpy reference)" in text and "bias" in text
@@ -169,6 +172,39 @@ def test_an_unsupported_module_skips_the_reference_with_one_line(nets):
     reference = [line for line in lines if "numpy reference" in line]
     assert len(reference) == 3 and all("layer '2' (GELU) has no reference" in line for line in reference)
     assert any("captum's LRP has no rule for module '2' (GELU)" in line for line in lines)
+
+
+def test_integrated_gradients_judged_by_their_own_quadrature(nets):
+    # 4 Gauss-Legendre points are far from the integral on a CNN with biases: conservation fails, but the sum is
+    # the quadrature's own (the reference's, same points and weights), an expected failure; with captum's weights
+    # scaled by 1.01 the sum is no longer the quadrature's, which fails, as does the reference check.
+    nets.makefile(
+        ".yaml",
+        rules="""
+        defaults:
+          checks: [conservation, reference]
+          tolerance: {rtol: 1.0e-3, atol: 1.0e-6}
+        rules:
+          - {id: ig, analyzer: captum.integrated_gradients, params: {n_steps: 4}, target: output_minus_reference}
+        """,
+    )
+    result = _run(nets, "cnn", "1,8,8", "-rxX")
+    result.assert_outcomes(passed=1, xfailed=1)
+    assert "sums to its formula's own value (numpy reference)" in result.stdout.str()
+    nets.makeconftest(
+        """
+        from captum.attr._utils import approximation_methods as methods
+        _builders = methods.gauss_legendre_builders
+        def builders():
+            step_sizes, alphas = _builders()
+            return (lambda n: [1.01 * w for w in step_sizes(n)]), alphas
+        methods.gauss_legendre_builders = builders
+        def pytest_unconfigure(config):
+            methods.gauss_legendre_builders = _builders
+        """
+    )
+    faulty = _run(nets, "cnn", "1,8,8")
+    faulty.assert_outcomes(failed=2)
 
 
 def test_declared_leaks_on_a_model_the_reference_cannot_read(nets):

@@ -16,12 +16,25 @@ from ..checks.reference_run import judge
 from .graph import MERGING, SUMMING, channels_first, channels_last, reference_model
 
 # The analyzers the reference has a formula for, under its names; zennit's and captum's LRP keep theirs.
-GRADIENT_NAMES = {"zennit.gradient": "gradient", "captum.input_x_gradient": "input_t_gradient"}
-NO_FORMULA = {
-    "zennit.integrated_gradients": "zennit's integrated gradients (its own path and steps)",
-    "captum.integrated_gradients": "captum's integrated gradients (Gauss-Legendre steps by default)",
-    "captum.deep_lift": "captum's DeepLift",
+GRADIENT_NAMES = {
+    "zennit.gradient": "gradient",
+    "captum.input_x_gradient": "input_t_gradient",
+    "zennit.integrated_gradients": "integrated_gradients",
+    "captum.integrated_gradients": "integrated_gradients",
 }
+NO_FORMULA = {"captum.deep_lift": "captum's DeepLift"}
+
+
+def _reference_params(rule) -> dict:
+    """The rule's parameters as the reference names them: integrated gradients' steps and approximation (zennit: a
+    right Riemann sum of n_iter = 20 points; captum: n_steps = 50 Gauss-Legendre points unless ``method`` says)."""
+    params = {key: value for key, value in rule.params.items() if key != "canonizers"}
+    if rule.analyzer == "zennit.integrated_gradients":
+        return {"steps": int(params.pop("n_iter", 20)), "method": "riemann_right", **params}
+    if rule.analyzer == "captum.integrated_gradients":
+        steps, method = int(params.pop("n_steps", 50)), params.pop("method", "gausslegendre")
+        return {"steps": steps, "method": method, **params}
+    return params
 
 
 def judged(model, module, rule, x: np.ndarray, analysis, maps: dict, canonizers: list):
@@ -32,7 +45,7 @@ def judged(model, module, rule, x: np.ndarray, analysis, maps: dict, canonizers:
     if unknown:
         return _skipped(rule, f"the numpy reference does not know zennit's canonizer {unknown[0]}")
     analyzer = GRADIENT_NAMES.get(rule.analyzer, rule.analyzer)
-    params = {key: value for key, value in rule.params.items() if key != "canonizers"}
+    params = _reference_params(rule)
     key = (tuple(sorted(canonizers)), tuple(x.shape[1:]))
     try:
         built = model.reference_models.get(key)

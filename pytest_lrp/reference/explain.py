@@ -26,7 +26,8 @@ Conventions of innvestigate 2.1.2 followed here (from its analyzer code; see als
 - Gradient family: plain gradients of the selected output (ones at the head);
   integrated_gradients averages them over `steps` points ref + t (x - ref) with
   t = k / steps, k = 0 .. steps-1 (a left Riemann sum: t = 1 is never used), all for the
-  neuron that is largest at x itself, and multiplies by x - ref.
+  neuron that is largest at x itself, and multiplies by x - ref. `method` picks another
+  approximation (zennit's right Riemann sum, captum's Gauss-Legendre and Riemann sums).
 
 Where innvestigate differs from the papers (Bach 2015, Montavon 2017/2019): the bias enters
 both alpha-beta denominators; alpha-beta without a negative (positive) part multiplies the
@@ -262,6 +263,7 @@ MODELLED = {
     "low",
     "high",
     "steps",
+    "method",
     "reference_inputs",
     "input_layer_rule",
     "until_layer_idx",
@@ -387,7 +389,7 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
     # left Riemann sum (t = 0 .. (steps-1)/steps); path points of all samples go through the network
     # together (batching spares re-reading the Dense kernels per point), in chunks whose activations stay
     # within IG_CHUNK_BYTES: the first chunk is one point, which measures them
-    ts, weights = _path(model, reference, steps)
+    ts, weights = _path(model, reference, steps, str(params.get("method", "riemann_left")))
     sample = np.repeat(np.arange(len(x)), len(ts))
     position = np.tile(ts, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
     weight = np.tile(weights, len(x)).reshape(position.shape)
@@ -412,9 +414,9 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
     base = model.predict(np.ascontiguousarray(reference), cache=False)
     chosen = out.argmax(axis=1) if index is None else index
     target = (out - base)[rows, chosen] if neuron_selection != "all" else (out - base).sum(axis=1)
-    result = ReferenceResult(total / steps * difference, target, [], None if index is None else np.asarray(index))
+    result = ReferenceResult(total * difference, target, [], None if index is None else np.asarray(index))
     if bounds:
-        result.heatmap_bound = total_bound / steps * np.abs(difference)
+        result.heatmap_bound = total_bound * np.abs(difference)
         result.head_rounding = np.zeros(len(x))
     return result
 
@@ -425,8 +427,29 @@ def _integrated_gradients(model, x, params, neuron_selection, index, bounds: boo
 IG_CHUNK_BYTES = 64 * 2**20
 
 
-def _path(model, reference: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The path points t of the Riemann sum and how many steps each stands for.
+QUADRATURES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+
+
+def _quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points t in [0, 1] and weights of an integral's approximation: innvestigate's left Riemann sum, zennit's
+    right one (t = 1/n .. 1), and captum's methods (attr/_utils/approximation_methods.py: Gauss-Legendre by
+    default, its trapezoid halves the end points' weights)."""
+    if method == "gausslegendre":
+        points, weights = np.polynomial.legendre.leggauss(steps)
+        return 0.5 * (1.0 + points), 0.5 * weights
+    weights = np.full(steps, 1.0 / steps)
+    if method == "riemann_trapezoid":
+        weights[0] /= 2
+        weights[-1] /= 2
+        return np.linspace(0.0, 1.0, steps), weights
+    offsets = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
+    if method not in offsets:
+        raise UnsupportedRule(f"integrated gradients' method {method!r} has no reference")
+    return (np.arange(steps) + offsets[method]) / steps, weights
+
+
+def _path(model, reference: np.ndarray, steps: int, method: str = "riemann_left") -> tuple[np.ndarray, np.ndarray]:
+    """The path points t of the approximation and their weights (summing to 1, or a little less).
 
     From a zero reference through a positively homogeneous network (no biases, no BatchNormalization)
     the point t x has the activation pattern of x for every t > 0 (each pre-activation is t times x's,
@@ -434,9 +457,11 @@ def _path(model, reference: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndar
     rounding of zero, which innvestigate's float32 points may flip as well), hence x's gradient:
     the sum needs t = 0 and t = 1 only, one forward and backward pass each instead of `steps`.
     Any other network walks every point, reusing the gradient of a pattern already seen (_path_gradients)."""
+    ts, weights = _quadrature(method, steps)
     if steps > 1 and not np.any(reference) and model.positively_homogeneous():
-        return np.array([0.0, 1.0]), np.array([1.0, steps - 1.0])
-    return np.arange(steps) / steps, np.ones(steps)
+        zero = ts == 0
+        return np.append(ts[zero], 1.0), np.append(weights[zero], weights[~zero].sum())
+    return ts, weights
 
 
 def _path_gradients(model, points, neuron_selection, index, known: dict, bounds: bool = False) -> tuple:
