@@ -48,25 +48,6 @@ RULES = [  # (rule, {library: (analyzer, params)})
 ]
 
 
-def keras_cnn(tf, bias: bool):
-    layers = tf.keras.layers
-    model = tf.keras.Sequential(
-        [
-            layers.Conv2D(4, 3, padding="same", activation="relu", use_bias=bias, input_shape=(8, 8, 1), name="conv_a"),
-            layers.MaxPooling2D(2, name="pool"),
-            layers.Conv2D(4, 3, activation="relu", use_bias=bias, name="conv_b"),
-            layers.Flatten(name="flatten"),
-            layers.Dense(3, use_bias=bias, name="dense"),
-        ]
-    )
-    rng = np.random.default_rng(7)
-    weights = [
-        rng.normal(0.0, 0.6, w.shape) if w.ndim > 1 else rng.normal(0.1, 0.2, w.shape) for w in model.get_weights()
-    ]
-    model.set_weights([w.astype(np.float32) for w in weights])
-    return model
-
-
 def torch_twin(keras_weights: list, bias: bool):
     import torch
     from test_three_implementations import torch_weights
@@ -97,6 +78,7 @@ def main() -> None:
     parser.add_argument("--update", action="store_true")
     parser.parse_args()
     import zennit  # noqa: F401
+    from helpers.conv_cnn import conv_cnn
     from reference_accounting import innvestigate_run
 
     from pytest_lrp.base.tf_runtime import innvestigate, tensorflow
@@ -109,7 +91,7 @@ def main() -> None:
     x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     rows = []
     for bias in (True, False):
-        keras = keras_cnn(tf, bias)
+        keras = conv_cnn(tf, bias)
         config, weights = keras.get_config(), keras.get_weights()
         from_keras = ReferenceModel.from_keras(config, {layer.name: layer.get_weights() for layer in keras.layers})
         net = torch_twin(weights, bias)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.conv_cnn import conv_cnn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -166,31 +167,12 @@ def inputs_file(model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def conv_nets(model_dir, tensorflow_imported_once) -> dict:
-    """Two small ReLU CNNs, 8x8x1 -> conv_a (3x3, same) -> max pool -> conv_b (3x3, valid) -> flatten -> dense(3),
-    saved as .h5: 'bias_free', and 'biased' with the same kernels plus biases. Kernels are not symmetric, so a
-    kernel applied transposed sends relevance elsewhere."""
-    tf = tensorflow_imported_once
-    layers = tf.keras.layers
+    """Two small ReLU CNNs (helpers/conv_cnn.py) saved as .h5: 'bias_free', and 'biased' with the same kernels plus
+    biases."""
     paths = {}
     for name, bias in (("bias_free", False), ("biased", True)):
-        model = tf.keras.Sequential(
-            [
-                layers.Conv2D(
-                    4, 3, padding="same", activation="relu", use_bias=bias, input_shape=(8, 8, 1), name="conv_a"
-                ),
-                layers.MaxPooling2D(2, name="pool"),
-                layers.Conv2D(4, 3, activation="relu", use_bias=bias, name="conv_b"),
-                layers.Flatten(name="flatten"),
-                layers.Dense(3, use_bias=bias, name="dense"),
-            ]
-        )
-        rng = np.random.default_rng(7)
-        weights = [
-            rng.normal(0.0, 0.6, w.shape) if w.ndim > 1 else rng.normal(0.1, 0.2, w.shape) for w in model.get_weights()
-        ]
-        model.set_weights([w.astype(np.float32) for w in weights])
         paths[name] = model_dir / f"conv_{name}.h5"
-        model.save(paths[name])
+        conv_cnn(tensorflow_imported_once, bias).save(paths[name])
     return paths
 
 

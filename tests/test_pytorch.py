@@ -56,6 +56,17 @@ def residual():
 
 
 not_a_module = 3
+
+
+def zennit_heatmap(composite, net, x, neurons):
+    """zennit run directly, as its users write it: the explained outputs' values as the relevance at the top."""
+    with composite.context(net) as modified:
+        out = modified(x)
+        k = torch.as_tensor(neurons)
+        start = torch.zeros_like(out)
+        start[torch.arange(len(x)), k] = out[torch.arange(len(x)), k].detach()
+        (heatmap,) = torch.autograd.grad(out, x, start)
+    return out, heatmap
 '''
 
 
@@ -345,12 +356,7 @@ def test_on_cuda_the_heatmaps_are_the_cpus(nets):
             assert next(lrp_model.module.parameters()).device.type == "cuda"
             net = nets.cnn().eval()[:-1]
             x = torch.tensor(lrp_analysis.inputs, requires_grad=True)
-            with EpsilonPlusFlat(zero_params=["bias"]).context(net) as modified:
-                out = modified(x)
-                k = torch.as_tensor(lrp_analysis.neurons)
-                start = torch.zeros_like(out)
-                start[torch.arange(len(x)), k] = out[torch.arange(len(x)), k].detach()
-                (cpu,) = torch.autograd.grad(out, x, start)
+            out, cpu = nets.zennit_heatmap(EpsilonPlusFlat(zero_params=["bias"]), net, x, lrp_analysis.neurons)
             np.testing.assert_allclose(lrp_analysis.heatmaps, cpu.numpy(), rtol=1e-3, atol=1e-5)
             np.testing.assert_allclose(lrp_analysis.outputs, out.detach().double().numpy(), rtol=1e-4, atol=1e-6)
             # the analysis ran in float32 proper with deterministic algorithms, and left the user's settings
@@ -422,12 +428,7 @@ def test_batch_norm_merge_where_torch_refuses_zero_eps(nets):
                 conv.weight.mul_(scale[:, None, None, None])
                 conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
             net[1] = torch.nn.Identity()
-            with EpsilonPlusFlat().context(net) as modified:
-                out = modified(x)
-                k = torch.as_tensor(lrp_analysis.neurons)
-                start = torch.zeros_like(out)
-                start[torch.arange(len(x)), k] = out[torch.arange(len(x)), k].detach()
-                (expected,) = torch.autograd.grad(out, x, start)
+            _, expected = nets.zennit_heatmap(EpsilonPlusFlat(), net, x, lrp_analysis.neurons)
             np.testing.assert_allclose(lrp_analysis.heatmaps, expected.numpy(), rtol=1e-4, atol=1e-6)
         """
     )
