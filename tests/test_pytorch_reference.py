@@ -77,6 +77,27 @@ def resnet():
     return _statistics(TinyResNet())
 
 
+class Dense(nn.Module):
+    """DenseNet's pattern: concatenation, a ReLU and the pooling written as functions in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(5, 4, 3, padding=1)
+        self.fc = nn.Linear(9, 3)
+
+    def forward(self, x):
+        x = torch.cat([x, self.conv1(x)], 1)
+        x = torch.nn.functional.relu(torch.cat([x, self.conv2(x)], 1))
+        x = torch.nn.functional.adaptive_avg_pool2d(x, (1, 1))
+        return self.fc(torch.flatten(x, 1))
+
+
+def dense():
+    torch.manual_seed(8)
+    return Dense()
+
+
 def gelu_mlp():
     torch.manual_seed(6)
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3))
@@ -162,6 +183,17 @@ def test_resnet_blocks_under_zennits_three_set_ups(nets):
     split = accounted.stdout.str()
     assert "leak by mechanism (numpy reference)" in split and "gradient +" in split
     assert "layer1.0 (own operations)" in split
+
+
+def test_functional_operations_in_a_forward(nets):
+    # Concatenations, a functional ReLU (zennit does not hook it: it masks) and a functional average pooling
+    # (no Norm rule: its gradient): the reference follows zennit, and the leak is split (dropped at the ReLU,
+    # accounted with the model's own operations).
+    nets.makefile(".yaml", rules=RULES)
+    result = _run(nets, "dense", "2,4,4", "-k", "reference and not captum", "-rs")
+    result.assert_outcomes(passed=13)  # every zennit rule; captum refuses the functional operations
+    split = _run(nets, "dense", "2,4,4", "-k", "conservation and epf]").stdout.str()
+    assert "forward (own operations)" in split and "dropped" in split
 
 
 def test_an_unsupported_module_skips_the_reference_with_one_line(nets):

@@ -265,6 +265,12 @@ def _function_layer(node, kind: str, inputs: list, summing: bool, layer_class, u
         if len(shape) == 2 and source and shape[0] == source[0][0]:
             return layer_class(name, "Flatten", {"name": name, "data_format": "channels_first"}, [])
         raise unsupported(name, kind, f"a reshape from {source[0] if source else '?'} to {shape}")
+    if kind == "adaptive_avg_pool2d":  # DenseNet's forward; no module, so zennit passes it as a plain gradient
+        size = _shape(tensors[0])[2:] if tensors else ()
+        out = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        if tuple(_pairs(out, 2)) != (1, 1) or len(size) != 2:
+            raise unsupported(name, kind, f"adaptive pooling to {out}")
+        return layer_class(name, "GlobalAveragePooling2D", {"name": name, "keepdims": True, "functional": True}, [])
     if kind == "cat":
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         if dim != 1:

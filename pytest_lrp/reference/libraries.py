@@ -17,9 +17,10 @@ zennit 1.0 (rules.py, composites.py, core.py):
 - Composites: convolutions get ZPlus (epsilon_plus), AlphaBeta(2, 1) (epsilon_alpha2_beta1) or Gamma
   (epsilon_gamma_box), linear layers Epsilon; the ``_flat`` composites give Flat to the first convolution or
   linear layer in module order, epsilon_gamma_box ZBox to the first convolution. Every composite's base map:
-  activations and BatchNorm pass relevance unchanged (Pass), average pooling and canonized sums get Norm
-  (z over the inputs, stabilised). Anything else without a rule passes the gradient: an addition hands its
-  whole relevance to each input, max pooling routes it to the maximum, a functional ReLU masks it.
+  activations and BatchNorm pass relevance unchanged (Pass), average pooling modules and canonized sums get
+  Norm (z over the inputs, stabilised). Anything else without a rule passes the gradient: an addition hands
+  its whole relevance to each input, max pooling routes it to the maximum, a functional ReLU masks it, a
+  functional average pooling spreads it evenly (marked ``functional`` by the reader).
 captum 0.9 (attr/_utils/lrp_rules.py, attr/_core/lrp.py):
 - Every rule: z over the layer's forward pass with its modified weights and the whole bias, d + eps sign(d),
   sign(0) = +1; EpsilonRule with its epsilon (1e-9 by default), the others with 1e-9. GammaRule: w + g w+;
@@ -126,9 +127,9 @@ class ZennitPolicy:
             if layer.config.get("canonized"):
                 return _norm_sum(xs, r, seen, self.stabilizer)
             return ("gradient", [r.copy() for _ in xs], *split("gradient", lambda rr: (len(xs) - 1) * total(rr)))
-        if cls in AVG_POOL or cls in GLOBAL_AVG:
+        if (cls in AVG_POOL or cls in GLOBAL_AVG) and not layer.config.get("functional"):
             return walk.pooled_z(layer, xs[0], r, seen, bound, ("epsilon", self.stabilizer), "norm")
-        return None
+        return None  # a pooling written as a function in a forward has no rule: its gradient (shared code)
 
 
 def _zbox(params: dict, stabilizer: float) -> Rule:
