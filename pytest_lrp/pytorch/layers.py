@@ -12,6 +12,7 @@ captum's LRP keeps each layer's relevance on its rule objects instead (captum_la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..base.lazy import np
 from ..checks.layers import LayerRelevance
@@ -27,7 +28,7 @@ class _Call:
     output: object = None
     children: list = field(default_factory=list)  # indices of calls made inside this one
     grads_in: list = field(default_factory=list)
-    grad_out: object = None
+    grad_out: Any = None  # a torch tensor
 
 
 TOP = "forward"  # the model's own entry, "forward (own operations)"

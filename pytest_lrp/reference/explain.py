@@ -695,7 +695,8 @@ class _Backward:
             return relevance.reshape(batch, -1).sum(axis=1)
 
         if family in LIBRARY_FAMILIES:
-            handled = self.policy.layer(self, layer, xs, r, seen, bound, split, total)
+            library: Any = self.policy  # ZennitPolicy or CaptumPolicy (libraries.py)
+            handled = library.layer(self, layer, xs, r, seen, bound, split, total)
             if handled is not None:
                 return handled
         if cls in KERNEL:

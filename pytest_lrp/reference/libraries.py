@@ -78,6 +78,8 @@ class ZennitPolicy:
         flat = Rule("flat", stabilizer=stab)
         self.first: Rule | None = None
         self.first_types: tuple = ()
+        self.conv: Rule | None
+        self.dense: Rule | None
         if name.startswith("rule."):
             one = self._one_rule(name[len("rule.") :], params, bias)
             self.conv = self.dense = one
@@ -180,11 +182,11 @@ class CaptumPolicy:
 
     def layer(self, walk: Any, layer: Layer, xs: list, r: np.ndarray, seen, bound, split, total):
         cls = layer.class_name
-        x = xs[0] if xs else None
         if cls == "Activation":
             return ("pass", [r], *split())
         if cls not in ("BatchNormalization", *MAX_POOL, *AVG_POOL, *GLOBAL_AVG):
             return None
+        x = xs[0]
         name = self._name(layer)
         if name == "identity":
             return ("pass", [r], *split()) if cls == "BatchNormalization" else None
