@@ -98,6 +98,35 @@ def dense():
     return Dense()
 
 
+class Mobile(nn.Module):
+    """MobileNetV3's and EfficientNet's pieces: a depthwise convolution, Hardswish, a squeeze-excitation block
+    (pooling, two 1x1 convolutions, Hardsigmoid, the product in forward), stochastic depth and a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.ops import StochasticDepth
+
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.SiLU())
+        self.squeeze = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1), nn.Hardsigmoid()
+        )
+        self.drop = StochasticDepth(0.2, "row")
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.depthwise(x)
+        y = self.squeeze(y) * y
+        x = self.drop(y) + x
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def mobile():
+    torch.manual_seed(9)
+    return _statistics(Mobile())
+
+
 def gelu_mlp():
     torch.manual_seed(6)
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3))
@@ -194,6 +223,19 @@ def test_functional_operations_in_a_forward(nets):
     result.assert_outcomes(passed=13)  # every zennit rule; captum refuses the functional operations
     split = _run(nets, "dense", "2,4,4", "-k", "conservation and epf]").stdout.str()
     assert "forward (own operations)" in split and "dropped" in split
+
+
+def test_depthwise_convolutions_activations_and_squeeze_excitation(nets):
+    # zennit passes Hardswish, SiLU and Hardsigmoid modules unchanged and the product of a squeeze-excitation block
+    # as a plain gradient: every zennit relevance rule agrees with the reference. The gradient family has no
+    # derivative of those activations in the reference: it skips, naming the first one from the output.
+    nets.makefile(".yaml", rules=RULES)
+    result = _run(nets, "mobile", "2,4,4", "-k", "reference and not captum", "-rs")
+    result.assert_outcomes(passed=11, skipped=2)
+    skipped = [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+    assert all("(Hardsigmoid) has no reference: no derivative of it for gradient" in line for line in skipped)
+    split = _run(nets, "mobile", "2,4,4", "-k", "conservation and epf]").stdout.str()
+    assert "gradient" in split and "forward (own operations)" in split
 
 
 def test_an_unsupported_module_skips_the_reference_with_one_line(nets):

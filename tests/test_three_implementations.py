@@ -17,7 +17,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("zennit")  # before TensorFlow: triton, which zennit's torchvision loads, crashes after it
 pytest.importorskip("captum")
-pytest.importorskip("innvestigate")
+try:  # through the plugin's one TensorFlow import site: it makes tf.keras Keras 2 (tf_keras) first, as in its runs
+    from pytest_lrp.base.tf_runtime import innvestigate
+
+    innvestigate()
+except ImportError:
+    pytest.skip("needs TensorFlow with innvestigate beside torch", allow_module_level=True)
 
 TWIN = """
 from pathlib import Path

@@ -27,8 +27,18 @@ SUMMING = ("ResNetCanonizer", "ResNetBasicBlockCanonizer", "ResNetBottleneckCano
 RESIDUAL_BLOCKS = ("BasicBlock", "Bottleneck")
 LINEAR_MODULES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "FrozenBatchNorm2d")
-IDENTITY_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity")
+IDENTITY_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity", "StochasticDepth")
+# elementwise activation modules zennit passes relevance through (zennit.types.Activation), by their reference name
+ACTIVATION_MODULES = {
+    "Sigmoid": "sigmoid",
+    "SiLU": "silu",
+    "Hardsigmoid": "hardsigmoid",
+    "Hardswish": "hardswish",
+    "Tanh": "tanh",
+    "ReLU6": "relu6",
+}
 ADD = {operator.add, operator.iadd, "add", "add_", "__add__", "__iadd__"}
+MUL = {operator.mul, operator.imul, "mul", "mul_", "__mul__", "__imul__"}
 RELU = {"relu", "relu_"}
 FLATTENING = {"flatten", "view", "reshape"}
 SKIPPED = {"size", "getattr", "dim"}  # values, not tensors: only the arguments of a reshape use them
@@ -111,6 +121,8 @@ def _kind(node) -> str:
     name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
     if target in ADD or name in ADD:
         return "add"
+    if target in MUL or name in MUL:
+        return "mul"
     return name.strip("_") if name.strip("_") in RELU | FLATTENING | SKIPPED else name
 
 
@@ -160,7 +172,8 @@ def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupporte
         config.update(use_bias=bias is not None, activation="linear")
         if cls == "Linear":
             return layer_class(name, "Dense", config, [weight.T] + ([bias] if bias is not None else []))
-        if sub.groups != 1:
+        depthwise = sub.groups == sub.in_channels and sub.groups > 1
+        if sub.groups != 1 and not depthwise:
             refuse("grouped convolution")
         if sub.padding_mode != "zeros":
             refuse(f"padding_mode {sub.padding_mode!r}")
@@ -170,6 +183,9 @@ def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupporte
             dilation_rate=tuple(sub.dilation),
             padding=_padding(sub.padding, sub.kernel_size, sub.dilation),
         )
+        if depthwise:  # (C * m, 1, kh, kw), output channel c * m + j: the reference's (kh, kw, C, m), c-major
+            kernel = weight.reshape(sub.in_channels, -1, *weight.shape[2:]).transpose(2, 3, 0, 1)
+            return layer_class(name, "DepthwiseConv2D", config, [kernel] + ([bias] if bias is not None else []))
         kernel = weight.transpose(2, 3, 1, 0)
         return layer_class(name, "Conv2D", config, [kernel] + ([bias] if bias is not None else []))
     if cls in BATCH_NORMS:
@@ -184,6 +200,8 @@ def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupporte
         return layer_class(name, "BatchNormalization", config, [gamma, beta, mean, var])
     if cls == "ReLU":
         return layer_class(name, "Activation", {**config, "activation": "relu"}, [])
+    if cls in ACTIVATION_MODULES:
+        return layer_class(name, "TorchActivation", {**config, "activation": ACTIVATION_MODULES[cls]}, [])
     if cls == "MaxPool2d":
         if _pairs(sub.dilation, 2) != (1, 1):
             refuse("dilated pooling")
@@ -256,11 +274,15 @@ def _function_layer(node, kind: str, inputs: list, summing: bool, layer_class, u
         block_class = getattr(block[1], "__name__", str(block[1])) if isinstance(block, tuple) else ""
         canonized = summing and block_class.rsplit(".", 1)[-1] in RESIDUAL_BLOCKS
         return layer_class(name, "Add", {"name": name, "canonized": canonized}, [])
+    if kind == "mul":
+        if len(tensors) != 2 or len(inputs) != 2:
+            raise unsupported(name, "mul", "a product of a tensor and a constant")
+        return layer_class(name, "TorchMultiply", {"name": name}, [])
     if kind in RELU:
         return layer_class(name, "ReLU", {"name": name}, [])
-    if kind in FLATTENING or kind == "dropout":
+    if kind in FLATTENING or kind in ("dropout", "stochastic_depth"):  # the latter two: identities in eval mode
         shape, source = _shape(node), [_shape(arg) for arg in tensors][:1]
-        if kind == "dropout" or (source and shape == source[0]):
+        if kind in ("dropout", "stochastic_depth") or (source and shape == source[0]):
             return layer_class(name, "Dropout", {"name": name}, [])
         if len(shape) == 2 and source and shape[0] == source[0][0]:
             return layer_class(name, "Flatten", {"name": name, "data_format": "channels_first"}, [])

@@ -55,6 +55,7 @@ from .model import (
     PADDING,
     Layer,
     ReferenceModel,
+    UnsupportedLayer,
     bn_affine,
     flattens_channels_first,
     padding_of,
@@ -641,6 +642,8 @@ class _Backward:
             return [e * (x > 0) + np.square(r) * undecided], np.zeros(batch)
         if cls in MAX_POOL:
             return [self._max_pool_bound(layer, x, r, e)], np.zeros(batch)
+        if cls == "TorchMultiply":  # variances scale with the square of the other factor
+            return [_reduced(e * np.square(xs[1 - i]), xs[i].shape) for i in (0, 1)], np.zeros(batch)
         # every other layer moves relevance without arithmetic that rounds (a copy, a crop, a routing), or with
         # positive weights (average pooling's 1/n, applied to variances as they are: an overestimate)
         return self.layer(layer, xs, e, None)[1], np.zeros(batch)
@@ -783,6 +786,15 @@ class _Backward:
             pads = padding_of(layer, x.ndim - 2)
             index = (slice(None), *tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1])))
             return ("gradient", [r[index]], *split("dropped", lambda rr: total(rr[index]) - total(rr)))
+        if cls == "TorchMultiply":  # a product in a forward: its gradient to each factor (the other factor times r)
+            r_ins = [_reduced(r * xs[1 - i], xs[i].shape) for i in (0, 1)]
+            return (
+                "gradient",
+                r_ins,
+                *split(
+                    "gradient", lambda rr: sum(total(_reduced(rr * xs[1 - i], xs[i].shape)) for i in (0, 1)) - total(rr)
+                ),
+            )
         if cls == "Concatenate":
             axis = layer.config.get("axis", -1) % r.ndim
             cuts = np.cumsum([xi.shape[axis] for xi in xs])[:-1]
@@ -793,6 +805,10 @@ class _Backward:
             if cls == "Activation" and layer.activation == "linear":
                 return ("gradient", [r], *split())
             return ("gradient", [r * (x > 0)], *split("dropped", lambda rr: -total(rr * (x <= 0))))
+        if cls == "TorchActivation":  # zennit passes it (libraries.py); no derivative of it is written here
+            raise UnsupportedLayer(
+                layer.name, layer.config.get("torch_class", cls), f"no derivative of it for {family}"
+            )
         layer.refuse()
 
     def pooled_z(self, layer: Layer, x, r: np.ndarray, seen, bound, stabilizer, label: str):
@@ -817,6 +833,12 @@ class _Backward:
         r_ins = [xi * s for xi in xs]
         axes = tuple(range(1, r.ndim))
         return ("z", r_ins, *split("dropped", lambda rr: -np.where(z == 0, rr, 0).sum(axis=axes)))
+
+
+def _reduced(value: np.ndarray, shape: tuple) -> np.ndarray:
+    """``value`` summed over the axes a factor of ``shape`` was broadcast along."""
+    axes = tuple(i for i, (n, m) in enumerate(zip(shape, value.shape)) if n == 1 and m != 1)
+    return value.sum(axis=axes, keepdims=True) if axes else value
 
 
 def _fan_in(layer: Layer) -> int:

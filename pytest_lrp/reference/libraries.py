@@ -123,7 +123,7 @@ class ZennitPolicy:
 
     def layer(self, walk: Any, layer: Layer, xs: list, r: np.ndarray, seen, bound, split, total):
         cls = layer.class_name
-        if cls in ("Activation", "BatchNormalization"):
+        if cls in ("Activation", "TorchActivation", "BatchNormalization"):
             return ("pass", [r], *split())
         if cls == "Add":
             if layer.config.get("canonized"):

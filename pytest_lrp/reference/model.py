@@ -7,6 +7,7 @@ Only the layer types below are known; any other makes `ReferenceModel.from_keras
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -42,9 +43,29 @@ IDENTITY = {
 }
 RESHAPE = {"Flatten", "Reshape"}
 PADDING = {"ZeroPadding1D", "ZeroPadding2D"}
-OTHER = {"BatchNormalization", "Add", "Concatenate", "Activation", "ReLU"}
+OTHER = {"BatchNormalization", "Add", "Concatenate", "Activation", "ReLU", "TorchMultiply", "TorchActivation"}
 KNOWN = KERNEL | MAX_POOL | AVG_POOL | GLOBAL_MAX | GLOBAL_AVG | IDENTITY | RESHAPE | PADDING | OTHER
 ACTIVATIONS = {"linear", "relu"}
+
+
+def _hardsigmoid(x):
+    return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+# A PyTorch model's elementwise activation modules (pytest_lrp/pytorch/graph.py), forward only: zennit passes
+# relevance through them unchanged; the gradient family has no derivative of them here and refuses the layer.
+TORCH_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": _sigmoid,
+    "silu": lambda x: x * _sigmoid(x),
+    "hardsigmoid": _hardsigmoid,
+    "hardswish": lambda x: x * _hardsigmoid(x),
+    "tanh": np.tanh,
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+}
 # Largest forward pass ReferenceModel.forward keeps for the next rule (one 224x224 sample of a VGG16-sized
 # network fits).
 FORWARD_CACHE_BYTES = 1 << 30
@@ -139,6 +160,9 @@ def _setup(layer: Layer) -> None:
         windows = Windows(pool, _tuple(strides, n), cfg.get("padding", "valid"))
         layer.op = MaxPool(windows) if cls in MAX_POOL else AveragePool(windows)
         layer.spatial = n
+    elif cls == "TorchActivation":
+        if cfg.get("activation") not in TORCH_ACTIVATIONS:
+            layer.refuse(f"activation {cfg.get('activation')!r}")
     elif cls == "ReLU":
         if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
             layer.refuse("only the plain ReLU (no max_value, slope or threshold)")
@@ -258,6 +282,8 @@ class ReferenceModel:
         with a non-zero offset. Every other layer the reference accepts is homogeneous (ReLU and linear
         units, pooling, padding, reshapes, Add, Concatenate; a softmax only as the last activation, which is stripped)."""
         for layer in self.layers:
+            if layer.class_name in ("TorchActivation", "TorchMultiply"):
+                return False
             offset = bn_affine(layer)[1] if layer.class_name == "BatchNormalization" else layer.bias
             if offset is not None and np.any(offset):
                 return False
@@ -355,6 +381,10 @@ class ReferenceModel:
             return activate(x, layer.activation)
         if cls == "ReLU":
             return np.maximum(x, 0.0)
+        if cls == "TorchActivation":
+            return TORCH_ACTIVATIONS[cfg["activation"]](x)
+        if cls == "TorchMultiply":
+            return xs[0] * xs[1]
         if cls == "BatchNormalization":
             k, b = bn_affine(layer)
             scale = Scale(layer.bn[-1], x.ndim)
