@@ -49,7 +49,8 @@ def runner(rule, module, device: str):
     params = dict(rule.params)
     reference = float(params.pop("reference_inputs", 0.0))
     if family == "zennit":
-        canonizers = _canonizers(rule, params.pop("canonizers", []), module)
+        params.pop("canonizers", None)
+        canonizers = _canonizers(rule, canonizer_names(rule, module))
         if name == "gradient":
             return _zennit_attributor(module, device, "Gradient", canonizers, {}, reference)
         if name == "integrated_gradients":
@@ -90,9 +91,7 @@ def canonizer_names(rule, module) -> list:
     return _auto_canonizers(module) if names == "auto" else list(names)
 
 
-def _canonizers(rule, names, module) -> list:
-    if names == "auto":
-        names = _auto_canonizers(module)
+def _canonizers(rule, names: list) -> list:
     found = []
     for name in names:
         cls = getattr(library("zennit.canonizers"), name, None) or getattr(library("zennit.torchvision"), name, None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import operator
 
 from ..base.lazy import np
+from ..reference import Layer, ReferenceModel, UnsupportedLayer
 from .runtime import library, torch
 
 MERGING = ("SequentialMergeBatchNorm", "ResNetCanonizer", "VGGCanonizer")
@@ -57,8 +58,6 @@ def channels_first(array: np.ndarray) -> np.ndarray:
 
 def reference_model(module, sample_shape: tuple, canonizers: tuple = ()):
     """The reference's copy of ``module`` (eval mode, on any device) for inputs of ``sample_shape`` (no batch axis)."""
-    from ..reference import Layer, ReferenceModel, UnsupportedLayer
-
     t = torch()
     fx = library("torch.fx")
     try:
@@ -99,12 +98,12 @@ def reference_model(module, sample_shape: tuple, canonizers: tuple = ()):
             # a module called again (torchvision's blocks reuse their ReLU) is a layer of its own, named as the
             # per-module relevance names its calls: ``layer1.0.relu``, ``layer1.0.relu#2``
             called[node.target] = called.get(node.target, 0) + 1
-            layer = _module_layer(node, modules[node.target], merged, inputs, Layer, UnsupportedLayer)
+            layer = _module_layer(node, modules[node.target], merged)
             if called[node.target] > 1:
                 layer.name = layer.config["name"] = f"{node.target}#{called[node.target]}"
             layer.config["order"] = order[node.target]
         else:
-            layer = _function_layer(node, kind, inputs, summing, Layer, UnsupportedLayer)
+            layer = _function_layer(node, kind, inputs, summing)
         if layer.class_name == "Dropout" and len(inputs) == 1 and ": " in layer.name:
             names[node] = inputs[0]  # a value-preserving operation outside modules: no layer of its own
             continue
@@ -154,12 +153,12 @@ def _pairs(value, n: int) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
-def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupported):
+def _module_layer(node, sub, merged: dict):
     name, cls = node.target, type(sub).__name__
     config: dict = {"name": name, "torch_class": cls}
 
     def refuse(detail: str = ""):
-        raise unsupported(name, cls, detail)
+        raise UnsupportedLayer(name, cls, detail)
 
     if cls in ("Conv2d", "Linear"):
         weight = _numpy(sub.weight)
@@ -171,7 +170,7 @@ def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupporte
             bias = ((bias if bias is not None else 0.0) - _numpy(norm.running_mean)) * k + _numpy(norm.bias)
         config.update(use_bias=bias is not None, activation="linear")
         if cls == "Linear":
-            return layer_class(name, "Dense", config, [weight.T] + ([bias] if bias is not None else []))
+            return Layer(name, "Dense", config, [weight.T] + ([bias] if bias is not None else []))
         depthwise = sub.groups == sub.in_channels and sub.groups > 1
         if sub.groups != 1 and not depthwise:
             refuse("grouped convolution")
@@ -185,23 +184,23 @@ def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupporte
         )
         if depthwise:  # (C * m, 1, kh, kw), output channel c * m + j: the reference's (kh, kw, C, m), c-major
             kernel = weight.reshape(sub.in_channels, -1, *weight.shape[2:]).transpose(2, 3, 0, 1)
-            return layer_class(name, "DepthwiseConv2D", config, [kernel] + ([bias] if bias is not None else []))
+            return Layer(name, "DepthwiseConv2D", config, [kernel] + ([bias] if bias is not None else []))
         kernel = weight.transpose(2, 3, 1, 0)
-        return layer_class(name, "Conv2D", config, [kernel] + ([bias] if bias is not None else []))
+        return Layer(name, "Conv2D", config, [kernel] + ([bias] if bias is not None else []))
     if cls in BATCH_NORMS:
-        if any(entry[0] == name for entry in merged.values()):
-            return layer_class(name, "Dropout", config, [])  # merged into the layer before: an identity
+        if name in {norm_name for norm_name, _ in merged.values()}:
+            return Layer(name, "Dropout", config, [])  # merged into the layer before: an identity
         if getattr(sub, "running_mean", None) is None:
             refuse("BatchNorm without running statistics")
         mean, var = _numpy(sub.running_mean), _numpy(sub.running_var)
         gamma = _numpy(sub.weight) if getattr(sub, "weight", None) is not None else np.ones_like(mean)
         beta = _numpy(sub.bias) if getattr(sub, "bias", None) is not None else np.zeros_like(mean)
         config.update(axis=-1, epsilon=float(sub.eps))
-        return layer_class(name, "BatchNormalization", config, [gamma, beta, mean, var])
+        return Layer(name, "BatchNormalization", config, [gamma, beta, mean, var])
     if cls == "ReLU":
-        return layer_class(name, "Activation", {**config, "activation": "relu"}, [])
+        return Layer(name, "Activation", {**config, "activation": "relu"}, [])
     if cls in ACTIVATION_MODULES:
-        return layer_class(name, "TorchActivation", {**config, "activation": ACTIVATION_MODULES[cls]}, [])
+        return Layer(name, "TorchActivation", {**config, "activation": ACTIVATION_MODULES[cls]}, [])
     if cls == "MaxPool2d":
         if _pairs(sub.dilation, 2) != (1, 1):
             refuse("dilated pooling")
@@ -211,21 +210,21 @@ def _module_layer(node, sub, merged: dict, inputs: list, layer_class, unsupporte
             padding=[(p, p) for p in _pairs(sub.padding, 2)],
         )
         _same_size(node, config, refuse, sub.ceil_mode)
-        return layer_class(name, "MaxPooling2D", config, [])
+        return Layer(name, "MaxPooling2D", config, [])
     if cls == "AvgPool2d":
         if any(_pairs(sub.padding, 2)) or sub.divisor_override:
             refuse("average pooling with padding or a divisor")
         config.update(pool_size=_pairs(sub.kernel_size, 2), strides=_pairs(sub.stride or sub.kernel_size, 2))
         _same_size(node, config, refuse, sub.ceil_mode)
-        return layer_class(name, "AveragePooling2D", config, [])
+        return Layer(name, "AveragePooling2D", config, [])
     if cls == "AdaptiveAvgPool2d":
-        return _adaptive(node, sub, config, layer_class, refuse)
+        return _adaptive(node, sub, config, refuse)
     if cls == "Flatten":
         if sub.start_dim != 1 or sub.end_dim != -1:
             refuse("a Flatten other than from axis 1 to the end")
-        return layer_class(name, "Flatten", {**config, "data_format": "channels_first"}, [])
+        return Layer(name, "Flatten", {**config, "data_format": "channels_first"}, [])
     if cls in IDENTITY_MODULES:
-        return layer_class(name, "Dropout", config, [])
+        return Layer(name, "Dropout", config, [])
     refuse()
 
 
@@ -251,51 +250,51 @@ def _same_size(node, config: dict, refuse, ceil_mode: bool) -> None:
         refuse("ceil_mode adds windows")
 
 
-def _adaptive(node, sub, config: dict, layer_class, refuse):
+def _adaptive(node, sub, config: dict, refuse):
     shape = next(_shape(arg) for arg in node.all_input_nodes)
     size = shape[2:]
     out = tuple(n if o is None else int(o) for n, o in zip(size, _pairs(sub.output_size, 2)))
     if out == (1, 1):
-        return layer_class(config["name"], "GlobalAveragePooling2D", {**config, "keepdims": True}, [])
+        return Layer(config["name"], "GlobalAveragePooling2D", {**config, "keepdims": True}, [])
     if all(n % o == 0 for n, o in zip(size, out)):
         pool = tuple(n // o for n, o in zip(size, out))
-        return layer_class(config["name"], "AveragePooling2D", {**config, "pool_size": pool, "strides": pool}, [])
+        return Layer(config["name"], "AveragePooling2D", {**config, "pool_size": pool, "strides": pool}, [])
     refuse(f"adaptive pooling from {tuple(size)} to {out}")
 
 
-def _function_layer(node, kind: str, inputs: list, summing: bool, layer_class, unsupported):
+def _function_layer(node, kind: str, inputs: list, summing: bool):
     owner = _owner(node)
     name = f"{owner}: {node.name}"
     tensors = [arg for arg in node.args if hasattr(arg, "op")]
     if kind == "add":
         if len(tensors) != 2 or len(inputs) != 2:
-            raise unsupported(name, "add", "an addition of a tensor and a constant")
+            raise UnsupportedLayer(name, "add", "an addition of a tensor and a constant")
         block = (node.meta.get("nn_module_stack") or {}).get(owner)
         block_class = getattr(block[1], "__name__", str(block[1])) if isinstance(block, tuple) else ""
         canonized = summing and block_class.rsplit(".", 1)[-1] in RESIDUAL_BLOCKS
-        return layer_class(name, "Add", {"name": name, "canonized": canonized}, [])
+        return Layer(name, "Add", {"name": name, "canonized": canonized}, [])
     if kind == "mul":
         if len(tensors) != 2 or len(inputs) != 2:
-            raise unsupported(name, "mul", "a product of a tensor and a constant")
-        return layer_class(name, "TorchMultiply", {"name": name}, [])
+            raise UnsupportedLayer(name, "mul", "a product of a tensor and a constant")
+        return Layer(name, "TorchMultiply", {"name": name}, [])
     if kind in RELU:
-        return layer_class(name, "ReLU", {"name": name}, [])
+        return Layer(name, "ReLU", {"name": name}, [])
     if kind in FLATTENING or kind in ("dropout", "stochastic_depth"):  # the latter two: identities in eval mode
         shape, source = _shape(node), [_shape(arg) for arg in tensors][:1]
         if kind in ("dropout", "stochastic_depth") or (source and shape == source[0]):
-            return layer_class(name, "Dropout", {"name": name}, [])
+            return Layer(name, "Dropout", {"name": name}, [])
         if len(shape) == 2 and source and shape[0] == source[0][0]:
-            return layer_class(name, "Flatten", {"name": name, "data_format": "channels_first"}, [])
-        raise unsupported(name, kind, f"a reshape from {source[0] if source else '?'} to {shape}")
+            return Layer(name, "Flatten", {"name": name, "data_format": "channels_first"}, [])
+        raise UnsupportedLayer(name, kind, f"a reshape from {source[0] if source else '?'} to {shape}")
     if kind == "adaptive_avg_pool2d":  # DenseNet's forward; no module, so zennit passes it as a plain gradient
         size = _shape(tensors[0])[2:] if tensors else ()
         out = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         if tuple(_pairs(out, 2)) != (1, 1) or len(size) != 2:
-            raise unsupported(name, kind, f"adaptive pooling to {out}")
-        return layer_class(name, "GlobalAveragePooling2D", {"name": name, "keepdims": True, "functional": True}, [])
+            raise UnsupportedLayer(name, kind, f"adaptive pooling to {out}")
+        return Layer(name, "GlobalAveragePooling2D", {"name": name, "keepdims": True, "functional": True}, [])
     if kind == "cat":
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         if dim != 1:
-            raise unsupported(name, "cat", "a concatenation other than of channels")
-        return layer_class(name, "Concatenate", {"name": name, "axis": -1}, [])
-    raise unsupported(name, kind, f"the functional operation {kind} in {owner}")
+            raise UnsupportedLayer(name, "cat", "a concatenation other than of channels")
+        return Layer(name, "Concatenate", {"name": name, "axis": -1}, [])
+    raise UnsupportedLayer(name, kind, f"the functional operation {kind} in {owner}")

@@ -74,6 +74,7 @@ from .rules import (
     _squared,
     apply_terms,
     float32_bound,
+    stabilize,
     terms,
     zero_mechanisms,
 )
@@ -758,7 +759,7 @@ class _Backward:
             return rule.label + ("" if self.bn_fusion == "exact" else " [bn as innvestigate]"), [r_in], mech, seen_mech
         if cls == "Add":
             if family == "lrp":
-                return self._z_sum(xs, r, split)
+                return self.z_sum(xs, r, split, ("safe", KERAS_EPSILON), "z")
             if family != "deep_taylor":
                 return ("gradient", [r.copy() for _ in xs], *split())
             return ("gradient", [r.copy() for _ in xs], *split("gradient", lambda rr: (len(xs) - 1) * total(rr)))
@@ -825,14 +826,16 @@ class _Backward:
         )
         return label, [r_in], mech, seen_mech
 
-    def _z_sum(self, xs, r, split):
-        """innvestigate's Add rule: z over the sum of the inputs, safe division, no bias."""
+    @staticmethod
+    def z_sum(xs, r, split, stabilizer, label: str):
+        """The z rule over the sum of an addition's inputs, no bias: innvestigate's Add (safe division, where a zero
+        sum drops its relevance) and zennit's Norm on its Sum module (stabilised, the stabiliser's share)."""
         z = sum(xs[1:], xs[0].copy())
-        ds = z + KERAS_EPSILON * (z == 0)
+        ds = stabilize(z, stabilizer)
         s = r / ds
-        r_ins = [xi * s for xi in xs]
         axes = tuple(range(1, r.ndim))
-        return ("z", r_ins, *split("dropped", lambda rr: -np.where(z == 0, rr, 0).sum(axis=axes)))
+        mechanism = "dropped" if stabilizer[0] == "safe" else "stabilizer"
+        return (label, [xi * s for xi in xs], *split(mechanism, lambda rr: (rr * (z - ds) / ds).sum(axis=axes)))
 
 
 def _reduced(value: np.ndarray, shape: tuple) -> np.ndarray:

@@ -32,13 +32,14 @@ captum 0.9 (attr/_utils/lrp_rules.py, attr/_core/lrp.py):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from .model import AVG_POOL, GLOBAL_AVG, MAX_POOL, Layer, ReferenceModel
 from .ops import Scale
-from .rules import Rule, UnsupportedRule, apply_terms, stabilize, zero_mechanisms
+from .rules import Rule, UnsupportedRule, apply_terms, stabilize
 
 ZENNIT_STABILIZER = 1e-6
 CAPTUM_STABILITY = 1e-9
@@ -70,27 +71,20 @@ class ZennitPolicy:
         self.model, self.analyzer = model, analyzer
         name = analyzer[len("zennit.") :]
         self.stabilizer = float(params.get("stabilizer", ZENNIT_STABILIZER))
-        bias = not _zero_bias(params)
-        stab = self.stabilizer
-        epsilon = Rule("epsilon", epsilon=float(params.get("epsilon", ZENNIT_STABILIZER)), bias=bias)
-        zplus = Rule("alpha_beta", alpha=1.0, beta=0.0, bias=bias, bias_part="split", stabilizer=stab)
-        alpha2 = Rule("alpha_beta", alpha=2.0, beta=1.0, bias=bias, bias_part="split", stabilizer=stab)
-        flat = Rule("flat", stabilizer=stab)
         self.first: Rule | None = None
         self.first_types: tuple = ()
-        self.conv: Rule | None
-        self.dense: Rule | None
+        rule = functools.partial(self._one_rule, params=params, bias=not _zero_bias(params))
         if name.startswith("rule."):
-            one = self._one_rule(name[len("rule.") :], params, bias)
-            self.conv = self.dense = one
+            self.conv = self.dense = rule(name[len("rule.") :])
             return
-        self.dense = epsilon
-        self.conv = {"epsilon_plus": zplus, "epsilon_plus_flat": zplus, "epsilon_gamma_box": None}.get(name, alpha2)
-        if name.endswith("_flat"):
-            self.first, self.first_types = flat, (*CONVOLUTIONS, "Dense")
+        # the composites: Epsilon on linear layers, their rule on convolutions (AlphaBeta's defaults are 2, 1)
+        self.dense = rule("epsilon")
         if name == "epsilon_gamma_box":
-            self.conv = Rule("gamma", gamma=float(params.get("gamma", 0.25)), bias=bias, stabilizer=stab)
-            self.first, self.first_types = _zbox(params, stab), CONVOLUTIONS
+            self.conv, self.first, self.first_types = rule("gamma"), rule("zbox"), CONVOLUTIONS
+        else:
+            self.conv = rule("zplus" if name.startswith("epsilon_plus") else "alpha_beta")
+        if name.endswith("_flat"):
+            self.first, self.first_types = rule("flat"), (*CONVOLUTIONS, "Dense")
 
     def _one_rule(self, name: str, params: dict, bias: bool) -> Rule:
         stab = self.stabilizer
@@ -108,7 +102,9 @@ class ZennitPolicy:
         if name == "flat":
             return Rule("flat", stabilizer=stab)
         if name == "zbox":
-            return _zbox(params, stab)
+            if params.get("low") is None or params.get("high") is None:
+                raise UnsupportedRule("zennit's ZBox needs low and high")
+            return Rule("bounded", low=float(params["low"]), high=float(params["high"]), stabilizer=stab)
         raise UnsupportedRule(f"zennit rule {name!r} has no reference")
 
     def kernel_rule(self, layer: Layer) -> Rule | None:
@@ -127,31 +123,11 @@ class ZennitPolicy:
             return ("pass", [r], *split())
         if cls == "Add":
             if layer.config.get("canonized"):
-                return _norm_sum(xs, r, seen, self.stabilizer)
+                return walk.z_sum(xs, r, split, ("epsilon", self.stabilizer), "norm")
             return ("gradient", [r.copy() for _ in xs], *split("gradient", lambda rr: (len(xs) - 1) * total(rr)))
         if (cls in AVG_POOL or cls in GLOBAL_AVG) and not layer.config.get("functional"):
             return walk.pooled_z(layer, xs[0], r, seen, bound, ("epsilon", self.stabilizer), "norm")
         return None  # a pooling written as a function in a forward has no rule: its gradient (shared code)
-
-
-def _zbox(params: dict, stabilizer: float) -> Rule:
-    if params.get("low") is None or params.get("high") is None:
-        raise UnsupportedRule("zennit's ZBox needs low and high")
-    return Rule("bounded", low=float(params["low"]), high=float(params["high"]), stabilizer=stabilizer)
-
-
-def _norm_sum(xs: list, r: np.ndarray, seen, stabilizer: float):
-    """zennit's Norm on its Sum module: z over the sum of the inputs, stabilised."""
-    z = sum(xs[1:], xs[0].copy())
-    ds = stabilize(z, ("epsilon", stabilizer))
-    axes = tuple(range(1, r.ndim))
-
-    def mech(relevance):
-        out = zero_mechanisms(len(relevance))
-        out["stabilizer"] = (relevance * (z - ds) / ds).sum(axis=axes)
-        return out
-
-    return ("norm", [xi * (r / ds) for xi in xs], mech(r), mech(seen) if seen is not None else None)
 
 
 class CaptumPolicy:
