@@ -11,7 +11,7 @@ from .checks.conservation import check_conservation
 from .checks.properties import check_batch_invariance, check_determinism, check_finite, check_positive
 from .checks.reference import check_reference
 from .config.model_spec import PythonModel
-from .config.torch_analyzers import is_torch_analyzer
+from .config.torch_analyzers import is_lxt_analyzer, is_torch_analyzer
 from .engine.crashes import crash_line, model_label, shortened
 from .engine.workbench import NO_MODEL, workbench_key
 
@@ -52,6 +52,7 @@ class RulesFile(pytest.File):
                     f"{shown(rule_file.path)}: no rule for {kind}, so {path} would get no test; add one, or write "
                     f"pytest-lrp's suite for it with pytest --lrp-model={path} --lrp-write-rules=PATH and pass --lrp-rules=PATH"
                 )
+        lxt_rules = workbench.has_lxt_rules()
         for check in CHECKS:
             rules = [rule for rule in rule_file.rules if check in rule.checks]
             if not names:
@@ -65,6 +66,8 @@ class RulesFile(pytest.File):
                 for rule in rules:
                     if is_torch_analyzer(rule.analyzer) != isinstance(path, PythonModel):
                         continue  # a rule of the other framework's (one rule file for Keras and PyTorch models)
+                    if lxt_rules and is_lxt_analyzer(rule.analyzer) != workbench.is_transformer(path):
+                        continue  # LXT's rules for transformers' models, zennit's and captum's for the others
                     yield LrpItem.from_parent(
                         self,
                         name=f"{check}[{model_name}-{rule.id}]",

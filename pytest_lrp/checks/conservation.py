@@ -21,6 +21,8 @@ def check_conservation(analysis: Analysis) -> None:
     )
     if not analysis.finite:
         raise LrpBeyondExpectation(non_finite_message(analysis))
+    if analysis.violation:
+        raise LrpBeyondExpectation(analysis.violation + "\n" + worst_sample_line(analysis) + leak_lines(analysis))
     bug = analysis.reference.known_bug if analysis.reference is not None else None
     ceiling = ceiling_message(analysis)
     if ceiling and bug:  # the numbers are innvestigate's bug's, not the rule's
@@ -228,6 +230,9 @@ EXPLOSIONS = {
     "unbalanced": "neurons of one sign pass on alpha times their relevance, layer after layer",
     "dropped": "relevance dropped where a layer's positive and negative parts each far exceed the output",
     "gradient": "a gradient passed through an Add or a BatchNormalization that scales it",
+    "softmax": "AttnLRP's softmax rule x_i (R_i - s_i sum R) where attention logits are large",
+    "embeddings": "position or token-type embeddings far larger than the input embeddings",
+    "unpatched": "an operation LXT did not patch",
 }
 
 

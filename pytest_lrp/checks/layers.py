@@ -22,6 +22,9 @@ class LayerRelevance:
     at_inputs: np.ndarray = field(repr=False)
     # Layers reported together because they read a common tensor (their name is the members' joined).
     members: tuple = ()
+    # A module holding others listed too (a transformer block): its change is its parts', so a leak is
+    # localised to the parts.
+    container: bool = False
 
     def change(self, sample: int) -> float:
         return float(self.at_inputs[sample] - self.at_output[sample])
@@ -29,7 +32,7 @@ class LayerRelevance:
 
 def largest_change(layers: list, sample: int):
     """The layer whose relevance changes most between its output and its inputs."""
-    candidates = [layer for layer in layers if layer.cls != "InputLayer"]
+    candidates = [layer for layer in layers if layer.cls != "InputLayer" and not layer.container]
     if not candidates:
         return None
     return max(candidates, key=lambda layer: abs(layer.change(sample)) if np.isfinite(layer.change(sample)) else np.inf)

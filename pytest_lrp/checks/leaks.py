@@ -45,6 +45,8 @@ class LeakAccount:
     # per sample: how far float32 rounding may move sum(R) from what the formula gives (the reference's bound)
     rounding: np.ndarray | None = field(default=None, repr=False)
     implementation: str = "innvestigate"  # whose changes per layer these are
+    mechanisms: tuple = MECHANISMS  # the names the layers' mechanisms have (LXT's: config.rulefile)
+    source: str = "numpy reference"  # what split the leak (LXT's: measured per module, transformer/accounting.py)
 
     def total(self, mechanism: str) -> np.ndarray:
         """Per sample: the mechanism summed over layers; for 'unexplained', the whole error minus every mechanism."""
@@ -52,7 +54,7 @@ class LeakAccount:
             # Not the sum of the layers' unexplained parts: this also holds what happens
             # outside the layers (the relevance innvestigate starts with), and needs no
             # per-layer relevance from innvestigate, which index-mode analyses lack.
-            return self.errors - sum(self.total(m) for m in MECHANISMS)
+            return self.errors - sum(self.total(m) for m in self.mechanisms)
         return (
             np.sum([layer.mechanisms[mechanism] for layer in self.layers], axis=0)
             if self.layers
@@ -60,7 +62,7 @@ class LeakAccount:
         )
 
     def totals(self, sample: int) -> dict:
-        return {name: float(self.total(name)[sample]) for name in (*MECHANISMS, UNEXPLAINED)}
+        return {name: float(self.total(name)[sample]) for name in (*self.mechanisms, UNEXPLAINED)}
 
 
 @dataclass
@@ -83,7 +85,7 @@ def judge(
     within ``unexplained_bounds`` (the tolerance applied to the relevance that flows, see conservation.py)."""
     beyond = {}
     for sample in np.flatnonzero(failing):
-        limits = {name: bounds[sample] for name in MECHANISMS}
+        limits = {name: bounds[sample] for name in account.mechanisms}
         limits[UNEXPLAINED] = unexplained_bounds[sample]
         over = [
             name
@@ -102,14 +104,14 @@ def split_line(account: LeakAccount, sample: int, target: float) -> str:
     for name, value in account.totals(sample).items():
         share = f" ({value / abs(target):+.1%})" if target != 0 and value != 0 and np.isfinite(value) else ""
         parts.append(f"{name} {value:+.3g}{share}" if value != 0 else f"{name} 0")
-    return f"leak by mechanism (numpy reference), sample {sample}: " + ", ".join(parts)
+    return f"leak by mechanism ({account.source}), sample {sample}: " + ", ".join(parts)
 
 
 def layer_lines(account: LeakAccount, sample: int) -> str:
     """The layers where something leaks, output first, each with its mechanisms and unexplained rest."""
     lines = []
     for layer in account.layers:
-        values = {m: float(layer.mechanisms[m][sample]) for m in MECHANISMS}
+        values = {m: float(layer.mechanisms[m][sample]) for m in account.mechanisms}
         rest = layer.unexplained
         if rest is not None:
             values[UNEXPLAINED] = float(rest[sample])

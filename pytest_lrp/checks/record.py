@@ -35,6 +35,10 @@ class Analysis:
     # Set by a backend where a documented limitation of the library it runs accounts for the whole conservation
     # error (pytorch/limitations.py): the conservation check's expected-failure reason.
     limitation: str | None = None
+    # Set by a backend that measured an operation the rule's implementation left out (transformer/accounting.py:
+    # a module LXT did not patch): conservation fails whatever the tolerance, with this line.
+    violation: str | None = None
+    notes: list = field(default_factory=list)  # the library's own warnings during the analysis, for the report
 
     @property
     def sums(self) -> np.ndarray:

@@ -19,7 +19,7 @@ from . import yaml_loader
 from .analyzer_names import analyzer_names, close_matches
 from .analyzer_params import unknown_param_message
 from .model_spec import python_model
-from .torch_analyzers import TORCH_ANALYZERS, WITH_REFERENCE, torch_param_message
+from .torch_analyzers import LXT_RULES, TORCH_ANALYZERS, WITH_REFERENCE, torch_param_message
 
 TARGETS = ("output", "positive_output", "output_minus_reference")
 NEURON_SELECTIONS = ("max_activation",)
@@ -61,6 +61,10 @@ CHECK_NAMES = ("conservation", "finite", "positive", "batch_invariance", "determ
 # How a rule's own formula loses relevance (pytest_lrp.reference computes each; a test
 # keeps this list equal to the reference's): `leaks:` may name them.
 LEAK_MECHANISMS = ("bias", "stabilizer", "dropped", "unbalanced", "gradient")
+# How LXT's rules lose relevance on a transformer (transformer/accounting.py measures each): biases of linear
+# layers and LayerNorms, the softmax's Taylor term (AttnLRP), and what position and token-type embeddings (a
+# ViT's class token) take beside the input embeddings. An operation LXT left unpatched is never declarable.
+LXT_LEAK_MECHANISMS = ("bias", "softmax", "embeddings")
 # The analyzers whose leaks have mechanisms: those that propagate relevance by a rule's formula.
 LEAK_ANALYZER_FAMILIES = ("lrp", "deep_taylor")
 # zennit's and captum's relevance rules (their attributors are gradients, not rules); the reference knows them
@@ -71,7 +75,7 @@ def accounts_leaks(analyzer: str) -> bool:
     """The analyzers whose leaks have mechanisms: relevance propagation by a rule's formula."""
     if analyzer.split(".")[0] in LEAK_ANALYZER_FAMILIES:
         return True
-    return analyzer.startswith(TORCH_RULE_ANALYZERS)
+    return analyzer.startswith(TORCH_RULE_ANALYZERS) or analyzer in LXT_RULES
 
 
 DEFAULT_CHECKS = ("conservation", "finite")
@@ -366,12 +370,13 @@ def _names(value, known: tuple, what: str, where: _Where) -> tuple:
 def _leaks(value, analyzer: str, where: _Where) -> tuple:
     if value is None:
         return ()
-    names = _names(value, LEAK_MECHANISMS, "mechanism", where)
+    known = LXT_LEAK_MECHANISMS if analyzer in LXT_RULES else LEAK_MECHANISMS
+    names = _names(value, known, "mechanism", where)
     if not accounts_leaks(analyzer):
         raise where.error(
-            f"analyzer '{analyzer}' has no leak mechanisms (only LRP, Deep Taylor and zennit's and captum's LRP rules do); use xfail to expect its conservation to fail"
+            f"analyzer '{analyzer}' has no leak mechanisms (only LRP, Deep Taylor and zennit's, captum's and LXT's LRP rules do); use xfail to expect its conservation to fail"
         )
-    return tuple(m for m in LEAK_MECHANISMS if m in names)
+    return tuple(m for m in known if m in names)
 
 
 def _strict(value, leaks: tuple, where: _Where) -> bool:

@@ -3,6 +3,7 @@
 Names say which library implements the rule: ``zennit.<composite>`` (zennit's registered composites),
 ``zennit.rule.<rule>`` (one zennit rule on every convolution and linear layer, zennit's own layer map for the
 rest), zennit's attributors, and captum's attribution methods. pytorch/analyzers.py builds them.
+``lxt.*`` explain transformers' models with LXT (transformer/analyzers.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ TORCH_ANALYZERS: dict[str, frozenset] = {
     "captum.input_x_gradient": frozenset(),
     "captum.integrated_gradients": frozenset({"n_steps", "method", "reference_inputs"}),
     "captum.deep_lift": frozenset({"reference_inputs"}),
+    # LXT: AttnLRP and CP-LRP (its efficient patches), AttnLRP by its explicit rules, and input x gradient
+    # of the unpatched model (the baseline LXT's rules are compared with); dtype: float32 or bfloat16.
+    **{name: frozenset({"dtype"}) for name in ("lxt.attnlrp", "lxt.cp_lrp", "lxt.explicit", "lxt.input_x_gradient")},
 }
+LXT_DTYPES = ("float32", "bfloat16")
+# LXT's relevance rules: conservation is their claim, and their leaks are split by mechanism.
+LXT_RULES = ("lxt.attnlrp", "lxt.cp_lrp", "lxt.explicit")
 # Attributions that sum to f(x) - f(reference): their target is output_minus_reference, reference 0 by default.
 WITH_REFERENCE = ("zennit.integrated_gradients", "captum.integrated_gradients", "captum.deep_lift")
 # Analyzers whose heatmap is a gradient, not relevance: no conservation expected.
@@ -47,11 +54,16 @@ GRADIENTS = ("zennit.gradient",)
 def implementation_of(analyzer: str) -> str:
     """The library whose analysis a rule tests, as messages name it."""
     family = analyzer.split(".")[0]
-    return family if family in ("zennit", "captum") else "innvestigate"
+    return family if family in ("zennit", "captum", "lxt") else "innvestigate"
 
 
 def is_torch_analyzer(name: str) -> bool:
-    return name.split(".")[0] in ("zennit", "captum")
+    return name.split(".")[0] in ("zennit", "captum", "lxt")
+
+
+def is_lxt_analyzer(name: str) -> bool:
+    """LXT's analyzers explain transformers' models (token ids in), the others any other PyTorch module."""
+    return name.split(".")[0] == "lxt"
 
 
 def torch_param_message(analyzer: str, params: dict) -> str | None:
@@ -64,6 +76,8 @@ def torch_param_message(analyzer: str, params: dict) -> str | None:
             match = difflib.get_close_matches(str(name), sorted(accepted), n=1)
             hint = f"did you mean '{match[0]}'?" if match else f"it accepts: {', '.join(sorted(accepted)) or 'none'}"
             return f"analyzer '{analyzer}' does not accept '{name}' ({hint})"
+    if "dtype" in params and params["dtype"] not in LXT_DTYPES:
+        return f"'dtype' is one of {', '.join(LXT_DTYPES)}, got {params['dtype']!r}"
     canonizers = params.get("canonizers")
     if canonizers not in (None, "auto") and not (
         isinstance(canonizers, list) and all(isinstance(c, str) and c for c in canonizers)

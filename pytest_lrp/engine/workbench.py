@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -89,10 +90,23 @@ class Workbench:
             except LrpUsageError as exc:
                 problems.append(f"{exc} (the model: {MODEL_HINT})")
                 continue
+            if hasattr(model, "load_inputs") and importlib.util.find_spec("lxt") is None:
+                problems.append(
+                    f"{path}: a transformers model, explained with LXT, which this Python environment does not have; "
+                    "pip install 'pytest-lrp[transformers]'; no LRP test ran"
+                )
+                continue
             try:
                 x = self.inputs(model)
             except LrpUsageError as exc:
                 problems.append(f"{exc} (the inputs: {INPUTS_HINT})")
+                continue
+            except Exception as exc:  # a PyTorch module refusing the inputs' shape, raised inside torch
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+                problems.append(
+                    f"{path}: the inputs do not run through the model ({type(exc).__name__}: {first}) "
+                    f"(the inputs: {INPUTS_HINT})"
+                )
                 continue
             # Now, while every model is fresh: building a model in a graph (each analysis does) invalidates the
             # eagerly loaded ones ("Your Layer or Model is in an invalid state"), so nothing may predict with them later.
@@ -108,7 +122,9 @@ class Workbench:
         from ..config.torch_analyzers import is_torch_analyzer
 
         rules = self.rule_file.rules if self.rule_file is not None else []
-        needed = ["torch", *sorted({r.analyzer.split(".")[0] for r in rules if is_torch_analyzer(r.analyzer)})]
+        # LXT's rules need lxt only for a transformers model (check_runnable, once the models are loaded).
+        families = {r.analyzer.split(".")[0] for r in rules if is_torch_analyzer(r.analyzer)} - {"lxt"}
+        needed = ["torch", *sorted(families)]
         return [
             f"PyTorch models need {name}, which this Python environment does not have; "
             "pip install 'pytest-lrp[torch]' (torch, zennit and captum); no LRP test ran"
@@ -143,13 +159,37 @@ class Workbench:
 
                 rule_file = self.rule_file
                 device, shape = self.settings.device(rule_file), self.settings.input_shape(rule_file)
-                return load_python_model(path, name, device, shape)
+                found = load_python_model(path, name, device, shape)
+                from ..transformer.runtime import is_transformer
+
+                if is_transformer(found.module):  # a transformers model: explained with LXT (transformer/)
+                    from ..transformer.loading import as_transformer
+
+                    return as_transformer(found)
+                return found
             from ..models.modelfile import load_model_file
 
             return load_model_file(path, name, trusted=self.settings.flag("lrp_trust_model"))
 
         # Every test of a broken model reports the same line; the file is read once.
         return _remembered(self._models, path, load, LrpUsageError)
+
+    def is_transformer(self, path) -> bool:
+        """A transformers model (LXT's rules explain it), known by loading it; False where it does not load
+        (check_runnable names the problem before the first test)."""
+        if not isinstance(path, PythonModel):
+            return False
+        try:
+            model = self.model(path)
+        except LrpUsageError:
+            return False
+        return hasattr(model, "load_inputs")
+
+    def has_lxt_rules(self) -> bool:
+        from ..config.torch_analyzers import is_lxt_analyzer
+
+        rule_file = self.rule_file
+        return rule_file is not None and any(is_lxt_analyzer(r.analyzer) for r in rule_file.rules)
 
     def keras3_header_lines(self) -> list:
         """Which model files Keras 3 wrote, and whether their translation is checked (models/fidelity.py)."""
@@ -169,6 +209,10 @@ class Workbench:
             rule_file = self.rule_file
             path = self.settings.inputs(rule_file)
             # A PyTorch module declares no input shape: inputs from a file give it; random ones need it given.
+            if hasattr(model, "load_inputs"):  # a transformers model: token ids and masks, or pixel values
+                x = model.load_inputs(path, self.settings.samples(rule_file), self.settings.seed(rule_file))
+                check_outputs(model, x, path)
+                return x
             declared = isinstance(model.path, PythonModel) and model.sample_shape is None and path is not None
             shape = None if declared else model.input_shape
             x = load_inputs(path, shape, self.settings.samples(rule_file), self.settings.seed(rule_file))
@@ -182,7 +226,12 @@ class Workbench:
         model = self.model(model_path)
         x = self.inputs(model) if x is None else np.asarray(x, dtype=np.float32)
         key = (model.path, _rule_key(rule), _digest(x))
-        if isinstance(model.path, PythonModel):
+        if hasattr(model, "load_inputs"):
+            from ..transformer.analysis import analyze as analyze_transformer
+
+            def compute():
+                return analyze_transformer(model, rule, x)
+        elif isinstance(model.path, PythonModel):
             from ..pytorch.analysis import analyze as analyze_torch
 
             def compute():

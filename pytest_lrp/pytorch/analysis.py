@@ -28,7 +28,7 @@ SOFTMAX = ("Softmax", "LogSoftmax")
 
 def analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
     try:
-        with _reproducible_float32():
+        with reproducible_float32():
             return _analyze(model, rule, x)
     except Exception:  # a crash, not a refusal (pytest's skip is no Exception)
         model.restore()
@@ -36,7 +36,7 @@ def analyze(model: TorchModel, rule, x: np.ndarray) -> Analysis:
 
 
 @contextlib.contextmanager
-def _reproducible_float32():
+def reproducible_float32():
     """On a GPU, torch may compute convolutions (and, if the user asked, matrix products) in TF32, with a
     10-bit mantissa: rounding a thousand times float32's, which conservation would judge as a leak; and cuDNN
     may pick backward algorithms that add with atomics in any order, so that the same analysis twice differs

@@ -7,6 +7,8 @@ zennit's rule sits between the view and the module): the view's gradient is what
 even where a tensor feeds several modules. A container module's change beyond the sum of its children's is
 its own functional operations' (an addition, a multiplication), reported as an entry of its own.
 captum's LRP keeps each layer's relevance on its rule objects instead (captum_layers).
+LXT's rules are gradient x input: the relevance at a tensor is the tensor times its gradient there
+(``times_value``); a transformer's modules take their tensors as keywords too (``hidden_states=``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class _Call:
     name: str
     cls: str
     leaf: bool
+    module: Any = field(default=None, repr=False)
     inputs: list = field(default_factory=list)  # views of the tensor inputs
     output: object = None
     children: list = field(default_factory=list)  # indices of calls made inside this one
@@ -37,8 +40,9 @@ TOP = "forward"  # the model's own entry, "forward (own operations)"
 class ModuleTracker:
     """Hooks on ``module`` and every submodule; use as a context manager around the forward and backward pass."""
 
-    def __init__(self, module):
+    def __init__(self, module, times_value: bool = False):
         self.module = module
+        self.times_value = times_value
         self.calls: list[_Call] = []
         self._open: list[int] = []
         self._handles: list = []
@@ -50,7 +54,9 @@ class ModuleTracker:
             # before the classifier) get an entry of their own.
             name = name or TOP
             leaf = next(iter(sub.children()), None) is None
-            self._handles.append(sub.register_forward_pre_hook(self._pre(name, type(sub).__name__, leaf)))
+            self._handles.append(
+                sub.register_forward_pre_hook(self._pre(name, type(sub).__name__, leaf), with_kwargs=True)
+            )
             self._handles.append(sub.register_forward_hook(self._post()))
         return self
 
@@ -60,29 +66,33 @@ class ModuleTracker:
         self._handles.clear()
 
     def _pre(self, name: str, cls: str, leaf: bool):
-        def hook(sub, args):
+        def hook(sub, args, kwargs):
             count = self._seen[name] = self._seen.get(name, 0) + 1
-            call = _Call(name if count == 1 else f"{name}#{count}", cls, leaf)
+            call = _Call(name if count == 1 else f"{name}#{count}", cls, leaf, sub)
             if self._open:
                 self.calls[self._open[-1]].children.append(len(self.calls))
             self._open.append(len(self.calls))
             self.calls.append(call)
-            views = []
-            for arg in args:
-                if torch().is_tensor(arg) and arg.requires_grad:
-                    arg = arg.view_as(arg)
-                    index = len(call.grads_in)
-                    call.grads_in.append(None)
-                    arg.register_hook(self._keep_in(call, index))
-                    call.inputs.append(arg)
-                views.append(arg)
-            return tuple(views)
+            return tuple(self._view(call, arg) for arg in args), {k: self._view(call, v) for k, v in kwargs.items()}
 
         return hook
+
+    def _view(self, call: _Call, value):
+        if not (torch().is_tensor(value) and value.requires_grad):
+            return value
+        value = value.view_as(value)
+        call.grads_in.append(None)
+        value.register_hook(self._keep_in(call, len(call.grads_in) - 1))
+        call.inputs.append(value)
+        return value
 
     def _post(self):
         def hook(sub, args, output):
             call = self.calls[self._open.pop()]
+            if hasattr(output, "to_tuple"):  # transformers' ModelOutput: logits or hidden states first
+                output = output.to_tuple()[0]
+            if isinstance(output, tuple) and output:  # a transformer block's (hidden_states, attention weights)
+                output = output[0]
             if torch().is_tensor(output) and output.requires_grad:
                 call.output = output
                 output.register_hook(self._keep_out(call))
@@ -111,13 +121,28 @@ class ModuleTracker:
             if call.leaf and call.grad_out is not None and call.grads_in
         }
 
+    def totals(self, samples: int, absolute: bool = False) -> list:
+        """Per call: (relevance at its output, relevance handed to its inputs or None), summed per sample
+        (``absolute``: the sums of their absolute values, the scale float rounding is relative to)."""
+        found = []
+        for call in self.calls:
+            at_output = self._relevance(call.output, call.grad_out, samples, absolute)
+            at_inputs = (
+                np.sum([self._relevance(x, g, samples, absolute) for x, g in zip(call.inputs, call.grads_in)], axis=0)
+                if call.grads_in
+                else None
+            )
+            found.append((at_output, at_inputs))
+        return found
+
+    def _relevance(self, value, grad, samples: int, absolute: bool = False) -> np.ndarray:
+        if grad is not None and self.times_value:
+            grad = value.detach().float() * grad.float()
+        return _sums(grad.abs() if absolute and grad is not None else grad, samples)
+
     def layers(self, samples: int, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
         """LayerRelevance entries from the output to the input; the last is the input itself."""
-        totals = []
-        for call in self.calls:
-            at_output = _sums(call.grad_out, samples)
-            at_inputs = np.sum([_sums(g, samples) for g in call.grads_in], axis=0) if call.grads_in else None
-            totals.append((at_output, at_inputs))
+        totals = self.totals(samples)
         entries = []
         scale = max(float(np.max(np.abs(output_relevance), initial=0.0)), 1e-30)
         for index, call in enumerate(self.calls):
@@ -183,4 +208,4 @@ def _sums(grad, samples: int) -> np.ndarray:
         return np.zeros(samples)
     # torch sums float32 pairwise (an error of a few float32 units, not one per element): a float64 copy of
     # every layer's gradient would cost more than the attribution's own backward pass on a ResNet50.
-    return grad.detach().reshape(samples, -1).sum(dim=1).double().cpu().numpy()
+    return grad.detach().reshape(samples, -1).float().sum(dim=1).double().cpu().numpy()

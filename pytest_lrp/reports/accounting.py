@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..base.lazy import np
 from ..checks.conservation import leak_verdict
-from ..checks.leaks import MECHANISMS, UNEXPLAINED, short_split
+from ..checks.leaks import UNEXPLAINED, short_split
 
 
 def leak_verdict_name(analysis) -> str:
@@ -34,7 +34,7 @@ def leak_record(analysis, number) -> dict | None:
             "rule": layer.rule,
             "change": None if layer.change is None else number(layer.change[sample]),
         }
-        entry.update({name: number(layer.mechanisms[name][sample]) for name in MECHANISMS})
+        entry.update({name: number(layer.mechanisms[name][sample]) for name in account.mechanisms})
         rest = layer.unexplained
         entry[UNEXPLAINED] = None if rest is None else number(rest[sample])
         layers.append(entry)
@@ -43,7 +43,9 @@ def leak_record(analysis, number) -> dict | None:
         "verdict": leak_verdict_name(analysis),
         "sample": sample,
         "total": {name: number(value) for name, value in account.totals(sample).items()},
-        "max_abs_total": {name: number(np.max(np.abs(account.total(name)))) for name in (*MECHANISMS, UNEXPLAINED)},
+        "max_abs_total": {
+            name: number(np.max(np.abs(account.total(name)))) for name in (*account.mechanisms, UNEXPLAINED)
+        },
         "layers": layers,
     }
 

@@ -57,7 +57,7 @@ def write_heatmap_image(folder: Path, nodeid: str, analysis) -> Path:
 
 def as_plane(array: np.ndarray) -> np.ndarray:
     """A 2-D view of one sample: channels summed, vectors as a single row."""
-    array = np.asarray(array, dtype=np.float64)
+    array = _channels_last(np.asarray(array, dtype=np.float64))
     if array.ndim == 3:
         return array.sum(axis=-1)
     if array.ndim == 2:
@@ -65,8 +65,15 @@ def as_plane(array: np.ndarray) -> np.ndarray:
     return array.reshape(1, -1)
 
 
+def _channels_last(array: np.ndarray) -> np.ndarray:
+    """A PyTorch image (channels first: 3 x H x W) as Keras has it (H x W x 3)."""
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        return np.moveaxis(array, 0, -1)
+    return array
+
+
 def as_image(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float64)
+    array = _channels_last(np.asarray(array, dtype=np.float64))
     if array.ndim == 3 and array.shape[-1] == 3:
         low, high = array.min(), array.max()
         return (array - low) / (high - low) if high > low else np.zeros_like(array)

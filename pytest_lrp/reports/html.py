@@ -17,7 +17,7 @@ from pathlib import Path
 from ..base.atomic import write_atomically
 from ..checks.leaks import MECHANISMS, UNEXPLAINED
 from ..config.rulefile import CHECK_NAMES
-from .html_images import IMAGES_ATTRIBUTE, analysis_key, record_chart, shown_leak
+from .html_images import IMAGES_ATTRIBUTE, analysis_key, record_chart, shown_leak, tokens_html
 from .json_report import versions
 from .reporting import records_key
 from .summary import notes_text
@@ -189,6 +189,8 @@ def _section(key, group, samples, comparisons) -> str:
 
 def _sample(s) -> str:
     caption = f"{s['sample']}: R {s['sum']:.4g} / t {s['target']:.4g}"
+    if "tokens" in s:  # a text model's sample: its tokens coloured by relevance
+        return f'<figure class="pair">{tokens_html(s)}<figcaption>{escape(caption)}</figcaption></figure>'
     return (
         f'<figure class="pair"><img alt="input {s["sample"]}" src="data:image/png;base64,{s["input"]}">'
         f'<img alt="heatmap {s["sample"]}" src="data:image/png;base64,{s["heatmap"]}">'

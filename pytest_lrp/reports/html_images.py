@@ -69,14 +69,15 @@ def attach_pictures(item, report, settings, rules_path) -> None:
 
         record = getattr(report, REPORT_ATTRIBUTE)
         leak = shown_leak(record)
+        text = bool(samples) and "tokens" in samples[0]
         if "mosaic" not in charts:
-            charts["mosaic"] = mosaic_text(analysis)
+            charts["mosaic"] = "".join(f"<p>{tokens_html(s)}</p>" for s in samples) if text else mosaic_text(analysis)
         chart_key = ("chart", leak and leak["name"])
         if chart_key not in charts and len(record.get("layers") or []) > 1:
             charts[chart_key] = record_chart(record)
         report.extras = (
             list(getattr(report, "extras", []))
-            + [extras.png(charts["mosaic"], "inputs and heatmaps")]
+            + [extras.html(charts["mosaic"]) if text else extras.png(charts["mosaic"], "inputs and heatmaps")]
             + ([extras.png(charts[chart_key], "relevance per layer")] if chart_key in charts else [])
         )
         if comparison:
@@ -119,6 +120,8 @@ def analysis_key(model_path, rule_id: str) -> str:
 
 def sample_pictures(analysis, limit: int = SAMPLES_SHOWN) -> list:
     """Input and heatmap thumbnails of the first ``limit`` samples, with their sums and targets."""
+    if getattr(analysis.model, "kind", None) == "text":
+        return [token_relevance(analysis, i) for i in range(min(limit, len(analysis.heatmaps)))]
     pictures = []
     for i in range(min(limit, len(analysis.heatmaps))):
         shown_input, shown_map = _sample_rgba(analysis, i)
@@ -132,6 +135,31 @@ def sample_pictures(analysis, limit: int = SAMPLES_SHOWN) -> list:
             }
         )
     return pictures
+
+
+def token_relevance(analysis, i: int) -> dict:
+    """A text sample as its tokens (strings from the inputs file, else ids) with their relevance, padding left out."""
+    ids, mask = analysis.inputs[i, 0], analysis.inputs[i, 1]
+    strings = getattr(analysis.model, "tokens", None)
+    kept = np.flatnonzero(mask)
+    tokens = [
+        [str(strings[i][j]) if strings is not None else f"#{int(ids[j])}", float(analysis.heatmaps[i][j])] for j in kept
+    ]
+    return {"sample": i, "tokens": tokens, "sum": float(analysis.sums[i]), "target": float(analysis.targets[i])}
+
+
+def tokens_html(picture: dict) -> str:
+    """Coloured text: red positive, blue negative, white zero, on the sample's symmetric scale."""
+    from html import escape
+
+    scale = max((abs(value) for _, value in picture["tokens"] if math.isfinite(value)), default=0.0) or 1.0
+    spans = []
+    for token, value in picture["tokens"]:
+        share = max(-1.0, min(1.0, value / scale)) if math.isfinite(value) else 0.0
+        fade = int(255 * (1 - abs(share)))
+        colour = f"rgb(255,{fade},{fade})" if share >= 0 else f"rgb({fade},{fade},255)"
+        spans.append(f'<span style="background:{colour}" title="{value:.4g}">{escape(token)}</span>')
+    return '<span class="tokens">' + " ".join(spans) + "</span>"
 
 
 def mosaic_text(analysis, limit: int = SAMPLES_SHOWN) -> str:

@@ -23,7 +23,7 @@ def before_report(item) -> None:
     if analysis is None or getattr(item, "_lrp_properties_recorded", False):
         return
     item._lrp_properties_recorded = True
-    item.user_properties.extend(("lrp_note", note) for note in analysis.model.notes_for(item.rule))
+    item.user_properties.extend(("lrp_note", note) for note in [*analysis.model.notes_for(item.rule), *analysis.notes])
     if item.check != "conservation":
         item.user_properties.extend(junit_properties(item, analysis))
         return

@@ -74,7 +74,7 @@ def result_record(item, report) -> dict:
         float32_rounding=None if analysis.rounding is None else [_number(r) for r in analysis.rounding],
         known_bug=analysis.reference.known_bug if analysis.reference is not None else None,
     )
-    notes = analysis.model.notes_for(rule)
+    notes = [*analysis.model.notes_for(rule), *analysis.notes]
     if notes:  # e.g. an innvestigate model check overridden (engine/upstream_fixes.py)
         record["notes"] = notes
     if item.check == "conservation":

@@ -1,0 +1,192 @@
+"""Relevance per block and module of a transformer, and the leak of LXT's rules split by mechanism.
+
+Read off one backward pass by the PyTorch backend's tracker (pytorch/layers.py): each module call's relevance
+at its output and what it hands to its inputs (gradient x input for LXT's efficient rules, the gradient
+itself for its explicit ones). The change a call makes is split by where it happens:
+- a leaf with a bias (linear layers, GPT-2's Conv1D, LayerNorm): the bias takes sum(b * gradient) (``bias``;
+  LXT's explicit rules: the whole change of a leaf with a bias, its stabiliser included);
+- an attention module's own operations (the products and the softmax around its projections): AttnLRP's
+  softmax rule, which does not conserve (``softmax``; 0 for CP-LRP, whose softmax takes no relevance);
+- the embeddings' own operations, or the base model's (position and token-type embeddings added to the input
+  embeddings, a ViT's class token): what those constants take (``embeddings``);
+- anything else that changes the relevance beyond float rounding is an operation LXT did not patch: a leaf
+  (an activation or normalisation module of a class LXT's map does not know) or a module's own operations.
+  That is never a property of the rule, so it fails conservation whatever the tolerance, naming the class.
+What no module holds, and rounding, is ``unexplained``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..base.lazy import np
+from ..checks.layers import LayerRelevance
+from ..checks.leaks import LayerLeaks, LeakAccount
+from ..config.rulefile import LXT_LEAK_MECHANISMS
+
+UNPATCHED = "unpatched"
+MECHANISMS = (*LXT_LEAK_MECHANISMS, UNPATCHED)
+# An unpatched operation changes relevance by a sizeable share of what passes it; float rounding by a few units
+# of the last place of the terms' magnitudes. Below this share of the terms' absolute sum, it is rounding.
+ROUNDING_SHARE = {"float32": 2e-4, "bfloat16": 5e-2}
+OWN_SHARE = ROUNDING_SHARE["float32"]
+
+
+@dataclass
+class _Node:
+    index: int
+    name: str
+    cls: str
+    module: object
+    leaf: bool
+    at_output: np.ndarray
+    at_inputs: np.ndarray
+    magnitude: np.ndarray  # sum of |relevance| at output and inputs: the scale rounding is relative to
+    children: list
+    bias_share: np.ndarray | None = None  # sum(b * gradient at the output), leaves with a bias
+
+    @property
+    def change(self) -> np.ndarray:
+        return self.at_inputs - self.at_output
+
+
+def nodes(tracker, samples: int) -> list:
+    """The module calls with relevance on both sides, as a forest in call order."""
+    totals = tracker.totals(samples)
+    magnitudes = tracker.totals(samples, absolute=True)
+    kept = {}
+    for index, call in enumerate(tracker.calls):
+        at_output, at_inputs = totals[index]
+        if at_inputs is None or call.output is None:
+            continue
+        magnitude = magnitudes[index][0] + magnitudes[index][1]
+        kept[index] = _Node(index, call.name, call.cls, call.module, call.leaf, at_output, at_inputs, magnitude, [])
+        kept[index].bias_share = _summed_bias(call, samples) if call.leaf else None
+    for index, node in kept.items():
+        node.children = [kept[c] for c in _descendants(tracker.calls, index, kept)]
+    return list(kept.values())
+
+
+def _descendants(calls: list, index: int, kept: dict) -> list:
+    """The nearest kept calls below ``index`` (a call without relevance passes its children up)."""
+    found = []
+    for child in calls[index].children:
+        found += [child] if child in kept else _descendants(calls, child, kept)
+    return found
+
+
+def block_table(all_nodes: list, heatmap_sums: np.ndarray) -> list:
+    """LayerRelevance entries, output first: the model, its blocks and each block's parts (attention, MLP,
+    normalisations), the head; each container before its parts; the input embeddings last."""
+    depths = [n.name.count(".") for n in all_nodes if n.name.rsplit(".", 1)[-1].isdigit()]
+    deepest = (min(depths) if depths else 1) + 1
+    entries = []
+    for node in all_nodes:
+        if node.name.count(".") <= deepest:
+            entries.append(node)
+    child_of = {c.index for n in entries for c in n.children}
+    ordered: list = []
+
+    def visit(node):
+        ordered.append(node)
+        for child in reversed(node.children):
+            if child in entries:
+                visit(child)
+            else:
+                for grandchild in reversed(_kept_below(child)):
+                    if grandchild in entries:
+                        visit(grandchild)
+
+    for root in reversed([n for n in entries if n.index not in child_of]):
+        visit(root)
+    seen, table = set(), []
+    for node in ordered:
+        if node.index not in seen:
+            seen.add(node.index)
+            container = any(child in entries for child in _kept_below(node))
+            table.append(LayerRelevance(node.name, node.cls, node.at_output, node.at_inputs, container=container))
+            own = node.change - np.sum([c.change for c in node.children], axis=0) if node.children else 0.0
+            if container and np.any(np.abs(own) > OWN_SHARE * node.magnitude):
+                # Operations no listed part holds (a softmax, position embeddings added): an entry of their own.
+                table.append(
+                    LayerRelevance(
+                        f"{node.name} (own operations)", f"{node.cls} ops", node.at_output, node.at_output + own
+                    )
+                )
+    table.append(LayerRelevance("input embeddings", "InputLayer", heatmap_sums, heatmap_sums))
+    return table
+
+
+def _kept_below(node) -> list:
+    found = []
+    for child in node.children:
+        found += [child, *_kept_below(child)]
+    return found
+
+
+def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, explicit: bool) -> tuple:
+    """(LeakAccount, lines naming unpatched operations): the change of every module call split by mechanism."""
+    share = ROUNDING_SHARE[dtype]
+    base = getattr(model.module, "base_model", None)
+    layers, unpatched = [], []
+    for node in all_nodes:
+        zero = np.zeros_like(node.change)
+        mechanisms = {name: zero.copy() for name in MECHANISMS}
+        noise = share * node.magnitude
+        if node.leaf:
+            bias = node.change if explicit and _bias(node.module) is not None else _bias_share(node, explicit)
+            mechanisms["bias"] = bias
+            rest = node.change - bias
+            where = f"'{node.name}' ({node.cls})"
+        else:
+            change = node.change - np.sum([c.change for c in node.children], axis=0) if node.children else node.change
+            rest = change
+            if "attention" in node.cls.lower():
+                mechanisms["softmax"], rest = rest, zero
+            elif "embedding" in node.cls.lower() or node.module is base or node.module is model.module:
+                mechanisms["embeddings"], rest = rest, zero
+            where = f"the own operations of '{node.name}' ({node.cls})"
+        if np.any(np.abs(rest) > noise):
+            mechanisms[UNPATCHED] = rest
+            worst = int(np.argmax(np.abs(rest) / np.maximum(noise, 1e-300)))
+            unpatched.append(
+                f"{where}: {float(rest[worst]):+.4g} of {float(node.at_output[worst]):.4g} (sample {worst})"
+            )
+        if node.leaf:
+            change = node.change
+        if np.any(np.abs(change) > noise):  # rounding alone: no entry (it is in the total's unexplained rest)
+            name = node.name if node.leaf else f"{node.name} (own operations)"
+            layers.append(LayerLeaks(name, node.cls, rule.analyzer, change, mechanisms))
+    layers.reverse()
+    account = LeakAccount(
+        layers=layers,
+        errors=errors,
+        implementation="lxt",
+        mechanisms=MECHANISMS,
+        source="LXT's relevance per module",
+    )
+    return account, unpatched
+
+
+def _bias(module):
+    bias = getattr(module, "bias", None)
+    return bias if bias is not None and hasattr(bias, "detach") and bias.numel() > 0 else None
+
+
+def _bias_share(node, explicit: bool) -> np.ndarray:
+    """The bias's part of the change: -sum(b * gradient at the output) in gradient x input."""
+    return np.zeros_like(node.change) if node.bias_share is None or explicit else -node.bias_share
+
+
+def _summed_bias(call, samples: int):
+    bias = _bias(call.module)
+    if bias is None or call.grad_out is None:
+        return None
+    grad, bias = call.grad_out.float(), bias.detach().float()
+    if grad.shape[-1] == bias.numel():  # linear layers, Conv1D, LayerNorm: features last
+        shaped = bias
+    elif grad.dim() == 4 and grad.shape[1] == bias.numel():  # a convolution's channels (ViT's patches)
+        shaped = bias.view(1, -1, 1, 1)
+    else:
+        return None
+    return (grad * shaped).reshape(samples, -1).sum(dim=1).double().cpu().numpy()
