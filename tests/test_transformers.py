@@ -376,3 +376,30 @@ def test_a_rule_file_for_both_kinds_of_pytorch_models_gives_each_its_rules(model
     output = result.stdout.str()
     assert "conservation[mlp-zplus]" in output and "conservation[llama-cp]" in output
     assert "conservation[mlp-cp]" not in output and "conservation[llama-zplus]" not in output
+
+
+def test_the_reference_check_follows_lxt_block_by_block_and_sees_a_wrong_share(models, monkeypatch):
+    import lxt.efficient.patches as patches
+
+    models.makefile(
+        ".yaml",
+        rules="""
+        rules:
+          - id: attn
+            analyzer: lxt.attnlrp
+            checks: [reference]
+        """,
+    )
+    result = models.runpytest("--lrp-model=models.py:llama", "--lrp-model=models.py:gpt2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    original = patches.divide_gradient
+
+    def values_keep_everything(tensor, factor=2):  # the uniform rule broken: A V's values keep all of it
+        return original(tensor, 1 if factor == 2 else factor)
+
+    monkeypatch.setattr(patches, "divide_gradient", values_keep_everything)
+    result = models.runpytest("--lrp-model=models.py:llama", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "lxt differs from the numpy reference" in output
+    assert "first divergence from the output: block 'model.layers.1' (LlamaDecoderLayer)" in output

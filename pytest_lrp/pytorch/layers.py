@@ -27,6 +27,7 @@ class _Call:
     cls: str
     leaf: bool
     module: Any = field(default=None, repr=False)
+    linear: bool = False  # a leaf of ModuleTracker.linear: no views of its inputs
     inputs: list = field(default_factory=list)  # views of the tensor inputs
     output: object = None
     children: list = field(default_factory=list)  # indices of calls made inside this one
@@ -40,9 +41,13 @@ TOP = "forward"  # the model's own entry, "forward (own operations)"
 class ModuleTracker:
     """Hooks on ``module`` and every submodule; use as a context manager around the forward and backward pass."""
 
-    def __init__(self, module, times_value: bool = False):
+    def __init__(self, module, times_value: bool = False, linear: tuple = ()):
         self.module = module
         self.times_value = times_value
+        # Leaf classes whose relevance in gradient x input passes unchanged but for their bias (linear layers):
+        # their inputs get no view, and their output is kept only where a bias takes a share (LXT's tracking,
+        # where most calls are such layers and each view costs the backward pass a hook).
+        self.linear = linear
         self.calls: list[_Call] = []
         self._open: list[int] = []
         self._handles: list = []
@@ -69,10 +74,13 @@ class ModuleTracker:
         def hook(sub, args, kwargs):
             count = self._seen[name] = self._seen.get(name, 0) + 1
             call = _Call(name if count == 1 else f"{name}#{count}", cls, leaf, sub)
+            call.linear = leaf and isinstance(sub, self.linear)
             if self._open:
                 self.calls[self._open[-1]].children.append(len(self.calls))
             self._open.append(len(self.calls))
             self.calls.append(call)
+            if call.linear:
+                return None
             return tuple(self._view(call, arg) for arg in args), {k: self._view(call, v) for k, v in kwargs.items()}
 
         return hook
@@ -93,6 +101,8 @@ class ModuleTracker:
                 output = output.to_tuple()[0]
             if isinstance(output, tuple) and output:  # a transformer block's (hidden_states, attention weights)
                 output = output[0]
+            if call.linear and getattr(sub, "bias", None) is None:
+                return
             if torch().is_tensor(output) and output.requires_grad:
                 call.output = output
                 output.register_hook(self._keep_out(call))
@@ -121,19 +131,20 @@ class ModuleTracker:
             if call.leaf and call.grad_out is not None and call.grads_in
         }
 
-    def totals(self, samples: int, absolute: bool = False) -> list:
-        """Per call: (relevance at its output, relevance handed to its inputs or None), summed per sample
-        (``absolute``: the sums of their absolute values, the scale float rounding is relative to)."""
-        found = []
-        for call in self.calls:
-            at_output = self._relevance(call.output, call.grad_out, samples, absolute)
-            at_inputs = (
-                np.sum([self._relevance(x, g, samples, absolute) for x, g in zip(call.inputs, call.grads_in)], axis=0)
-                if call.grads_in
-                else None
-            )
-            found.append((at_output, at_inputs))
-        return found
+    def totals(self, samples: int) -> list:
+        """Per call: (relevance at its output, relevance handed to its inputs or None), summed per sample."""
+        return [self.call_totals(call, samples) for call in self.calls]
+
+    def call_totals(self, call: _Call, samples: int, absolute: bool = False) -> tuple:
+        """(at its output, at its inputs or None) for one call (``absolute``: the sums of the absolute values,
+        the scale float rounding is relative to)."""
+        at_output = self._relevance(call.output, call.grad_out, samples, absolute)
+        at_inputs = (
+            np.sum([self._relevance(x, g, samples, absolute) for x, g in zip(call.inputs, call.grads_in)], axis=0)
+            if call.grads_in
+            else None
+        )
+        return at_output, at_inputs
 
     def _relevance(self, value, grad, samples: int, absolute: bool = False) -> np.ndarray:
         if grad is not None and self.times_value:

@@ -41,30 +41,55 @@ class _Node:
     leaf: bool
     at_output: np.ndarray
     at_inputs: np.ndarray
-    magnitude: np.ndarray  # sum of |relevance| at output and inputs: the scale rounding is relative to
     children: list
     bias_share: np.ndarray | None = None  # sum(b * gradient at the output), leaves with a bias
+    scale: object = None  # () -> sum of |relevance| at output and inputs: what rounding is relative to
 
     @property
     def change(self) -> np.ndarray:
         return self.at_inputs - self.at_output
 
+    def beyond_rounding(self, value: np.ndarray, share: float) -> bool:
+        """|value| above ``share`` of the terms' absolute sum in some sample. The net sums bound that sum from
+        below, so a value within their share is rounding without summing absolute values (which costs)."""
+        net = share * (np.abs(self.at_output) + np.abs(self.at_inputs))
+        if not np.any(np.abs(value) > net):
+            return False
+        return bool(np.any(np.abs(value) > share * self.magnitude))
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        return self.scale() if self.scale is not None else np.abs(self.at_output) + np.abs(self.at_inputs)
+
 
 def nodes(tracker, samples: int) -> list:
-    """The module calls with relevance on both sides, as a forest in call order."""
-    totals = tracker.totals(samples)
-    magnitudes = tracker.totals(samples, absolute=True)
+    """The module calls with relevance on both sides, as a forest in call order. A linear leaf without views
+    (ModuleTracker.linear) hands down what enters it less its bias's share."""
     kept = {}
     for index, call in enumerate(tracker.calls):
-        at_output, at_inputs = totals[index]
-        if at_inputs is None or call.output is None:
+        if call.output is None:
             continue
-        magnitude = magnitudes[index][0] + magnitudes[index][1]
-        kept[index] = _Node(index, call.name, call.cls, call.module, call.leaf, at_output, at_inputs, magnitude, [])
-        kept[index].bias_share = _summed_bias(call, samples) if call.leaf else None
+        at_output, at_inputs = tracker.call_totals(call, samples)
+        bias = _summed_bias(call, samples) if call.leaf else None
+        if call.linear:
+            at_inputs = at_output - (bias if bias is not None else 0.0)
+        if at_inputs is None:
+            continue
+        node = _Node(index, call.name, call.cls, call.module, call.leaf, at_output, at_inputs, [], bias)
+        if not call.linear:
+            node.scale = _scale(tracker, call, samples)
+        kept[index] = node
     for index, node in kept.items():
         node.children = [kept[c] for c in _descendants(tracker.calls, index, kept)]
     return list(kept.values())
+
+
+def _scale(tracker, call, samples: int):
+    def scale() -> np.ndarray:
+        at_output, at_inputs = tracker.call_totals(call, samples, absolute=True)
+        return at_output + (at_inputs if at_inputs is not None else 0.0)
+
+    return scale
 
 
 def _descendants(calls: list, index: int, kept: dict) -> list:
@@ -106,7 +131,7 @@ def block_table(all_nodes: list, heatmap_sums: np.ndarray) -> list:
             container = any(child in entries for child in _kept_below(node))
             table.append(LayerRelevance(node.name, node.cls, node.at_output, node.at_inputs, container=container))
             own = node.change - np.sum([c.change for c in node.children], axis=0) if node.children else 0.0
-            if container and np.any(np.abs(own) > OWN_SHARE * node.magnitude):
+            if container and node.beyond_rounding(own, OWN_SHARE):
                 # Operations no listed part holds (a softmax, position embeddings added): an entry of their own.
                 table.append(
                     LayerRelevance(
@@ -132,7 +157,6 @@ def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, e
     for node in all_nodes:
         zero = np.zeros_like(node.change)
         mechanisms = {name: zero.copy() for name in MECHANISMS}
-        noise = share * node.magnitude
         if node.leaf:
             bias = node.change if explicit and _bias(node.module) is not None else _bias_share(node, explicit)
             mechanisms["bias"] = bias
@@ -146,15 +170,15 @@ def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, e
             elif "embedding" in node.cls.lower() or node.module is base or node.module is model.module:
                 mechanisms["embeddings"], rest = rest, zero
             where = f"the own operations of '{node.name}' ({node.cls})"
-        if np.any(np.abs(rest) > noise):
+        if node.beyond_rounding(rest, share):
             mechanisms[UNPATCHED] = rest
-            worst = int(np.argmax(np.abs(rest) / np.maximum(noise, 1e-300)))
+            worst = int(np.argmax(np.abs(rest) / np.maximum(share * node.magnitude, 1e-300)))
             unpatched.append(
                 f"{where}: {float(rest[worst]):+.4g} of {float(node.at_output[worst]):.4g} (sample {worst})"
             )
         if node.leaf:
             change = node.change
-        if np.any(np.abs(change) > noise):  # rounding alone: no entry (it is in the total's unexplained rest)
+        if node.beyond_rounding(change, share):  # rounding alone: no entry (it is in the total's unexplained rest)
             name = node.name if node.leaf else f"{node.name} (own operations)"
             layers.append(LayerLeaks(name, node.cls, rule.analyzer, change, mechanisms))
     layers.reverse()

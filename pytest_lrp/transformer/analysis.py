@@ -27,6 +27,8 @@ from .accounting import block_table, leak_account, nodes
 from .loading import TransformerModel
 from .lxt_maps import bert_classes, patch_map
 from .patching import lxt_patched
+from .reference import block_comparison
+from .runtime import library
 
 
 @dataclass
@@ -97,6 +99,8 @@ def _analyze(model: TransformerModel, rule, x: np.ndarray) -> Analysis:
                 + "; ".join(unpatched[:3])
                 + (f"; and {len(unpatched) - 3} more" if len(unpatched) > 3 else "")
             )
+        if "reference" in rule.checks:
+            analysis.reference = block_comparison(model, rule, first.tracker, x, explicit)
     analysis.notes = first.notes
     return analysis
 
@@ -108,7 +112,9 @@ def _run(
     module = model.module
     if dtype == "bfloat16":
         module.to(t.bfloat16)
-    tracker = ModuleTracker(module, times_value=not explicit) if keep else None
+    tracker = (
+        ModuleTracker(module, times_value=not explicit, linear=() if explicit else _linear_classes()) if keep else None
+    )
     with (
         lxt_patched(patches) as notes,
         bert_classes(model) if patches else contextlib.nullcontext(),
@@ -134,6 +140,12 @@ def _run(
         tracker=tracker,
         notes=list(notes),
     )
+
+
+def _linear_classes() -> tuple:
+    """Modules that are linear in their input: gradient x input passes their relevance less the bias's share."""
+    t = torch()
+    return (t.nn.Linear, t.nn.Conv2d, library("transformers.pytorch_utils").Conv1D)
 
 
 def _start(model: TransformerModel, batch: np.ndarray, dtype):
