@@ -52,7 +52,7 @@ def block_comparison(model, rule, tracker, batch: np.ndarray, explicit: bool) ->
             tolerance, skipped=f"no numpy reference for the MLP activation {other[0]} (it has SiLU)"
         )
     start = time.perf_counter()
-    mask = batch[:, 1] if model.kind == "text" else np.ones(batch.shape[:1] + (1,), dtype=np.int64)
+    mask = batch[:, 1] if model.kind == "text" else np.ones((len(batch), 1), dtype=np.int64)
     # LXT's explicit rules stabilise every denominator with 1e-8 and pass an activation's relevance exactly;
     # the efficient ones divide by the exact denominators and by the activation's input plus 1e-10.
     settings = {"stabilizer": 1e-8, "identity_epsilon": 0.0} if explicit else {}
