@@ -17,6 +17,9 @@ import pytest
 from helpers.conv_cnn import conv_cnn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# As the plugin does before a model file runs (transformer/runtime.py): the tests that import transformers
+# themselves must not make it import TensorFlow, which would then come before torch's triton.
+os.environ.setdefault("USE_TF", "0")
 
 INPUT_DIM = 5
 # The markers of the expensive groups (pyproject.toml): a plain `pytest` leaves them out.

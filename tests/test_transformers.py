@@ -403,3 +403,21 @@ def test_the_reference_check_follows_lxt_block_by_block_and_sees_a_wrong_share(m
     output = result.stdout.str()
     assert "lxt differs from the numpy reference" in output
     assert "first divergence from the output: block 'model.layers.1' (LlamaDecoderLayer)" in output
+
+
+def test_a_model_file_importing_transformers_does_not_bring_tensorflow(models, monkeypatch):
+    # transformers imports TensorFlow where it is installed unless USE_TF=0; the plugin sets it before the
+    # model's code runs (TensorFlow first, then torch's triton, crashes the process).
+    models.makepyfile(
+        probe="""
+        import sys
+        from models import llama
+
+        def make():
+            assert "tensorflow" not in sys.modules, "transformers imported TensorFlow"
+            return llama()
+        """
+    )
+    monkeypatch.delenv("USE_TF", raising=False)
+    result = models.runpytest_subprocess("--lrp-model=probe.py:make", "-p", "no:cacheprovider", "-k", "cp-lrp")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()

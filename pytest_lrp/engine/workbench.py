@@ -156,12 +156,13 @@ class Workbench:
             name = self.model_names().get(path, path.stem)
             if isinstance(path, PythonModel):
                 from ..pytorch.loading import load_python_model
+                from ..transformer.runtime import is_transformer, prefer_torch
+
+                prefer_torch()  # the model's code may import transformers
 
                 rule_file = self.rule_file
                 device, shape = self.settings.device(rule_file), self.settings.input_shape(rule_file)
                 found = load_python_model(path, name, device, shape)
-                from ..transformer.runtime import is_transformer
-
                 if is_transformer(found.module):  # a transformers model: explained with LXT (transformer/)
                     from ..transformer.loading import as_transformer
 

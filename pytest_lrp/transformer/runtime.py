@@ -10,11 +10,17 @@ from ..base.errors import LrpUsageError
 INSTALL = "pip install 'pytest-lrp[transformers]' (transformers and lxt, with torch)"
 
 
+def prefer_torch() -> None:
+    """transformers imports TensorFlow where it is installed, for its TF models only: seconds, and TensorFlow
+    loaded before torch's triton crashes the process (base/tf_runtime.py). pytest-lrp explains torch models,
+    so before a model file runs (it may import transformers) and before transformers is imported here,
+    ``USE_TF=0``, unless the user set USE_TF."""
+    os.environ.setdefault("USE_TF", "0")
+
+
 def library(name: str):
     """The module ``name`` (transformers, lxt, or one of their submodules)."""
-    # transformers imports TensorFlow where it is installed, for its TF models only (seconds, and TensorFlow
-    # loaded before torch's triton crashes the process: base/tf_runtime.py); pytest-lrp explains torch models.
-    os.environ.setdefault("USE_TF", "0")
+    prefer_torch()
     try:
         return importlib.import_module(name)
     except ImportError as exc:
