@@ -421,3 +421,27 @@ def test_a_model_file_importing_transformers_does_not_bring_tensorflow(models, m
     monkeypatch.delenv("USE_TF", raising=False)
     result = models.runpytest_subprocess("--lrp-model=probe.py:make", "-p", "no:cacheprovider", "-k", "cp-lrp")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
+
+
+def test_without_lxt_a_transformers_model_stops_the_run_with_one_line(models, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lxt" else real(name, *a))
+    result = models.runpytest("--lrp-model=models.py:llama", "-p", "no:cacheprovider")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret != 0
+    assert output.count("a transformers model, explained with LXT, which this Python environment does not have") == 1
+
+
+def test_pixel_values_from_a_file_and_a_wrong_shape_named(models):
+    rng = np.random.default_rng(0)
+    np.savez(models.path / "images.npz", pixel_values=rng.standard_normal((3, 3, 16, 16)).astype(np.float32))
+    np.savez(models.path / "wrong.npz", pixel_values=rng.standard_normal((3, 16, 16, 3)).astype(np.float32))
+    result = models.runpytest(
+        "--lrp-model=models.py:vit", "--lrp-inputs=images.npz", "-p", "no:cacheprovider", "-k", "cp-lrp"
+    )
+    result.assert_outcomes(passed=3, xfailed=1)
+    result = models.runpytest("--lrp-model=models.py:vit", "--lrp-inputs=wrong.npz", "-p", "no:cacheprovider")
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("wrong.npz: pixel_values of shape (3, 16, 16, 3) (float32) do not fit the model") == 1
