@@ -49,6 +49,11 @@ class _Node:
     def change(self) -> np.ndarray:
         return self.at_inputs - self.at_output
 
+    @property
+    def own(self) -> np.ndarray:
+        """The change its own operations make, beyond its parts' (a leaf: all of it)."""
+        return self.change - np.sum([c.change for c in self.children], axis=0) if self.children else self.change
+
     def beyond_rounding(self, value: np.ndarray, share: float) -> bool:
         """|value| above ``share`` of the terms' absolute sum in some sample. The net sums bound that sum from
         below, so a value within their share is rounding without summing absolute values (which costs)."""
@@ -130,7 +135,7 @@ def block_table(all_nodes: list, heatmap_sums: np.ndarray) -> list:
             seen.add(node.index)
             container = any(child in entries for child in _kept_below(node))
             table.append(LayerRelevance(node.name, node.cls, node.at_output, node.at_inputs, container=container))
-            own = node.change - np.sum([c.change for c in node.children], axis=0) if node.children else 0.0
+            own = node.own
             if container and node.beyond_rounding(own, OWN_SHARE):
                 # Operations no listed part holds (a softmax, position embeddings added): an entry of their own.
                 table.append(
@@ -155,15 +160,15 @@ def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, e
     base = getattr(model.module, "base_model", None)
     layers, unpatched = [], []
     for node in all_nodes:
-        zero = np.zeros_like(node.change)
+        change = node.own
+        zero = np.zeros_like(change)
         mechanisms = {name: zero.copy() for name in MECHANISMS}
         if node.leaf:
-            bias = node.change if explicit and _bias(node.module) is not None else _bias_share(node, explicit)
+            bias = change if explicit and _bias(node.module) is not None else _bias_share(node, explicit)
             mechanisms["bias"] = bias
-            rest = node.change - bias
+            rest = change - bias
             where = f"'{node.name}' ({node.cls})"
         else:
-            change = node.change - np.sum([c.change for c in node.children], axis=0) if node.children else node.change
             rest = change
             if "attention" in node.cls.lower():
                 mechanisms["softmax"], rest = rest, zero
@@ -176,8 +181,6 @@ def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, e
             unpatched.append(
                 f"{where}: {float(rest[worst]):+.4g} of {float(node.at_output[worst]):.4g} (sample {worst})"
             )
-        if node.leaf:
-            change = node.change
         if node.beyond_rounding(change, share):  # rounding alone: no entry (it is in the total's unexplained rest)
             name = node.name if node.leaf else f"{node.name} (own operations)"
             layers.append(LayerLeaks(name, node.cls, rule.analyzer, change, mechanisms))
