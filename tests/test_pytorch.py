@@ -434,3 +434,28 @@ def test_batch_norm_merge_where_torch_refuses_zero_eps(nets):
     )
     result = nets.runpytest("--lrp-model=nets.py:cnn", "--lrp-input-shape=1,8,8", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("times_value", [False, True])
+def test_the_module_tracker_keeps_no_tensor_alive_after_the_analysis(times_value):
+    # A tensor hook holding its call, which holds the tensor: a cycle through torch's C++ side that the garbage
+    # collector cannot free, unless the tracker removes its hooks when the pass is over.
+    import gc
+    import weakref
+
+    import torch
+
+    from pytest_lrp.pytorch.layers import ModuleTracker
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    x = torch.randn(3, 4, requires_grad=True)
+    tracker = ModuleTracker(net, times_value=times_value)
+    with tracker:
+        out = net(x)
+        torch.autograd.grad(out.sum(), x)
+    totals = tracker.totals(3)
+    assert len(totals) == 4 and totals[1][1] is not None  # the Tanh's relevance was read
+    kept = weakref.ref(tracker.calls[1].output)
+    del tracker, out, totals
+    gc.collect()
+    assert kept() is None

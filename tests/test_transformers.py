@@ -60,6 +60,20 @@ def vit():
     ))
 
 
+def vit_with_biases():
+    """Biases as training leaves them (transformers initialises them to 0), a final LayerNorm's among them."""
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(
+        image_size=32, patch_size=8, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_labels=3,
+    ))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0.0, 0.1)
+    return model
+
+
 class MyRMSNorm(torch.nn.Module):
     """A normalisation of the user's own: LXT's Llama map does not know it."""
 
@@ -445,3 +459,25 @@ def test_pixel_values_from_a_file_and_a_wrong_shape_named(models):
     result = models.runpytest("--lrp-model=models.py:vit", "--lrp-inputs=wrong.npz", "-p", "no:cacheprovider")
     output = result.stdout.str() + result.stderr.str()
     assert output.count("wrong.npz: pixel_values of shape (3, 16, 16, 3) (float32) do not fit the model") == 1
+
+
+def test_every_bias_share_is_counted_even_where_a_layer_barely_changes_the_total(models):
+    # A LayerNorm whose relevance is ten times the logit, its bias's share 1e-3 of it: below the rounding share
+    # of that module, but exact, so it is the bias mechanism's and not 'unexplained' beyond a tight tolerance.
+    models.makefile(
+        ".yaml",
+        rules="""
+        defaults: {tolerance: {rtol: 1.0e-4, atol: 1.0e-6}}
+        rules:
+          - id: cp
+            analyzer: lxt.cp_lrp
+            checks: [conservation]
+            leaks: [bias, embeddings]
+        """,
+    )
+    result = models.runpytest(
+        "--lrp-model=models.py:vit_with_biases", "-p", "no:cacheprovider", "--lrp-report=report.json"
+    )
+    result.assert_outcomes(xfailed=1)
+    (record,) = _report(models)
+    assert abs(record["leaks"]["total"]["unexplained"]) < 1e-5 * abs(record["targets"][record["worst_sample"]])

@@ -66,6 +66,9 @@ class ModuleTracker:
         return self
 
     def __exit__(self, *exc):
+        # The gradients are read by now (the backward pass runs inside). A tensor's hook holds its call, which
+        # holds the tensor: a cycle through torch's C++ side that the garbage collector cannot see, which would
+        # keep every tracked tensor of every analysis alive.
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -90,7 +93,7 @@ class ModuleTracker:
             return value
         value = value.view_as(value)
         call.grads_in.append(None)
-        value.register_hook(self._keep_in(call, len(call.grads_in) - 1))
+        self._handles.append(value.register_hook(self._keep_in(call, len(call.grads_in) - 1)))
         call.inputs.append(value)
         return value
 
@@ -105,7 +108,7 @@ class ModuleTracker:
                 return
             if torch().is_tensor(output) and output.requires_grad:
                 call.output = output
-                output.register_hook(self._keep_out(call))
+                self._handles.append(output.register_hook(self._keep_out(call)))
 
         return hook
 
@@ -147,9 +150,13 @@ class ModuleTracker:
         return at_output, at_inputs
 
     def _relevance(self, value, grad, samples: int, absolute: bool = False) -> np.ndarray:
-        if grad is not None and self.times_value:
-            grad = value.detach().float() * grad.float()
-        return _sums(grad.abs() if absolute and grad is not None else grad, samples)
+        if grad is None or not self.times_value:
+            return _sums(grad.abs() if absolute and grad is not None else grad, samples)
+        value, grad = value.detach().reshape(samples, 1, -1).float(), grad.reshape(samples, -1, 1).float()
+        if absolute:
+            value, grad = value.abs(), grad.abs()
+        # A batched dot product: the element-wise product of two activations is never stored.
+        return torch().bmm(value, grad).reshape(samples).double().cpu().numpy()
 
     def layers(self, samples: int, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
         """LayerRelevance entries from the output to the input; the last is the input itself."""

@@ -181,7 +181,8 @@ def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, e
             unpatched.append(
                 f"{where}: {float(rest[worst]):+.4g} of {float(node.at_output[worst]):.4g} (sample {worst})"
             )
-        if node.beyond_rounding(change, share):  # rounding alone: no entry (it is in the total's unexplained rest)
+        # Rounding alone makes no entry (it is in the total's unexplained rest); a bias's share, exact, always does.
+        if node.beyond_rounding(change, share) or np.any(mechanisms["bias"] != 0):
             name = node.name if node.leaf else f"{node.name} (own operations)"
             layers.append(LayerLeaks(name, node.cls, rule.analyzer, change, mechanisms))
     layers.reverse()
@@ -211,9 +212,9 @@ def _summed_bias(call, samples: int):
         return None
     grad, bias = call.grad_out.float(), bias.detach().float()
     if grad.shape[-1] == bias.numel():  # linear layers, Conv1D, LayerNorm: features last
-        shaped = bias
+        per_feature = grad.reshape(samples, -1, bias.numel()).sum(dim=1)
     elif grad.dim() == 4 and grad.shape[1] == bias.numel():  # a convolution's channels (ViT's patches)
-        shaped = bias.view(1, -1, 1, 1)
+        per_feature = grad.sum(dim=(2, 3))
     else:
         return None
-    return (grad * shaped).reshape(samples, -1).sum(dim=1).double().cpu().numpy()
+    return (per_feature @ bias).double().cpu().numpy()

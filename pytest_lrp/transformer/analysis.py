@@ -73,7 +73,9 @@ def _analyze(model: TransformerModel, rule, x: np.ndarray) -> Analysis:
             return _unpadded(batch, lambda b: _run(model, patches, b, select, keep, dtype, explicit))
         return _run(model, patches, batch, select, keep, dtype, explicit)
 
-    keep = rule.analyzer in LXT_RULES
+    # Relevance per module feeds the conservation verdict (the leak split, unpatched operations) and the
+    # reference check; the other checks read the heatmaps only.
+    keep = rule.analyzer in LXT_RULES and bool({"conservation", "reference"} & set(rule.checks))
     first = run(x, keep)
     # The repeat (determinism) runs as the first did: the tracker's views change the order in which autograd
     # adds a tensor's gradients from its consumers, a float32 difference that is not the analyzer's.
