@@ -152,11 +152,11 @@ class ModuleTracker:
     def _relevance(self, value, grad, samples: int, absolute: bool = False) -> np.ndarray:
         if grad is None or not self.times_value:
             return _sums(grad.abs() if absolute and grad is not None else grad, samples)
-        value, grad = value.detach().reshape(samples, 1, -1).float(), grad.reshape(samples, -1, 1).float()
+        value, grad = value.detach().reshape(samples, -1).float(), grad.reshape(samples, -1).float()
         if absolute:
             value, grad = value.abs(), grad.abs()
-        # A batched dot product: the element-wise product of two activations is never stored.
-        return torch().bmm(value, grad).reshape(samples).double().cpu().numpy()
+        # One dot product per sample (torch's bmm and einsum are several times slower for this shape).
+        return torch().linalg.vecdot(value, grad).double().cpu().numpy()
 
     def layers(self, samples: int, heatmap_sums: np.ndarray, output_relevance: np.ndarray) -> list:
         """LayerRelevance entries from the output to the input; the last is the input itself."""

@@ -57,10 +57,13 @@ class _Node:
     def beyond_rounding(self, value: np.ndarray, share: float) -> bool:
         """|value| above ``share`` of the terms' absolute sum in some sample. The net sums bound that sum from
         below, so a value within their share is rounding without summing absolute values (which costs)."""
-        net = share * (np.abs(self.at_output) + np.abs(self.at_inputs))
-        if not np.any(np.abs(value) > net):
+        if not self.beyond_net(value, share):
             return False
         return bool(np.any(np.abs(value) > share * self.magnitude))
+
+    def beyond_net(self, value: np.ndarray, share: float) -> bool:
+        """|value| above ``share`` of the net relevance at output and inputs: enough to list an entry."""
+        return bool(np.any(np.abs(value) > share * (np.abs(self.at_output) + np.abs(self.at_inputs))))
 
     @property
     def magnitude(self) -> np.ndarray:
@@ -136,7 +139,7 @@ def block_table(all_nodes: list, heatmap_sums: np.ndarray) -> list:
             container = any(child in entries for child in _kept_below(node))
             table.append(LayerRelevance(node.name, node.cls, node.at_output, node.at_inputs, container=container))
             own = node.own
-            if container and node.beyond_rounding(own, OWN_SHARE):
+            if container and node.beyond_net(own, OWN_SHARE):
                 # Operations no listed part holds (a softmax, position embeddings added): an entry of their own.
                 table.append(
                     LayerRelevance(
@@ -182,7 +185,7 @@ def leak_account(all_nodes: list, model, errors: np.ndarray, rule, dtype: str, e
                 f"{where}: {float(rest[worst]):+.4g} of {float(node.at_output[worst]):.4g} (sample {worst})"
             )
         # Rounding alone makes no entry (it is in the total's unexplained rest); a bias's share, exact, always does.
-        if node.beyond_rounding(change, share) or np.any(mechanisms["bias"] != 0):
+        if node.beyond_net(change, share) or np.any(mechanisms["bias"] != 0):
             name = node.name if node.leaf else f"{node.name} (own operations)"
             layers.append(LayerLeaks(name, node.cls, rule.analyzer, change, mechanisms))
     layers.reverse()

@@ -145,9 +145,10 @@ def _run(
 
 
 def _linear_classes() -> tuple:
-    """Modules that are linear in their input: gradient x input passes their relevance less the bias's share."""
+    """Modules that are linear in their input: gradient x input passes their relevance less the bias's share
+    (dropout: the identity in eval mode, and LXT patches it to the identity)."""
     t = torch()
-    return (t.nn.Linear, t.nn.Conv2d, library("transformers.pytorch_utils").Conv1D)
+    return (t.nn.Linear, t.nn.Conv2d, library("transformers.pytorch_utils").Conv1D, t.nn.Dropout, t.nn.Identity)
 
 
 def _start(model: TransformerModel, batch: np.ndarray, dtype):
