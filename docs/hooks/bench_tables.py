@@ -466,6 +466,176 @@ def three_implementations() -> str:
     )
 
 
+def _transformers_machine(machine: dict) -> str:
+    return (
+        f"torch {machine['torch']} ({machine['threads']} thread{'s' if machine['threads'] != 1 else ''}), "
+        f"transformers {machine['transformers']}, lxt {machine['lxt']}; Python {machine['python']}, {MACHINE_KIND}"
+    )
+
+
+def transformers_speed() -> str:
+    recorded = _load("last_run_transformers_speed.json")
+    rows, profile_rows = [], []
+    for name, entry in recorded["cases"].items():
+        config, cpu = entry["config"], entry["median_cpu_seconds"]
+        label = f"{name} ({config['hidden']} hidden, {config['layers']} layers, {config['tokens']} tokens)"
+        rows.append(
+            [
+                label,
+                _num(cpu["direct"]),
+                _num(cpu["pytest-lrp"]),
+                f"{entry['cpu_ratio']:.2f} x",
+                f"{entry['fastest_cpu_ratio']:.2f} x" if "fastest_cpu_ratio" in entry else "",
+                f"{entry['ratio']:.2f} x",
+                f"{entry['finite_only_cpu_ratio']:.2f} x",
+                f"yes ({entry['heatmap_difference']:.0e})" if entry["same_heatmaps"] else "no",
+                _num(entry["memory"]["tensor_mb_left_per_analysis"]) if "memory" in entry else "",
+            ]
+        )
+        share = entry["profile_share_of_direct"]
+        profile_rows.append(
+            [name]
+            + [
+                _num(share[key], 2) if key in share else ""
+                for key in ("analysis", "analysis, tracker off", "_run", "nodes", "block_table", "leak_account")
+            ]
+        )
+    header = [
+        "model",
+        "LXT directly (CPU s)",
+        "pytest-lrp's analysis (CPU s)",
+        "ratio (CPU)",
+        "fastest rounds' ratio (CPU)",
+        "ratio (wall)",
+        "checks [finite] only",
+        "same heatmaps",
+        "MB of tensors an analysis leaves alive",
+    ]
+    verdict = "met" if recorded["met"] else "not met"
+    return (
+        _table(header, rows)
+        + f"\n\nTarget: a CPU ratio of at most {recorded['target_ratio']:g} ({verdict}). Where the time goes, CPU seconds "
+        "as multiples of LXT directly (`_run`: the patched pass with the tracker's hooks; `nodes`, `block_table`, "
+        "`leak_account`: the relevance per module and the leak split read off the tracker):\n\n"
+        + _table(
+            ["model", "analysis", "analysis, tracker off", "_run", "nodes", "block_table", "leak_account"], profile_rows
+        )
+        + f"\n\n{recorded['samples']} samples without padding, median of {recorded['rounds']} alternating rounds, CPU, "
+        f"{recorded['rule']}; {_transformers_machine(recorded['machine'])}. The MB an analysis leaves alive: the "
+        "tensors (no parameters) alive after gc.collect() at the end of a model's rounds less at their start, per "
+        "analysis with the tracker (0 without a leak; below 0 where the previous model's tensors were freed)."
+    )
+
+
+def _share(value) -> str:
+    return f"{value:+.3f}" if abs(value) >= 5e-4 else ("0" if value == 0 else f"{value:+.0e}")
+
+
+def transformers_findings() -> str:
+    recorded = _load("last_run_transformers_findings.json")
+    section = recorded["conservation"]
+    rows, half = [], []
+    for row in section["rows"]:
+        label = f"{row['family']} {row['size']}" + (f" ({row['variant']})" if row.get("variant") else "")
+        if row["status"] != "ok":
+            rows.append([label, f"`{row['analyzer']}`", row["dtype"], "no map", "", "", "", "", ""])
+            continue
+        shares = row["mean_leak_share"]
+        rows.append(
+            [
+                label,
+                f"`{row['analyzer']}`",
+                row["dtype"],
+                _num(row["median_relative_error"]),
+                _num(row["max_relative_error"]),
+                _share(shares["softmax"]),
+                _share(shares["bias"]),
+                _share(shares["embeddings"]),
+                f"{_share(shares['unexplained'])} ({_num(row['max_abs_leak_share']['unexplained'], 2)})"
+                + (f", unpatched {_share(shares['unpatched'])}" if shares["unpatched"] else ""),
+            ]
+        )
+        if row["dtype"] == "bfloat16":
+            half.append(
+                [
+                    label,
+                    f"`{row['analyzer']}`",
+                    _num(row["median_relative_error"] - row["median_minus_float32"]),
+                    _num(row["median_relative_error"]),
+                    _share(row["median_minus_float32"]),
+                    _num(row["heatmap_difference_to_float32"], 2),
+                ]
+            )
+    conservation = _table(
+        [
+            "model",
+            "rule",
+            "dtype",
+            "median error",
+            "largest error",
+            "softmax",
+            "bias",
+            "embeddings",
+            "unexplained (largest abs)",
+        ],
+        rows,
+    )
+    bfloat16 = _table(
+        ["model", "rule", "float32: median error", "bfloat16", "difference", "heatmap difference to float32"], half
+    )
+    skew = recorded["skew"]
+    skew_rows = [
+        [
+            f"{row['family']} {row['size']}",
+            _num(row["initializer_range"]),
+            f"`{row['analyzer']}`",
+            _num(row["first_token_share"], 2),
+            _num(row["uniform_share"], 2),
+            ", ".join(_num(v, 2) for v in row["first_token_share_per_block_input"]),
+            ", ".join(_share(v) for v in row["block_change_share"]),
+        ]
+        for row in skew["rows"]
+    ]
+    skew_table = _table(
+        [
+            "model",
+            "initializer_range",
+            "rule",
+            "first token's share of sum abs(R)",
+            "uniform share",
+            "at each block's input, block 0 to the final norm",
+            "each block's change of sum R (of the logit)",
+        ],
+        skew_rows,
+    )
+    return (
+        conservation
+        + f"\n\nRelative conservation error abs(sum R - logit) / abs(logit), median and largest over {section['seeds']} "
+        f"seeds x {section['samples_per_seed']} samples ({section['tokens']} tokens, right-padded to different lengths; "
+        "ViT: 32x32 images, patches of 8); leak mechanisms: the mean of each over the samples, as a share of the logit "
+        "(negative: taken from the input's relevance). Random weights: every bias is 0 at transformers' init, "
+        "hence the variants with random biases.\n\n**bfloat16 against float32** (same weights and inputs):\n\n"
+        + bfloat16
+        + "\n\n**The first token's share** (LXT's README: Qwen3's attributions are skewed toward the first token):\n\n"
+        + skew_table
+        + f"\n\n{skew['verdict']}\n\n{_transformers_machine(recorded['machine'])}."
+    )
+
+
+def transformers_false_alarms() -> str:
+    recorded = _load("last_run_transformers_findings.json")
+    zoo = recorded["zoo"]
+    rows = []
+    for name, entry in zoo["models"].items():
+        red = "; ".join(f"`{r['test']}`: {r['message']}" for r in entry["red"]) or "-"
+        rows.append([f"`{name}`", entry["description"], _counts(entry["counts"]), len(entry["red"]), red])
+    return (
+        _table(["model", "what it is", "outcomes", "false alarms", "red tests"], rows)
+        + f"\n\nThe packaged suite (`pytest --lrp-model=models.py:NAME`, no rules.yaml) on each model; random weights, "
+        f"{zoo['false_alarms']} false alarms in all; {_transformers_machine(recorded['machine'])}."
+    )
+
+
 TABLES = {
     "three_implementations": three_implementations,
     "xdist_sizes": xdist_sizes,
@@ -483,6 +653,9 @@ TABLES = {
     "side_by_side": side_by_side,
     "reference_vgg16": reference_vgg16,
     "vgg16_rules": vgg16_rules,
+    "transformers_speed": transformers_speed,
+    "transformers_findings": transformers_findings,
+    "transformers_false_alarms": transformers_false_alarms,
 }
 
 
