@@ -39,6 +39,17 @@ def llama(seed=0):
     ))
 
 
+def llama_classifier():
+    """A decoder as a sequence classifier, without a pad token in its config (as many are)."""
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    return LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, num_labels=3,
+    ))
+
+
 def gpt2():
     torch.manual_seed(0)
     return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64))
@@ -481,3 +492,27 @@ def test_every_bias_share_is_counted_even_where_a_layer_barely_changes_the_total
     result.assert_outcomes(xfailed=1)
     (record,) = _report(models)
     assert abs(record["leaks"]["total"]["unexplained"]) < 1e-5 * abs(record["targets"][record["worst_sample"]])
+
+
+def test_a_decoder_classifier_explains_its_last_kept_token_in_a_padded_batch(models):
+    # transformers' own pooling, given embeddings, takes the last position (padding included) and refuses a
+    # batch without a pad token; pytest-lrp explains the score of the last token the mask keeps.
+    _padded_text(models.path / "text.npz")
+    result = models.runpytest(
+        "--lrp-model=models.py:llama_classifier", "--lrp-inputs=text.npz", "-p", "no:cacheprovider", "-rxs"
+    )
+    result.assert_outcomes(passed=11, xfailed=1)  # the block reference runs too
+    import torch
+
+    from pytest_lrp.config.model_spec import PythonModel
+    from pytest_lrp.pytorch.loading import load_python_model
+    from pytest_lrp.transformer.loading import as_transformer
+
+    model = as_transformer(
+        load_python_model(PythonModel(str(models.path / "models.py"), "llama_classifier"), "c", "cpu", None)
+    )
+    x = model.load_inputs(models.path / "text.npz", None, 0)
+    with torch.no_grad():
+        batch = model.predict(x)
+        alone = np.concatenate([model.predict(x[i : i + 1, :, : int(x[i, 1].sum())]) for i in range(len(x))])
+    np.testing.assert_allclose(batch, alone, rtol=1e-5, atol=1e-6)

@@ -75,7 +75,9 @@ def nodes(tracker, samples: int) -> list:
     (ModuleTracker.linear) hands down what enters it less its bias's share."""
     kept = {}
     for index, call in enumerate(tracker.calls):
-        if call.output is None:
+        # No gradient reached its output: not on the explained logit's path (a sequence classifier's own pooled
+        # logits, when the per-token scores are explained: loading.per_token_scores).
+        if call.output is None or call.grad_out is None:
             continue
         at_output, at_inputs = tracker.call_totals(call, samples)
         bias = _summed_bias(call, samples) if call.leaf else None

@@ -14,6 +14,7 @@ that split a batch (batch_invariance) split both. The explained output of a mode
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,10 @@ class TransformerModel(TorchModel):
         ids, mask = self.split(x)
         if "inputs_embeds" not in inputs:
             inputs["input_ids"] = ids
-        out = self.module(attention_mask=mask, **inputs).logits
+        with per_token_scores(self.module) as scores:
+            out = self.module(attention_mask=mask, **inputs).logits
+        if scores:
+            out = scores[0]
         if out.dim() == 3:
             last = last_tokens(mask)
             out = out[t.arange(len(x), device=out.device), last]
@@ -165,6 +169,33 @@ class TransformerModel(TorchModel):
                 raise LrpUsageError(f"{shown(path)}: tokens must have input_ids' shape {ids.shape}; got {tokens.shape}")
             self.tokens = tokens[:count].astype(str)
         return np.stack([ids, mask], axis=1).astype(np.int64)
+
+
+@contextlib.contextmanager
+def per_token_scores(module):
+    """A decoder's sequence classifier (Llama's, Qwen's, GPT-2's ``...ForSequenceClassification``: a ``score``
+    head on every token) picks the logits of the last token that is not the pad token in ``input_ids``. Given
+    ``inputs_embeds`` (as the analyses give it) it picks the last position whatever the mask, padding
+    included, and refuses a batch without a pad token in the config (transformers 4.52). The analyses take
+    the per-token scores from the head instead (the last kept token is chosen from the attention mask, as for a
+    causal LM), with a pad token set for the call where there is none, so that the model's own pooling, unused,
+    does not refuse the batch."""
+    head = getattr(module, "score", None)
+    if not type(module).__name__.endswith("ForSequenceClassification") or head is None:
+        yield []
+        return
+    scores: list = []
+    handle = head.register_forward_hook(lambda sub, args, output: scores.append(output))
+    config = module.config
+    unset = config.pad_token_id is None
+    if unset:
+        config.pad_token_id = 0
+    try:
+        yield scores
+    finally:
+        handle.remove()
+        if unset:
+            config.pad_token_id = None
 
 
 def last_tokens(mask):
