@@ -516,3 +516,15 @@ def test_a_decoder_classifier_explains_its_last_kept_token_in_a_padded_batch(mod
         batch = model.predict(x)
         alone = np.concatenate([model.predict(x[i : i + 1, :, : int(x[i, 1].sum())]) for i in range(len(x))])
     np.testing.assert_allclose(batch, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_golden_token_relevance_holds_and_a_changed_rule_is_seen(models):
+    models.makefile(".yaml", rules="rules:\n  - id: r\n    analyzer: lxt.cp_lrp\n    checks: [baseline]\n")
+    models.runpytest("--lrp-model=models.py:llama", "--lrp-update-baselines", "-p", "no:cacheprovider").assert_outcomes(
+        passed=1
+    )
+    models.runpytest("--lrp-model=models.py:llama", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    models.makefile(".yaml", rules="rules:\n  - id: r\n    analyzer: lxt.attnlrp\n    checks: [baseline]\n")
+    result = models.runpytest("--lrp-model=models.py:llama", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    assert "heatmaps differ from the baseline lrp_baselines/llama/r.npz" in result.stdout.str()
