@@ -19,6 +19,12 @@ def test_the_example_torch_rules_are_the_packaged_suite_with_the_example_default
     assert without_example(example) == PACKAGED_TORCH_RULES.read_text()
 
 
+def test_the_transformers_example_is_the_packaged_suite_on_four_models():
+    example = (ROOT / "examples" / "transformers_rules.yaml").read_text()
+    assert "transformer_models.py:llama" in example and "transformer_models.py:vit" in example
+    assert without_example(example) == PACKAGED_TORCH_RULES.read_text()
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

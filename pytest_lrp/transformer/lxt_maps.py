@@ -45,7 +45,8 @@ def patch_map(analyzer: str, model) -> dict:
     maps = library(f"lxt.efficient.models.{family}")
     found = getattr(maps, MAPS[analyzer], None)
     if found is None:
-        raise _unsupported(model, f"LXT's {MAPS[analyzer]} map", "those LXT has one for")
+        having = [f for f in FAMILIES[:-1] if hasattr(library(f"lxt.efficient.models.{f}"), MAPS[analyzer])]
+        raise _unsupported(model, f"LXT's {MAPS[analyzer]} map", ", ".join([*having, "vit"]))
     return found
 
 
