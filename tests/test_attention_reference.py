@@ -30,6 +30,7 @@ from transformers.models.llama import modeling_llama  # noqa: E402
 
 from pytest_lrp.reference import attention as ref  # noqa: E402
 from pytest_lrp.transformer.patching import lxt_patched  # noqa: E402
+from pytest_lrp.transformer.reference import gpt2_block, llama_block  # noqa: E402
 
 # Max |R_reference - R_LXT| / max |R_LXT| where both sides compute in float64: what is left is rounding.
 TOLERANCE = 1e-10
@@ -109,59 +110,13 @@ def _lxt_case(name, model, layer, patch_map, block_from_layer, vocab: int, seed:
     )
 
 
-def _array(tensor):
-    return tensor.detach().numpy()
-
-
-def _linear(module):
-    return ref.Linear(_array(module.weight), None if module.bias is None else _array(module.bias))
-
-
 def _llama_block(layer, kwargs) -> ref.LlamaBlock:
-    attention = layer.self_attn
     cos, sin = kwargs["position_embeddings"]
-    return ref.LlamaBlock(
-        input_layernorm=ref.RMSNorm(_array(layer.input_layernorm.weight), layer.input_layernorm.variance_epsilon),
-        attention=ref.Attention(
-            q=_linear(attention.q_proj),
-            k=_linear(attention.k_proj),
-            v=_linear(attention.v_proj),
-            o=_linear(attention.o_proj),
-            num_heads=attention.config.num_attention_heads,
-            num_kv_heads=attention.config.num_key_value_heads,
-            head_dim=attention.head_dim,
-            cos=_array(cos[0]),
-            sin=_array(sin[0]),
-            scaling=attention.scaling,
-        ),
-        post_attention_layernorm=ref.RMSNorm(
-            _array(layer.post_attention_layernorm.weight), layer.post_attention_layernorm.variance_epsilon
-        ),
-        gate=_linear(layer.mlp.gate_proj),
-        up=_linear(layer.mlp.up_proj),
-        down=_linear(layer.mlp.down_proj),
-    )
+    return llama_block(layer, cos[0], sin[0])
 
 
 def _gpt2_block(layer, kwargs) -> ref.GPT2Block:
-    def conv1d(module):
-        return ref.Linear.from_conv1d(_array(module.weight), _array(module.bias))
-
-    def layer_norm(module):
-        return ref.LayerNorm(_array(module.weight), _array(module.bias), module.eps)
-
-    return ref.GPT2Block(
-        ln_1=layer_norm(layer.ln_1),
-        attention=ref.Attention(
-            qkv=conv1d(layer.attn.c_attn),
-            o=conv1d(layer.attn.c_proj),
-            num_heads=layer.attn.num_heads,
-            head_dim=layer.attn.head_dim,
-        ),
-        ln_2=layer_norm(layer.ln_2),
-        fc=conv1d(layer.mlp.c_fc),
-        proj=conv1d(layer.mlp.c_proj),
-    )
+    return gpt2_block(layer)
 
 
 def _llama(bias: bool, patch_map, name: str) -> Case:

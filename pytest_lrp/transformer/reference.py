@@ -112,12 +112,17 @@ def _linear(module) -> ref.Linear:
 
 def _block(layer, model, length: int):
     if type(layer).__name__ == "GPT2Block":
-        return _gpt2_block(layer)
-    attention = layer.self_attn
+        return gpt2_block(layer)
     t = torch()
-    base = model.module.base_model
     probe = t.zeros(1, length, 1, dtype=t.float32, device=model.device)
-    cos, sin = base.rotary_emb(probe, t.arange(length, device=model.device)[None])
+    cos, sin = model.module.base_model.rotary_emb(probe, t.arange(length, device=model.device)[None])
+    return llama_block(layer, cos[0], sin[0])
+
+
+def llama_block(layer, cos, sin) -> ref.LlamaBlock:
+    """A Llama (or Qwen2) decoder layer's weights as the reference's block; ``cos``/``sin`` (tokens x head_dim)
+    its rotary embedding."""
+    attention = layer.self_attn
     return ref.LlamaBlock(
         input_layernorm=ref.RMSNorm(_array(layer.input_layernorm.weight), layer.input_layernorm.variance_epsilon),
         attention=ref.Attention(
@@ -128,8 +133,8 @@ def _block(layer, model, length: int):
             num_heads=attention.config.num_attention_heads,
             num_kv_heads=attention.config.num_key_value_heads,
             head_dim=attention.head_dim,
-            cos=_array(cos[0]),
-            sin=_array(sin[0]),
+            cos=_array(cos),
+            sin=_array(sin),
             scaling=attention.scaling,
         ),
         post_attention_layernorm=ref.RMSNorm(
@@ -141,7 +146,9 @@ def _block(layer, model, length: int):
     )
 
 
-def _gpt2_block(layer) -> ref.GPT2Block:
+def gpt2_block(layer) -> ref.GPT2Block:
+    """A GPT-2 block's weights (Conv1D layout) as the reference's block."""
+
     def conv1d(module):
         return ref.Linear.from_conv1d(_array(module.weight), _array(module.bias))
 
