@@ -43,7 +43,8 @@ def random_inputs(input_shape: tuple, samples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((samples, *dims), dtype=np.float32)
 
 
-def _read_array(path: Path) -> np.ndarray:
+def read_arrays(path: Path):
+    """The array of an .npy, or {name: array} of an .npz; a missing or unreadable file is one line."""
     if not path.exists():
         raise LrpUsageError(f"{shown(path)}: inputs file not found")
     try:
@@ -54,13 +55,19 @@ def _read_array(path: Path) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return data
     with data:
-        names = list(data.files)
-        if "x" in names:
-            return data["x"]
-        if len(names) == 1:
-            return data[names[0]]
+        return {name: data[name] for name in data.files}
+
+
+def _read_array(path: Path) -> np.ndarray:
+    data = read_arrays(path)
+    if isinstance(data, np.ndarray):
+        return data
+    if "x" in data:
+        return data["x"]
+    if len(data) == 1:
+        return next(iter(data.values()))
     raise LrpUsageError(
-        f"{shown(path)}: has arrays {names}; name the inputs 'x' (and recorded outputs 'y') or keep only one array"
+        f"{shown(path)}: has arrays {list(data)}; name the inputs 'x' (and recorded outputs 'y') or keep only one array"
     )
 
 

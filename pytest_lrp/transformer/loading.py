@@ -20,11 +20,11 @@ from pathlib import Path
 
 from ..base.errors import LrpUsageError, shown
 from ..base.lazy import np
+from ..models.inputs import read_arrays
 from ..pytorch.loading import TorchModel
 from ..pytorch.runtime import torch
 
 DEFAULT_TOKENS = 16
-TEXT_KEYS = ("input_ids", "attention_mask", "tokens")
 
 
 @dataclass
@@ -99,16 +99,9 @@ class TransformerModel(TorchModel):
         return np.stack([np.where(mask == 1, ids, pad), mask], axis=1).astype(np.int64)
 
     def _read(self, path: Path, samples: int | None) -> np.ndarray:
-        if not path.exists():
-            raise LrpUsageError(f"{shown(path)}: inputs file not found")
-        try:
-            data = np.load(path, allow_pickle=False)  # an input file must never run code
-        except Exception as exc:
-            raise LrpUsageError(f"{shown(path)}: cannot be read as .npz ({type(exc).__name__}: {exc})") from None
-        if isinstance(data, np.ndarray):
+        arrays = read_arrays(path)
+        if isinstance(arrays, np.ndarray):
             raise LrpUsageError(f"{shown(path)}: {self._expected()}; it holds one unnamed array")
-        with data:
-            arrays = {name: data[name] for name in data.files}
         wanted = "pixel_values" if self.kind == "vision" else "input_ids"
         if wanted not in arrays:
             raise LrpUsageError(f"{shown(path)}: {self._expected()}; it has {sorted(arrays)}")
